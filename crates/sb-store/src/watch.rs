@@ -1,0 +1,40 @@
+//! The consumer end of a watch, common to every adapter.
+
+use tokio::sync::mpsc;
+
+use crate::error::StoreResult;
+use crate::types::WatchBatch;
+
+/// Batches of one watch, in revision order with no gaps. The stream ends after an error
+/// (for example [`crate::StoreError::Compacted`]); dropping it cancels the watch.
+pub struct WatchStream {
+    batches: mpsc::Receiver<StoreResult<WatchBatch>>,
+    progress: mpsc::Sender<()>,
+    ended: bool,
+}
+
+impl WatchStream {
+    /// Built by adapters: `batches` is fed by the adapter's watch task (a bounded
+    /// channel); `progress` asks that task for a progress notification.
+    pub fn new(batches: mpsc::Receiver<StoreResult<WatchBatch>>, progress: mpsc::Sender<()>) -> Self {
+        WatchStream { batches, progress, ended: false }
+    }
+
+    /// The next batch; `None` once the watch has ended.
+    pub async fn next(&mut self) -> Option<StoreResult<WatchBatch>> {
+        if self.ended {
+            return None;
+        }
+        let item = self.batches.recv().await;
+        if !matches!(item, Some(Ok(_))) {
+            self.ended = true;
+        }
+        item
+    }
+
+    /// Asks for a progress notification: an empty batch whose revision says every event
+    /// up to it has been delivered. Requests made while one is pending are merged.
+    pub fn request_progress(&self) {
+        let _ = self.progress.try_send(());
+    }
+}
