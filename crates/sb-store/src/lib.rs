@@ -20,3 +20,6 @@ pub use limits::{
 pub use store::{SharedStore, Store};
 pub use types::*;
 pub use watch::WatchStream;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
