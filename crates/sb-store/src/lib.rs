@@ -6,10 +6,14 @@
 //! protocol (HTTP). Adapters implement [`Store`]; domain crates see only this crate.
 #![forbid(unsafe_code)]
 
+pub mod codec;
 mod error;
 mod limits;
+mod node_id;
+mod paging;
 mod store;
 mod types;
+pub mod view;
 mod watch;
 
 pub use error::{StoreError, StoreResult};
@@ -19,6 +23,9 @@ pub use limits::{
 };
 pub use store::{SharedStore, Store};
 pub use types::*;
+pub use node_id::{NodeId, NODE_ID_FILE};
+pub use paging::{range_all, RangePager};
+pub use view::{View, ViewChange, ViewError, ViewState};
 pub use watch::WatchStream;
 
 #[cfg(feature = "conformance")]

@@ -32,6 +32,30 @@ impl WatchStream {
         item
     }
 
+    /// The next batch if one is already waiting, without waiting.
+    pub fn try_next(&mut self) -> Option<StoreResult<WatchBatch>> {
+        if self.ended {
+            return None;
+        }
+        match self.batches.try_recv() {
+            Ok(Ok(batch)) => Some(Ok(batch)),
+            Ok(Err(error)) => {
+                self.ended = true;
+                Some(Err(error))
+            }
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                self.ended = true;
+                None
+            }
+        }
+    }
+
+    /// Whether the stream has ended (after an error or the adapter closing it).
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
     /// Asks for a progress notification: an empty batch whose revision says every event
     /// up to it has been delivered. Requests made while one is pending are merged.
     pub fn request_progress(&self) {
