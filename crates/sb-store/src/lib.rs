@@ -6,9 +6,11 @@
 //! protocol (HTTP). Adapters implement [`Store`]; domain crates see only this crate.
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod codec;
 mod error;
 mod limits;
+pub mod membership;
 mod node_id;
 mod paging;
 mod store;
@@ -21,10 +23,11 @@ pub use limits::{
     check_key, granted_ttl, put_request_bytes, txn_request_bytes, Limits, ETCD_MAX_REQUEST_BYTES,
     ETCD_MAX_TXN_OPS, MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS,
 };
-pub use store::{SharedStore, Store};
-pub use types::*;
+pub use membership::{Membership, MembershipView, NodeRecord, NODES_PREFIX};
 pub use node_id::{NodeId, NODE_ID_FILE};
 pub use paging::{range_all, RangePager};
+pub use store::{SharedStore, Store};
+pub use types::*;
 pub use view::{View, ViewChange, ViewError, ViewState};
 pub use watch::WatchStream;
 
