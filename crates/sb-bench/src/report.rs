@@ -1,0 +1,74 @@
+//! Latency recording and the one report line every scenario prints.
+
+use std::time::Duration;
+
+/// Latencies of one scenario run, in microseconds.
+#[derive(Default)]
+pub struct Samples {
+    pub latencies_us: Vec<u32>,
+    pub errors: u64,
+}
+
+impl Samples {
+    pub fn record(&mut self, latency: Duration) {
+        self.latencies_us.push(latency.as_micros().min(u32::MAX as u128) as u32);
+    }
+
+    pub fn merge(&mut self, other: Samples) {
+        self.latencies_us.extend(other.latencies_us);
+        self.errors += other.errors;
+    }
+}
+
+/// The measured result of one scenario on one target.
+pub struct Outcome {
+    pub ops: u64,
+    pub elapsed: Duration,
+    pub p50_us: u32,
+    pub p99_us: u32,
+    pub p999_us: u32,
+    pub errors: u64,
+}
+
+impl Outcome {
+    pub fn from_samples(mut samples: Samples, elapsed: Duration) -> Outcome {
+        samples.latencies_us.sort_unstable();
+        let pct = |p: f64| -> u32 {
+            let v = &samples.latencies_us;
+            if v.is_empty() {
+                return 0;
+            }
+            v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+        };
+        Outcome {
+            ops: samples.latencies_us.len() as u64,
+            elapsed,
+            p50_us: pct(0.50),
+            p99_us: pct(0.99),
+            p999_us: pct(0.999),
+            errors: samples.errors,
+        }
+    }
+
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn print(&self, scenario: &str, target: &str) {
+        println!(
+            "{scenario:<14} {target:<9} {:>12.0} ops/s  p50 {:>7} us  p99 {:>7} us  p999 {:>7} us  errors {}",
+            self.ops_per_sec(),
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.errors
+        );
+    }
+}
+
+/// Peak resident memory of this process (VmHWM), in KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
