@@ -1,0 +1,117 @@
+//! The embedded store adapter, Switchboard's default: the store port ([`sb_store::Store`])
+//! on a single redb file.
+//!
+//! - The current state of every live key is held in memory, so reads at the current
+//!   revision never touch redb. History (past revisions, watch catch-up) is read from an
+//!   MVCC table keyed by `(key, revision)`, as etcd's own backend is.
+//! - One writer task owns every mutation and group-commits: it drains every pending
+//!   request into one durable redb transaction, then answers them all.
+//! - Lease expiry runs in memory; keep-alives never touch the disk. After a restart every
+//!   lease gets its full TTL again, as etcd does after a leader change.
+//! - Watchers have bounded buffers and catch up from the event log when they fall behind.
+//! - History is compacted automatically by a retention setting.
+//!
+//! Architecture invariant: nothing outside this crate knows redb is there; callers see
+//! only the port.
+#![forbid(unsafe_code)]
+
+mod batch;
+mod codec;
+mod disk;
+mod lease;
+mod state;
+mod store;
+mod watch;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use redb::Database;
+use sb_store::{Limits, Revision};
+use tokio::sync::{broadcast, Notify};
+
+pub use store::EmbeddedStore;
+
+/// How the embedded store is set up.
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// The redb file (created with its parent directories if absent).
+    pub path: PathBuf,
+    /// The request limits, etcd's by default so that what works embedded works on etcd.
+    pub limits: Limits,
+    /// How many revisions of history automatic compaction keeps.
+    pub retention_revisions: u64,
+    /// How often automatic compaction runs.
+    pub compaction_interval: Duration,
+    /// How many requests one group commit takes at most.
+    pub max_batch_txns: usize,
+    /// How many batches a watcher's buffer holds before its task waits for the consumer.
+    pub watch_buffer: usize,
+}
+
+impl EmbeddedOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        EmbeddedOptions {
+            path: path.into(),
+            limits: Limits::default(),
+            retention_revisions: 50_000,
+            compaction_interval: Duration::from_secs(60),
+            max_batch_txns: 512,
+            watch_buffer: 256,
+        }
+    }
+}
+
+/// A snapshot of the store's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmbeddedMetrics {
+    /// redb write transactions committed for requests (group commits).
+    pub commits: u64,
+    /// Transactions that wrote, that is got a revision of their own.
+    pub txns_committed: u64,
+    /// Transactions the writer evaluated in batches, writing or not; the mean batch size
+    /// is `batched_txns / commits`.
+    pub batched_txns: u64,
+    /// How long the last group commit took, from evaluation to a durable commit.
+    pub last_commit_latency: Duration,
+    /// Live watches.
+    pub watchers: u64,
+    /// Live leases.
+    pub leases: u64,
+    pub current_revision: Revision,
+    pub compacted_revision: Revision,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    txns_committed: AtomicU64,
+    batched_txns: AtomicU64,
+    last_commit_latency_ns: AtomicU64,
+    watchers: AtomicU64,
+}
+
+/// What the store's handle, the writer and the background tasks share.
+struct Shared {
+    options: EmbeddedOptions,
+    /// `None` once the store is closed, which releases the file.
+    db: RwLock<Option<Arc<Database>>>,
+    state: RwLock<state::MemState>,
+    leases: Mutex<lease::LeaseTable>,
+    /// Wakes the expiry timer when a lease is granted (its deadline may be the earliest).
+    lease_changed: Notify,
+    /// Every commit's events, for watchers.
+    events: broadcast::Sender<Arc<watch::Committed>>,
+    metrics: Counters,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn db(&self) -> Option<Arc<Database>> {
+        self.db.read().clone()
+    }
+}

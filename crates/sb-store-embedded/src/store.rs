@@ -1,0 +1,273 @@
+//! [`EmbeddedStore`]: the handle callers hold, its lifecycle (open, close), and the port's
+//! implementation. Reads at the current revision and read-only transactions are answered
+//! here from memory; everything that writes goes to the writer task.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use sb_store::{
+    KeyRange, LeaseGrant, LeaseId, LeaseInfo, Limits, OpResponse, RangeRequest, RangeResponse, Revision,
+    Store, StoreError, StoreResult, Txn, TxnOp, TxnResponse, WatchRequest, WatchStream,
+};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
+
+use crate::lease::{self, LeaseTable};
+use crate::state::View;
+use crate::writer::{self, WriteRequest};
+use crate::{disk, Counters, EmbeddedMetrics, EmbeddedOptions, Shared};
+
+/// How many commits the event broadcast holds for watchers before a slow one lags (and
+/// then catches up from the event log).
+const EVENTS_CAPACITY: usize = 1024;
+
+/// The embedded store. Open it with [`EmbeddedStore::open`]; it implements [`Store`].
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    writer: mpsc::Sender<WriteRequest>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store file, rebuilds the current state in memory, and starts
+    /// the writer, the lease timer and automatic compaction.
+    pub async fn open(options: EmbeddedOptions) -> StoreResult<Arc<EmbeddedStore>> {
+        let path = options.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || disk::open(&path))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("opening the store failed: {e}")))??;
+        let now = Instant::now();
+        let mut leases = LeaseTable::default();
+        for (id, ttl) in &loaded.leases {
+            leases.insert(*id, *ttl, now);
+        }
+        for kv in loaded.state.kvs.values() {
+            let Some(id) = kv.lease else { continue };
+            match leases.leases.get_mut(&id) {
+                Some(entry) => {
+                    entry.keys.insert(kv.key.clone());
+                }
+                None => tracing::warn!(lease = id.0, "key attached to a lease that is not stored"),
+            }
+        }
+        tracing::info!(
+            path = %options.path.display(),
+            revision = loaded.state.revision,
+            keys = loaded.state.kvs.len(),
+            leases = leases.len(),
+            "embedded store opened"
+        );
+        let (events, _) = broadcast::channel(EVENTS_CAPACITY);
+        let queue = options.max_batch_txns.max(1) * 4;
+        let shared = Arc::new(Shared {
+            options,
+            db: RwLock::new(Some(Arc::new(loaded.db))),
+            state: RwLock::new(loaded.state),
+            leases: Mutex::new(leases),
+            lease_changed: Notify::new(),
+            events,
+            metrics: Counters::default(),
+            closed: Default::default(),
+        });
+        let (writer_tx, writer_rx) = mpsc::channel(queue);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        tokio::spawn(writer::run_writer(shared.clone(), writer_rx));
+        tokio::spawn(lease::run_expiry(shared.clone(), writer_tx.clone(), shutdown_rx.clone()));
+        tokio::spawn(run_compactor(shared.clone(), writer_tx.clone(), shutdown_rx));
+        Ok(Arc::new(EmbeddedStore { shared, writer: writer_tx, shutdown }))
+    }
+
+    pub fn metrics(&self) -> EmbeddedMetrics {
+        let counters = &self.shared.metrics;
+        let (current_revision, compacted_revision) = {
+            let state = self.shared.state.read();
+            (state.revision, state.compacted)
+        };
+        EmbeddedMetrics {
+            commits: counters.commits.load(Ordering::Relaxed),
+            txns_committed: counters.txns_committed.load(Ordering::Relaxed),
+            batched_txns: counters.batched_txns.load(Ordering::Relaxed),
+            last_commit_latency: Duration::from_nanos(
+                counters.last_commit_latency_ns.load(Ordering::Relaxed),
+            ),
+            watchers: counters.watchers.load(Ordering::Relaxed),
+            leases: self.shared.leases.lock().len() as u64,
+            current_revision,
+            compacted_revision,
+        }
+    }
+
+    /// Stops accepting requests, commits every request already queued, ends watches and
+    /// releases the file. Every later call returns [`StoreError::Closed`].
+    pub async fn close(&self) {
+        if self.shared.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (reply, done) = oneshot::channel();
+        if self.writer.send(WriteRequest::Close { reply }).await.is_ok() {
+            let _ = done.await;
+        }
+        let _ = self.shutdown.send(true);
+        self.shared.db.write().take();
+        tracing::info!(path = %self.shared.options.path.display(), "embedded store closed");
+    }
+
+    fn check_open(&self) -> StoreResult<()> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> WriteRequest,
+    ) -> StoreResult<T> {
+        self.check_open()?;
+        let (reply, answer) = oneshot::channel();
+        self.writer.send(make(reply)).await.map_err(|_| StoreError::Closed)?;
+        answer.await.unwrap_or_else(|_| {
+            Err(match self.shared.closed.load(Ordering::Acquire) {
+                true => StoreError::Closed,
+                false => StoreError::Unavailable("the store writer dropped the request".into()),
+            })
+        })
+    }
+
+    /// A transaction that cannot write, answered from memory under one read lock.
+    fn read_only_txn(&self, txn: &Txn) -> TxnResponse {
+        let state = self.shared.state.read();
+        let view = View::committed(&state);
+        let succeeded = txn.compares.iter().all(|c| c.evaluate(view.get(&c.key).map(|kv| &**kv)));
+        let ops = if succeeded { &txn.success } else { &txn.failure };
+        let responses = ops
+            .iter()
+            .filter_map(|op| match op {
+                TxnOp::Range(request) => Some(OpResponse::Range(view.answer(request, state.revision))),
+                _ => None,
+            })
+            .collect();
+        TxnResponse { succeeded, revision: state.revision, responses }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        // The background tasks end, their writer handles drop, and the writer ends once it
+        // has committed what is queued.
+        self.shared.closed.store(true, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+    }
+}
+
+fn reads_history(txn: &Txn) -> bool {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .any(|op| matches!(op, TxnOp::Range(r) if r.revision.is_some_and(|r| r > 0)))
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn limits(&self) -> Limits {
+        self.shared.options.limits
+    }
+
+    async fn range(&self, request: RangeRequest) -> StoreResult<RangeResponse> {
+        self.check_open()?;
+        if let KeyRange::Key(key) = &request.range {
+            sb_store::check_key(key)?;
+        }
+        let past = {
+            let state = self.shared.state.read();
+            let current = state.revision;
+            match request.revision.filter(|r| *r > 0 && *r != current) {
+                None => return Ok(View::committed(&state).answer(&request, current)),
+                Some(r) if r > current => {
+                    return Err(StoreError::FutureRevision { requested: r, current });
+                }
+                Some(r) if r < state.compacted => {
+                    return Err(StoreError::Compacted { requested: r, compacted: Some(state.compacted) });
+                }
+                Some(r) => (r, current),
+            }
+        };
+        let db = self.shared.db().ok_or(StoreError::Closed)?;
+        tokio::task::spawn_blocking(move || disk::read_at(&db, &request, past.0, past.1))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("past-revision read failed: {e}")))?
+    }
+
+    async fn txn(&self, txn: Txn) -> StoreResult<TxnResponse> {
+        self.check_open()?;
+        self.shared.options.limits.check_txn(&txn)?;
+        if !txn.has_writes() && !reads_history(&txn) {
+            return Ok(self.read_only_txn(&txn));
+        }
+        self.request(|reply| WriteRequest::Txn { txn, reply }).await
+    }
+
+    async fn lease_grant(&self, ttl_secs: i64) -> StoreResult<LeaseGrant> {
+        let ttl_secs = sb_store::granted_ttl(ttl_secs)?;
+        self.request(|reply| WriteRequest::LeaseGrant { ttl_secs, reply }).await
+    }
+
+    async fn lease_keep_alive(&self, id: LeaseId) -> StoreResult<i64> {
+        self.check_open()?;
+        self.shared.leases.lock().keep_alive(id, Instant::now())
+    }
+
+    async fn lease_revoke(&self, id: LeaseId) -> StoreResult<()> {
+        self.request(|reply| WriteRequest::LeaseRevoke { id, reply }).await
+    }
+
+    async fn lease_time_to_live(&self, id: LeaseId, with_keys: bool) -> StoreResult<LeaseInfo> {
+        self.check_open()?;
+        self.shared.leases.lock().info(id, with_keys, Instant::now())
+    }
+
+    async fn watch(&self, request: WatchRequest) -> StoreResult<WatchStream> {
+        self.check_open()?;
+        crate::watch::start(self.shared.clone(), request, self.shutdown.subscribe())
+    }
+
+    async fn compact(&self, revision: Revision) -> StoreResult<()> {
+        self.request(|reply| WriteRequest::Compact { revision, reply: Some(reply) }).await
+    }
+}
+
+/// Compacts to `current - retention_revisions` every `compaction_interval`, when that is
+/// above the compacted revision. Freed pages are reused by redb, so the file stays bounded.
+async fn run_compactor(
+    shared: Arc<Shared>,
+    writer: mpsc::Sender<WriteRequest>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let interval = shared.options.compaction_interval.max(Duration::from_millis(1));
+    let retention = i64::try_from(shared.options.retention_revisions).unwrap_or(i64::MAX);
+    let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let (current, compacted) = {
+            let state = shared.state.read();
+            (state.revision, state.compacted)
+        };
+        let target = current.saturating_sub(retention);
+        if target > compacted
+            && writer.send(WriteRequest::Compact { revision: target, reply: None }).await.is_err()
+        {
+            return;
+        }
+    }
+}

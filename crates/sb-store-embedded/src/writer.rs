@@ -1,0 +1,221 @@
+//! The writer: the one task that mutates the store, with group commit.
+//!
+//! Requests arrive through a bounded channel. The writer drains what is pending (up to
+//! `max_batch_txns`), evaluates each request in order against the committed state plus
+//! the batch's pending overlay ([`crate::batch`]), writes the batch in one durable redb
+//! transaction, and only after the commit returns applies it to memory, answers every
+//! request and publishes the events. Compaction and close run between batches.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sb_store::{LeaseGrant, LeaseId, Revision, StoreError, StoreResult, Txn, TxnResponse};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::batch::{BatchEval, Outcome};
+use crate::state::View;
+use crate::{disk, Shared};
+
+/// How long an expiry that failed to commit waits before it is tried again.
+const EXPIRY_RETRY: Duration = Duration::from_secs(1);
+
+pub(crate) enum WriteRequest {
+    Txn {
+        txn: Txn,
+        reply: oneshot::Sender<StoreResult<TxnResponse>>,
+    },
+    LeaseGrant {
+        ttl_secs: i64,
+        reply: oneshot::Sender<StoreResult<LeaseGrant>>,
+    },
+    LeaseRevoke {
+        id: LeaseId,
+        reply: oneshot::Sender<StoreResult<()>>,
+    },
+    /// From the expiry timer: the lease's deadline passed.
+    LeaseExpire {
+        id: LeaseId,
+    },
+    Compact {
+        revision: Revision,
+        reply: Option<oneshot::Sender<StoreResult<()>>>,
+    },
+    /// Commit what came before, answer, then refuse everything after.
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+impl WriteRequest {
+    fn is_control(&self) -> bool {
+        matches!(self, WriteRequest::Compact { .. } | WriteRequest::Close { .. })
+    }
+
+    /// Answers the request with an error without running it.
+    pub(crate) fn refuse(self, error: StoreError) {
+        match self {
+            WriteRequest::Txn { reply, .. } => drop(reply.send(Err(error))),
+            WriteRequest::LeaseGrant { reply, .. } => drop(reply.send(Err(error))),
+            WriteRequest::LeaseRevoke { reply, .. } => drop(reply.send(Err(error))),
+            WriteRequest::Compact { reply: Some(reply), .. } => drop(reply.send(Err(error))),
+            WriteRequest::Compact { reply: None, .. } | WriteRequest::LeaseExpire { .. } => {}
+            WriteRequest::Close { reply } => drop(reply.send(())),
+        }
+    }
+}
+
+pub(crate) async fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver<WriteRequest>) {
+    let max_batch = shared.options.max_batch_txns.max(1);
+    while let Some(first) = requests.recv().await {
+        let mut batch = Vec::new();
+        let mut control = None;
+        if first.is_control() {
+            control = Some(first);
+        } else {
+            batch.push(first);
+            while batch.len() < max_batch {
+                match requests.try_recv() {
+                    Ok(request) if request.is_control() => {
+                        control = Some(request);
+                        break;
+                    }
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let shared = shared.clone();
+            // A panic while processing drops the batch's reply senders (the callers see
+            // `Unavailable`); the writer itself carries on.
+            if let Err(error) = tokio::task::spawn_blocking(move || process_batch(&shared, batch)).await {
+                tracing::error!(%error, "store batch failed");
+            }
+        }
+        match control {
+            Some(WriteRequest::Compact { revision, reply }) => {
+                let shared = shared.clone();
+                let result = tokio::task::spawn_blocking(move || compact(&shared, revision))
+                    .await
+                    .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("compaction failed: {e}"))));
+                if let Err(error) = &result {
+                    tracing::debug!(revision, %error, "compaction refused or failed");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Some(WriteRequest::Close { reply }) => {
+                requests.close();
+                while let Some(request) = requests.recv().await {
+                    request.refuse(StoreError::Closed);
+                }
+                let _ = reply.send(());
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn compact(shared: &Shared, revision: Revision) -> StoreResult<()> {
+    let (current, compacted) = {
+        let state = shared.state.read();
+        (state.revision, state.compacted)
+    };
+    if revision > current {
+        return Err(StoreError::FutureRevision { requested: revision, current });
+    }
+    if revision <= compacted {
+        return Err(StoreError::Compacted { requested: revision, compacted: Some(compacted) });
+    }
+    let db = shared.db().ok_or(StoreError::Closed)?;
+    disk::compact(&db, revision)?;
+    shared.state.write().compacted = revision;
+    tracing::info!(revision, "store compacted");
+    Ok(())
+}
+
+fn process_batch(shared: &Shared, requests: Vec<WriteRequest>) {
+    let Some(db) = shared.db() else {
+        for request in requests {
+            request.refuse(StoreError::Closed);
+        }
+        return;
+    };
+    let started = Instant::now();
+    let (outcomes, eval) = {
+        let state = shared.state.read();
+        let mut eval = BatchEval::new(shared, View::committed(&state), state.revision);
+        let outcomes: Vec<Outcome> = requests.into_iter().map(|r| eval.run(r)).collect();
+        (outcomes, eval.finish())
+    };
+    let batched_txns = outcomes.iter().filter(|o| o.is_txn()).count() as u64;
+    shared.metrics.batched_txns.fetch_add(batched_txns, Ordering::Relaxed);
+
+    if !eval.disk.is_empty() {
+        if let Err(error) = disk::commit(&db, &eval.disk) {
+            tracing::error!(%error, requests = outcomes.len(), "store commit failed");
+            let mut leases = shared.leases.lock();
+            for id in &eval.expired {
+                leases.retry_expiry(*id, Instant::now() + EXPIRY_RETRY);
+            }
+            drop(leases);
+            shared.lease_changed.notify_one();
+            for outcome in outcomes {
+                outcome.fail(error.clone());
+            }
+            return;
+        }
+        let latency = started.elapsed();
+        shared.metrics.commits.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.last_commit_latency_ns.store(latency.as_nanos() as u64, Ordering::Relaxed);
+        shared.metrics.txns_committed.fetch_add(eval.writing_txns, Ordering::Relaxed);
+        apply(shared, &eval);
+    }
+    for outcome in outcomes {
+        outcome.answer();
+    }
+    if !eval.events.is_empty() {
+        // No receiver (no watch) is not an error.
+        let _ = shared.events.send(Arc::new(eval.events));
+    }
+}
+
+/// Applies a committed batch to the in-memory state and the lease table.
+fn apply(shared: &Shared, eval: &crate::batch::Evaluated) {
+    let now = Instant::now();
+    let mut state = shared.state.write();
+    let mut leases = shared.leases.lock();
+    for (id, ttl) in &eval.disk.granted {
+        leases.insert(*id, *ttl, now);
+    }
+    for (key, new) in &eval.overlay {
+        let old_lease = state.kvs.get(key).and_then(|kv| kv.lease);
+        let new_lease = new.as_ref().and_then(|kv| kv.lease);
+        if old_lease != new_lease {
+            if let Some(entry) = old_lease.and_then(|id| leases.leases.get_mut(&id)) {
+                entry.keys.remove(key);
+            }
+        }
+        if let Some(entry) = new_lease.and_then(|id| leases.leases.get_mut(&id)) {
+            entry.keys.insert(key.clone());
+        }
+        match new {
+            Some(kv) => state.kvs.insert(key.clone(), kv.clone()),
+            None => state.kvs.remove(key),
+        };
+    }
+    for id in &eval.disk.removed_leases {
+        leases.remove(*id);
+    }
+    debug_assert!(eval.disk.revision >= state.revision, "revisions only grow");
+    state.revision = eval.disk.revision;
+    drop(leases);
+    drop(state);
+    if !eval.disk.granted.is_empty() {
+        shared.lease_changed.notify_one();
+    }
+}
