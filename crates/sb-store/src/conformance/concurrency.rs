@@ -137,3 +137,29 @@ pub async fn concurrent_txns_fail_alone(t: &TestStore) {
     let f = t.store.range(RangeRequest::prefix("f/")).await.expect("range f/");
     assert_eq!(keys_of(&f.kvs), expected_f, "exactly the failure branches wrote f/");
 }
+
+const RACERS: usize = 16;
+
+/// Of many transactions racing to create one key only if it is absent, exactly one wins:
+/// transactions committed together see each other's writes in order.
+pub async fn concurrent_create_if_absent_has_one_winner(t: &TestStore) {
+    let racers = (0..RACERS).map(|i| {
+        let store = t.store.clone();
+        let txn = Txn::new()
+            .when([Compare::absent("owner")])
+            .and_then([TxnOp::put("owner", i.to_string())])
+            .or_else([TxnOp::get("owner")]);
+        tokio::spawn(async move { (i, store.txn(txn).await.expect("create-if-absent txn")) })
+    });
+    let mut winners = Vec::new();
+    for joined in futures::future::join_all(racers).await {
+        let (i, response) = joined.expect("a racer task panicked");
+        if response.succeeded {
+            winners.push(i);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one racer creates the key, winners were {winners:?}");
+    let owner = present(t, "owner").await;
+    assert_eq!(owner.value, winners[0].to_string().as_bytes(), "the key holds the winner's value");
+    assert_eq!(owner.version, 1, "the key was written once");
+}

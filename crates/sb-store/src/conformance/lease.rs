@@ -114,6 +114,22 @@ pub async fn lease_expiry_deletes_keys_with_events(t: &TestStore) {
     assert!(matches!(err, StoreError::LeaseNotFound(_)), "expected LeaseNotFound, got {err:?}");
 }
 
+/// Keep-alives keep a lease and its keys alive past its TTL.
+pub async fn lease_keep_alive_postpones_expiry(t: &TestStore) {
+    let lease = t.store.lease_grant(2).await.expect("grant a 2 s lease").id;
+    t.store.put(b"a", b"1", Some(lease)).await.expect("put a on the lease");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            t.store.lease_keep_alive(lease).await.expect("keep_alive of a live lease"),
+            2,
+            "renewed to 2 s"
+        );
+    }
+    assert_eq!(value_of(t, "a").await.as_deref(), Some("1"), "3 s later, the kept-alive lease still holds a");
+    t.store.lease_revoke(lease).await.expect("revoke");
+}
+
 /// A put on a lease that does not exist is refused, and writes nothing.
 pub async fn put_with_an_unknown_lease_is_refused(t: &TestStore) {
     let unknown = revoked_lease(t).await;
@@ -161,4 +177,19 @@ pub async fn overwriting_a_key_without_a_lease_detaches_it(t: &TestStore) {
     assert!(info.keys.is_empty(), "the lease lost the key, still lists {:?}", info.keys);
     t.store.lease_revoke(lease).await.expect("revoke");
     assert_eq!(value_of(t, "a").await.as_deref(), Some("2"), "the detached key outlives its old lease");
+}
+
+/// A put with another lease moves the key to it: the old lease no longer owns it.
+pub async fn putting_a_key_with_another_lease_moves_it(t: &TestStore) {
+    let first = t.store.lease_grant(30).await.expect("grant the first lease").id;
+    let second = t.store.lease_grant(30).await.expect("grant the second lease").id;
+    t.store.put(b"a", b"1", Some(first)).await.expect("put a on the first lease");
+    t.store.put(b"a", b"2", Some(second)).await.expect("put a on the second lease");
+    assert_eq!(present(t, "a").await.lease, Some(second), "a carries the second lease");
+    let info = t.store.lease_time_to_live(second, true).await.expect("time_to_live of the second");
+    assert_eq!(info.keys, vec![b"a".to_vec()], "the second lease owns a");
+    t.store.lease_revoke(first).await.expect("revoke the first lease");
+    assert_eq!(value_of(t, "a").await.as_deref(), Some("2"), "revoking the old lease leaves a");
+    t.store.lease_revoke(second).await.expect("revoke the second lease");
+    assert_eq!(value_of(t, "a").await, None, "revoking the new lease deletes a");
 }

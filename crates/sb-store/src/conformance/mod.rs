@@ -88,18 +88,22 @@ macro_rules! store_conformance_suite {
             // concurrency
             cas_increments_lose_no_update,
             concurrent_txns_fail_alone,
+            concurrent_create_if_absent_has_one_winner,
             // lease
             lease_grant_raises_ttl_to_the_minimum,
             lease_grant_keep_alive_time_to_live_and_revoke,
             lease_revoke_deletes_keys_at_one_revision,
             lease_expiry_deletes_keys_with_events,
+            lease_keep_alive_postpones_expiry,
             put_with_an_unknown_lease_is_refused,
             unknown_lease_in_the_branch_not_taken_is_ignored,
             unknown_lease_operations_are_refused,
             overwriting_a_key_without_a_lease_detaches_it,
+            putting_a_key_with_another_lease_moves_it,
             // watch
             watch_replays_history_then_live_changes,
             watch_of_one_key_sees_only_that_key,
+            watch_of_a_range_sees_only_its_keys,
             watch_without_a_start_revision_sees_only_new_changes,
             watch_resumes_without_gaps,
             watch_from_below_the_compacted_revision_fails,

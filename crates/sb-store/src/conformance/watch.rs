@@ -26,8 +26,13 @@ pub async fn watch_replays_history_then_live_changes(t: &TestStore) {
     let start = current_revision(t).await + 1;
     let r1 = t.store.put(b"w/a", b"1", None).await.expect("put w/a");
     let a1 = present(t, "w/a").await;
-    let three = Txn::new().and_then([TxnOp::put("w/c", "1"), TxnOp::put("w/a", "2"), TxnOp::put("w/b", "1")]);
-    let r2 = t.store.txn(three).await.expect("txn writing w/c, w/a, w/b").revision;
+    let three = Txn::new().and_then([
+        TxnOp::put("w/c", "1"),
+        TxnOp::put("w/a", "2"),
+        TxnOp::put("outside", "1"),
+        TxnOp::put("w/b", "1"),
+    ]);
+    let r2 = t.store.txn(three).await.expect("txn writing w/c, w/a, outside, w/b").revision;
     let (a2, b2, c2) = (present(t, "w/a").await, present(t, "w/b").await, present(t, "w/c").await);
     t.store.put(b"other", b"1", None).await.expect("put a key outside w/");
     let r4 = t.store.delete(KeyRange::key("w/b")).await.expect("delete w/b").revision;
@@ -39,7 +44,7 @@ pub async fn watch_replays_history_then_live_changes(t: &TestStore) {
     assert_eq!(
         batch,
         WatchBatch { revision: r2, events: vec![put_event(c2), put_event(a2), put_event(b2)] },
-        "a txn touching three keys is one batch of three events, in op order"
+        "a txn touching three keys under w/ is one batch of those three events, in op order"
     );
     let batch = next_batch(&mut watch, "the delete").await;
     assert_eq!(
@@ -52,6 +57,44 @@ pub async fn watch_replays_history_then_live_changes(t: &TestStore) {
     let d = present(t, "w/d").await;
     let batch = next_batch(&mut watch, "a live put").await;
     assert_eq!(batch, WatchBatch { revision: r5, events: vec![put_event(d)] }, "then live changes");
+
+    let mixed =
+        Txn::new().and_then([TxnOp::delete("w/a"), TxnOp::put("outside", "2"), TxnOp::put("w/e", "1")]);
+    let r6 = t.store.txn(mixed).await.expect("txn deleting w/a and writing w/e").revision;
+    let e = present(t, "w/e").await;
+    let batch = next_batch(&mut watch, "a live txn").await;
+    assert_eq!(
+        batch,
+        WatchBatch { revision: r6, events: vec![delete_event("w/a", r6), put_event(e)] },
+        "a live txn is one batch of its matching events, in op order"
+    );
+}
+
+/// Watches of `[start, end)` and of everything from a key see exactly their keys.
+pub async fn watch_of_a_range_sees_only_its_keys(t: &TestStore) {
+    let start = current_revision(t).await + 1;
+    let between = KeyRange::Between { start: b"b".to_vec(), end: b"d".to_vec() };
+    let mut between =
+        t.store.watch(WatchRequest::new(between).from_revision(start)).await.expect("watch [b, d)");
+    let from = WatchRequest::new(KeyRange::From(b"d".to_vec())).from_revision(start);
+    let mut from = t.store.watch(from).await.expect("watch d..");
+    for key in ["a", "b", "c", "d", "e"] {
+        t.store.put(key.as_bytes(), b"1", None).await.expect("put");
+    }
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.extend(shape(&next_batch(&mut between, "a put in [b, d)").await));
+    }
+    let put = |k: &str| (EventKind::Put, k.to_string());
+    assert_eq!(seen, [put("b"), put("c")], "the [b, d) watch sees b and c");
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.extend(shape(&next_batch(&mut from, "a put at or after d").await));
+    }
+    assert_eq!(seen, [put("d"), put("e")], "the d.. watch sees d and e");
+    let marker = t.store.put(b"bb", b"1", None).await.expect("put bb");
+    let batch = next_batch(&mut between, "the marker").await;
+    assert_eq!((batch.revision, shape(&batch)), (marker, vec![put("bb")]), "nothing else reached [b, d)");
 }
 
 /// A watch of one key sees only that key, not keys it is a prefix of.
