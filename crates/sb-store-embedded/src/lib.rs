@@ -115,3 +115,6 @@ impl Shared {
         self.db.read().clone()
     }
 }
+
+#[cfg(test)]
+mod tests;

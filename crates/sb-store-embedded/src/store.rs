@@ -21,13 +21,13 @@ use crate::writer::{self, WriteRequest};
 use crate::{disk, Counters, EmbeddedMetrics, EmbeddedOptions, Shared};
 
 /// How many commits the event broadcast holds for watchers before a slow one lags (and
-/// then catches up from the event log).
-const EVENTS_CAPACITY: usize = 1024;
+/// then catches up from the event log). Tiny in unit tests, so they reach that path.
+const EVENTS_CAPACITY: usize = if cfg!(test) { 4 } else { 1024 };
 
 /// The embedded store. Open it with [`EmbeddedStore::open`]; it implements [`Store`].
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
-    writer: mpsc::Sender<WriteRequest>,
+    pub(crate) writer: mpsc::Sender<WriteRequest>,
     shutdown: watch::Sender<bool>,
 }
 
