@@ -12,7 +12,7 @@
 //!
 //! Every function here is blocking; callers run them on the blocking pool.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
@@ -178,43 +178,37 @@ pub(crate) fn commit(db: &Database, batch: &DiskBatch) -> StoreResult<()> {
 /// Removes history below `revision`: per key, every record older than the latest one at
 /// or below it (and that one too when it is a tombstone), and event-log entries below it.
 ///
+/// Only keys changed since the previous compaction (`previous`) can have records to remove
+/// (anything older was removed then), so the work is proportional to the changes, read
+/// from the event log, not to the size of the store.
+///
 /// redb reuses the pages this frees for later writes, so with automatic compaction the
 /// file stops growing at a size set by the retention; nobody ever defragments it by hand.
-pub(crate) fn compact(db: &Database, revision: Revision) -> StoreResult<()> {
+pub(crate) fn compact(db: &Database, previous: Revision, revision: Revision) -> StoreResult<()> {
     let at = rev_u64(revision);
     let mut write = db.begin_write().map_err(storage_error)?;
     write.set_durability(Durability::Immediate).map_err(storage_error)?;
     {
-        let mut mvcc = write.open_table(MVCC).map_err(storage_error)?;
-        let mut doomed: Vec<(Vec<u8>, u64)> = Vec::new();
-        {
-            // The latest record at or below `at` of the key being scanned.
-            let mut latest: Option<(Vec<u8>, u64, bool)> = None;
-            for entry in mvcc.iter().map_err(storage_error)? {
-                let (k, v) = entry.map_err(storage_error)?;
-                let (key, rev) = k.value();
-                let same_key = latest.as_ref().is_some_and(|(k, _, _)| k.as_slice() == key);
-                if !same_key {
-                    if let Some((k, r, true)) = latest.take() {
-                        doomed.push((k, r));
-                    }
-                }
-                if rev > at {
-                    continue;
-                }
-                if let Some((k, r, _)) = latest.take() {
-                    doomed.push((k, r));
-                }
-                latest = Some((key.to_vec(), rev, codec::is_tombstone(v.value())));
-            }
-            if let Some((k, r, true)) = latest {
-                doomed.push((k, r));
-            }
-        }
-        for (key, rev) in &doomed {
-            mvcc.remove((key.as_slice(), *rev)).map_err(storage_error)?;
-        }
         let mut log = write.open_table(EVENT_LOG).map_err(storage_error)?;
+        let mut changed: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for entry in log.range(rev_u64(previous)..=at).map_err(storage_error)? {
+            let (_, keys) = entry.map_err(storage_error)?;
+            changed.extend(codec::decode_keys(keys.value())?);
+        }
+        let mut mvcc = write.open_table(MVCC).map_err(storage_error)?;
+        for key in changed {
+            // Revisions of this key at or below `at`, oldest first, with their tombstone flag.
+            let mut records: Vec<(u64, bool)> = Vec::new();
+            for entry in mvcc.range((key.as_slice(), 0u64)..=(key.as_slice(), at)).map_err(storage_error)? {
+                let (k, v) = entry.map_err(storage_error)?;
+                records.push((k.value().1, codec::is_tombstone(v.value())));
+            }
+            let keep_last = records.last().is_some_and(|(_, tombstone)| !tombstone);
+            let doomed = records.len() - usize::from(keep_last);
+            for (rev, _) in &records[..doomed] {
+                mvcc.remove((key.as_slice(), *rev)).map_err(storage_error)?;
+            }
+        }
         log.retain_in(..at, |_, _| false).map_err(storage_error)?;
         let mut meta = write.open_table(META).map_err(storage_error)?;
         meta.insert(META_COMPACTED, at).map_err(storage_error)?;
@@ -343,5 +337,85 @@ pub(crate) fn delete_event(key: &[u8], revision: Revision) -> Event {
     Event {
         kind: EventKind::Delete,
         kv: KeyValue { key: key.to_vec(), mod_revision: revision, ..KeyValue::default() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(
+        key: &str,
+        rev: Revision,
+        create: Revision,
+        version: i64,
+    ) -> (Vec<u8>, Revision, Option<Arc<KeyValue>>) {
+        let kv = KeyValue {
+            key: key.into(),
+            value: format!("{key}@{rev}").into_bytes(),
+            create_revision: create,
+            mod_revision: rev,
+            version,
+            lease: None,
+        };
+        (key.into(), rev, Some(Arc::new(kv)))
+    }
+
+    fn write(db: &Database, changes: Vec<(Vec<u8>, Revision, Option<Arc<KeyValue>>)>) {
+        let revision = changes.iter().map(|c| c.1).max().unwrap();
+        let revisions = changes.iter().map(|c| (c.1, vec![c.0.clone()])).collect();
+        let batch = DiskBatch { records: changes, revisions, revision, ..DiskBatch::default() };
+        commit(db, &batch).unwrap();
+    }
+
+    fn values_at(db: &Database, rev: Revision) -> StoreResult<Vec<String>> {
+        let response = read_at(db, &RangeRequest::prefix(""), rev, 9)?;
+        Ok(response.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()).collect())
+    }
+
+    fn record_count(db: &Database) -> usize {
+        db.begin_read().unwrap().open_table(MVCC).unwrap().iter().unwrap().count()
+    }
+
+    #[test]
+    fn compaction_keeps_exactly_what_reads_at_or_above_it_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let Loaded { db, .. } = open(&dir.path().join("s.redb")).unwrap();
+        write(&db, vec![put("a", 2, 2, 1)]);
+        write(&db, vec![put("a", 3, 2, 2)]);
+        write(&db, vec![(b"a".to_vec(), 4, None)]);
+        write(&db, vec![put("b", 5, 5, 1)]);
+        write(&db, vec![put("a", 6, 6, 1)]);
+        write(&db, vec![put("b", 7, 5, 2)]);
+        assert_eq!(values_at(&db, 3).unwrap(), ["a@3"]);
+
+        compact(&db, 0, 5).unwrap();
+        // a: 2, 3 and the tombstone at 4 are gone; b keeps 5 (latest at or below 5).
+        assert_eq!(record_count(&db), 3);
+        assert!(matches!(values_at(&db, 4), Err(StoreError::Compacted { requested: 4, compacted: Some(5) })));
+        assert_eq!(values_at(&db, 5).unwrap(), ["b@5"]);
+        assert_eq!(values_at(&db, 6).unwrap(), ["a@6", "b@5"]);
+        assert_eq!(values_at(&db, 7).unwrap(), ["a@6", "b@7"]);
+        let history = read_history(&db, &KeyRange::prefix(""), 5, 7, 100).unwrap();
+        assert_eq!(history.batches.iter().map(|b| b.0).collect::<Vec<_>>(), [5, 6, 7]);
+        assert!(read_history(&db, &KeyRange::prefix(""), 4, 7, 100).is_err());
+
+        compact(&db, 5, 7).unwrap();
+        assert_eq!(record_count(&db), 2);
+        assert_eq!(values_at(&db, 7).unwrap(), ["a@6", "b@7"]);
+    }
+
+    #[test]
+    fn reopening_rebuilds_the_current_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let Loaded { db, state, .. } = open(&path).unwrap();
+        assert_eq!((state.revision, state.compacted, state.kvs.len()), (1, 0, 0));
+        write(&db, vec![put("a", 2, 2, 1), put("b", 2, 2, 1)]);
+        write(&db, vec![(b"a".to_vec(), 3, None)]);
+        drop(db);
+        let Loaded { state, .. } = open(&path).unwrap();
+        assert_eq!(state.revision, 3);
+        assert_eq!(state.kvs.keys().cloned().collect::<Vec<_>>(), [b"b".to_vec()]);
     }
 }

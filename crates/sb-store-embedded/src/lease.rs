@@ -34,13 +34,15 @@ pub(crate) struct LeaseTable {
     deadlines: BTreeSet<(Instant, LeaseId)>,
 }
 
-fn ttl_duration(ttl_secs: i64) -> Duration {
-    Duration::from_secs(ttl_secs.max(0) as u64)
+/// The deadline of a lease renewed at `now`. TTLs go up to etcd's 9e9 s (285 years).
+fn deadline(now: Instant, ttl_secs: i64) -> Instant {
+    let ttl = Duration::from_secs(ttl_secs.max(0) as u64);
+    now.checked_add(ttl).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 impl LeaseTable {
     pub(crate) fn insert(&mut self, id: LeaseId, ttl_secs: i64, now: Instant) {
-        let deadline = now + ttl_duration(ttl_secs);
+        let deadline = deadline(now, ttl_secs);
         self.deadlines.insert((deadline, id));
         let entry = LeaseEntry { ttl_secs, deadline, keys: BTreeSet::new(), expiring: false };
         if let Some(old) = self.leases.insert(id, entry) {
@@ -63,7 +65,7 @@ impl LeaseTable {
         let entry = self.leases.get_mut(&id).filter(|l| !l.expiring && l.deadline > now);
         let Some(entry) = entry else { return Err(StoreError::LeaseNotFound(id)) };
         self.deadlines.remove(&(entry.deadline, id));
-        entry.deadline = now + ttl_duration(entry.ttl_secs);
+        entry.deadline = deadline(now, entry.ttl_secs);
         self.deadlines.insert((entry.deadline, id));
         Ok(entry.ttl_secs)
     }

@@ -132,7 +132,7 @@ fn compact(shared: &Shared, revision: Revision) -> StoreResult<()> {
         return Err(StoreError::Compacted { requested: revision, compacted: Some(compacted) });
     }
     let db = shared.db().ok_or(StoreError::Closed)?;
-    disk::compact(&db, revision)?;
+    disk::compact(&db, compacted, revision)?;
     shared.state.write().compacted = revision;
     tracing::info!(revision, "store compacted");
     Ok(())
