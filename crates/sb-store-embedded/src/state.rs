@@ -102,6 +102,13 @@ impl<'a> View<'a> {
     /// Answers a range read at the view's revision (`revision` goes into the response).
     pub(crate) fn answer(&self, request: &RangeRequest, revision: Revision) -> RangeResponse {
         let mut builder = RangeBuilder::new(request);
+        if let KeyRange::Key(key) = &request.range {
+            // The hot path: one map lookup, no range bounds to build.
+            if let Some(kv) = self.get(key) {
+                builder.push_with(kv);
+            }
+            return builder.finish(revision);
+        }
         self.for_each_in(&request.range, |kv| {
             builder.push_with(kv);
             true
