@@ -111,7 +111,22 @@ impl EmbeddedStore {
             let _ = done.await;
         }
         let _ = self.shutdown.send(true);
-        self.shared.db.write().take();
+        // Wait (bounded) for in-flight history reads to drop their handles, so the file is
+        // released when close returns and can be opened again at once.
+        let mut db = self.shared.db.write().take();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(handle) = db.take() {
+            match Arc::try_unwrap(handle) {
+                Ok(database) => drop(database),
+                Err(_) if Instant::now() >= deadline => {
+                    tracing::warn!("store file still in use by a read after close");
+                }
+                Err(handle) => {
+                    db = Some(handle);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
         tracing::info!(path = %self.shared.options.path.display(), "embedded store closed");
     }
 
