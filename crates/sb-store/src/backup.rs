@@ -125,6 +125,23 @@ pub async fn restore_from_file(store: &dyn Store, path: &Path) -> StoreResult<Re
     Ok(RestoreSummary { source_revision: expected.revision, keys, revision })
 }
 
+/// Reads every key and value of a backup file, after checking it whole.
+pub async fn read_backup_file(path: &Path) -> StoreResult<(BackupSummary, Vec<(Vec<u8>, Vec<u8>)>)> {
+    let file = tokio::fs::File::open(path).await.map_err(io_error)?;
+    let mut reader = BackupReader::open(file).await?;
+    let mut records = Vec::new();
+    while let Some(record) = reader.next_record().await? {
+        records.push(record);
+    }
+    let summary = BackupSummary {
+        revision: reader.revision,
+        keys: reader.keys,
+        skipped_leased: 0,
+        bytes: reader.bytes,
+    };
+    Ok((summary, records))
+}
+
 /// Checks a backup end to end: format, trailer count and digest.
 pub async fn verify<R: AsyncRead + Unpin>(input: R) -> StoreResult<BackupSummary> {
     let mut reader = BackupReader::open(input).await?;

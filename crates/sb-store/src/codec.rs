@@ -18,7 +18,9 @@ pub enum CodecError {
     Malformed { kind: &'static str, reason: String },
     #[error("stored {kind} value has no format version field \"v\"")]
     MissingVersion { kind: &'static str },
-    #[error("stored {kind} value has format v{found}, this release reads up to v{supported}: upgrade Switchboard")]
+    #[error(
+        "stored {kind} value has format v{found}, this release reads up to v{supported}: upgrade Switchboard"
+    )]
     TooNew { kind: &'static str, found: u32, supported: u32 },
     #[error("stored {kind} value has format v{found}, which this release cannot upgrade")]
     TooOld { kind: &'static str, found: u32 },
@@ -90,7 +92,8 @@ mod tests {
             match found {
                 1 => {
                     // v1 called the field "addr_port".
-                    let object = value.as_object_mut().ok_or(CodecError::TooOld { kind: Self::KIND, found })?;
+                    let object =
+                        value.as_object_mut().ok_or(CodecError::TooOld { kind: Self::KIND, found })?;
                     let port = object.remove("addr_port").unwrap_or(serde_json::Value::Null);
                     object.insert("port".into(), port);
                     Ok(value)

@@ -14,7 +14,8 @@ pub struct NodeId(String);
 impl NodeId {
     /// Validates a node id: 1 to 64 characters of `a-z`, `0-9`, `-` and `_`.
     pub fn parse(id: &str) -> StoreResult<NodeId> {
-        let valid_chars = id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        let valid_chars =
+            id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if id.is_empty() || id.len() > MAX_NODE_ID_LEN || !valid_chars {
             return Err(StoreError::InvalidArgument(format!(
                 "node id {id:?} must be 1 to {MAX_NODE_ID_LEN} characters of a-z, 0-9, '-' and '_'"

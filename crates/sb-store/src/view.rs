@@ -84,7 +84,8 @@ impl<S: ViewState> View<S> {
         let (applied, _) = watch::channel(revision);
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
         let (progress, progress_rx) = mpsc::channel(1);
-        let shared = Arc::new(Shared { name, state: ArcSwap::from_pointee(state), applied, changes, progress });
+        let shared =
+            Arc::new(Shared { name, state: ArcSwap::from_pointee(state), applied, changes, progress });
         let task = tokio::spawn(follow(store, range, shared.clone(), progress_rx));
         Ok(View { shared, task })
     }

@@ -26,6 +26,7 @@ mod kv;
 mod lease;
 mod limits;
 mod revision;
+mod state;
 mod txn;
 mod watch;
 
@@ -34,6 +35,7 @@ pub use kv::*;
 pub use lease::*;
 pub use limits::*;
 pub use revision::*;
+pub use state::*;
 pub use txn::*;
 pub use watch::*;
 
@@ -114,6 +116,14 @@ macro_rules! store_conformance_suite {
             request_size_limit_is_etcds,
             duplicate_keys_in_one_branch_are_refused,
             empty_key_is_refused,
+            // state layer built on the port
+            view_loads_then_follows_its_range,
+            view_wait_for_a_revision_outside_its_range,
+            view_wait_for_times_out_with_an_error,
+            view_survives_compaction,
+            membership_lists_live_nodes_and_drops_stopped_ones,
+            backup_restore_roundtrip,
+            restore_refuses_a_damaged_file_and_writes_nothing,
         );
     };
     (@tests $factory:path; $($name:ident),* $(,)?) => {

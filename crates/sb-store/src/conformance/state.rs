@@ -24,7 +24,8 @@ fn raw_keys(view: &View<RawMap>) -> Vec<String> {
 pub async fn view_loads_then_follows_its_range(t: &TestStore) {
     t.store.put(b"svc/a", b"1", None).await.expect("put svc/a");
     t.store.put(b"other/x", b"1", None).await.expect("put other/x");
-    let view = View::<RawMap>::start(t.store.clone(), KeyRange::prefix("svc/"), "test").await.expect("view starts");
+    let view =
+        View::<RawMap>::start(t.store.clone(), KeyRange::prefix("svc/"), "test").await.expect("view starts");
     assert_eq!(raw_keys(&view), ["svc/a"], "the initial load holds only the view's range");
 
     let mut changes = view.subscribe();
@@ -49,7 +50,8 @@ pub async fn view_loads_then_follows_its_range(t: &TestStore) {
 /// `wait_for` returns for a revision that touched no key of the view (a progress
 /// notification confirms it), so a writer never hangs on an unrelated commit.
 pub async fn view_wait_for_a_revision_outside_its_range(t: &TestStore) {
-    let view = View::<RawMap>::start(t.store.clone(), KeyRange::prefix("svc/"), "test").await.expect("view starts");
+    let view =
+        View::<RawMap>::start(t.store.clone(), KeyRange::prefix("svc/"), "test").await.expect("view starts");
     let rev = t.store.put(b"elsewhere", b"1", None).await.expect("put outside the view");
     view.wait_for(rev, WAIT).await.expect("wait_for completes through a progress notification");
     assert!(view.revision() >= rev, "the view's revision reaches {rev}");
@@ -58,7 +60,8 @@ pub async fn view_wait_for_a_revision_outside_its_range(t: &TestStore) {
 
 /// `wait_for` a revision that does not exist yet times out with a typed error.
 pub async fn view_wait_for_times_out_with_an_error(t: &TestStore) {
-    let view = View::<RawMap>::start(t.store.clone(), KeyRange::prefix("svc/"), "test").await.expect("view starts");
+    let view =
+        View::<RawMap>::start(t.store.clone(), KeyRange::prefix("svc/"), "test").await.expect("view starts");
     let future = t.store.current_revision().await.expect("current revision") + 1000;
     let err = view.wait_for(future, Duration::from_millis(300)).await.expect_err("no such revision yet");
     assert!(err.to_string().contains(&future.to_string()), "the error names the awaited revision: {err}");
@@ -66,7 +69,8 @@ pub async fn view_wait_for_times_out_with_an_error(t: &TestStore) {
 
 /// A view stays correct across a compaction of the history it already applied.
 pub async fn view_survives_compaction(t: &TestStore) {
-    let view = View::<RawMap>::start(t.store.clone(), KeyRange::prefix("svc/"), "test").await.expect("view starts");
+    let view =
+        View::<RawMap>::start(t.store.clone(), KeyRange::prefix("svc/"), "test").await.expect("view starts");
     let mut last = 0;
     for i in 0..5 {
         last = t.store.put(format!("svc/{i}").as_bytes(), b"v", None).await.expect("put");
@@ -133,7 +137,8 @@ pub async fn backup_restore_roundtrip(t: &TestStore) {
     let summary = backup_to_file(t.store.as_ref(), &file).await.expect("backup");
     assert_eq!((summary.keys, summary.skipped_leased), (151, 1), "leased keys are left out");
 
-    let (before, _) = range_all(t.store.as_ref(), KeyRange::prefix(Vec::new()), None).await.expect("read all");
+    let (before, _) =
+        range_all(t.store.as_ref(), KeyRange::prefix(Vec::new()), None).await.expect("read all");
     let err = restore_from_file(t.store.as_ref(), &file).await.expect_err("restore into a non-empty store");
     assert!(matches!(err, StoreError::NotEmpty(_)), "restore refuses a store with keys: {err}");
 
@@ -142,10 +147,15 @@ pub async fn backup_restore_roundtrip(t: &TestStore) {
     assert_eq!(restored.keys, 151);
     let (after, _) = range_all(t.store.as_ref(), KeyRange::prefix(Vec::new()), None).await.expect("read all");
     let unleased = |kvs: &[crate::types::KeyValue]| {
-        kvs.iter().filter(|kv| kv.lease.is_none()).map(|kv| (kv.key.clone(), kv.value.clone())).collect::<Vec<_>>()
+        kvs.iter()
+            .filter(|kv| kv.lease.is_none())
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect::<Vec<_>>()
     };
     assert_eq!(unleased(&after), unleased(&before), "same keys and values after the round trip");
     assert!(after.iter().all(|kv| kv.version == 1), "the target numbers versions afresh");
+    // Revoked now, so its expiry never lands in a later test on a shared etcd.
+    let _ = t.store.lease_revoke(lease.id).await;
 }
 
 /// A damaged backup restores nothing.

@@ -1,0 +1,118 @@
+//! Which store a command opens: the flags shared by `serve`, `backup` and `restore`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use sb_store::SharedStore;
+use sb_store_embedded::{EmbeddedOptions, EmbeddedStore};
+use sb_store_etcd::{EtcdOptions, EtcdStore, EtcdTls};
+
+/// The embedded store's file inside the data dir.
+pub const EMBEDDED_FILE: &str = "store.redb";
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// Where the node id and the embedded store live.
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = "./switchboard-data")]
+    pub data_dir: PathBuf,
+    /// `embedded`, or `etcd://host:port[,host:port...]`.
+    #[arg(long, env = "SWITCHBOARD_STORE", default_value = "embedded")]
+    pub store: String,
+    /// etcd only: every key lives under this prefix.
+    #[arg(long, env = "SWITCHBOARD_ROOT_PREFIX", default_value = "/switchboard/")]
+    pub root_prefix: String,
+    /// etcd only: CA certificate (PEM) to verify etcd with.
+    #[arg(long, env = "SWITCHBOARD_ETCD_CACERT")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// etcd only: client certificate (PEM).
+    #[arg(long, env = "SWITCHBOARD_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    /// etcd only: client key (PEM).
+    #[arg(long, env = "SWITCHBOARD_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd only: user name.
+    #[arg(long, env = "SWITCHBOARD_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// etcd only: password (prefer the environment variable).
+    #[arg(long, env = "SWITCHBOARD_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+    /// History kept by automatic compaction, in revisions.
+    #[arg(long, env = "SWITCHBOARD_RETENTION_REVISIONS", default_value_t = 50_000)]
+    pub retention_revisions: u64,
+}
+
+/// An open store, and the embedded store behind it when there is one (to close it).
+pub struct OpenStore {
+    pub store: SharedStore,
+    pub embedded: Option<Arc<EmbeddedStore>>,
+    pub description: String,
+}
+
+impl StoreArgs {
+    pub fn etcd_endpoints(&self) -> anyhow::Result<Option<Vec<String>>> {
+        if self.store == "embedded" {
+            return Ok(None);
+        }
+        let Some(hosts) = self.store.strip_prefix("etcd://") else {
+            bail!("--store is {:?}: use `embedded` or `etcd://host:port[,host:port...]`", self.store);
+        };
+        let endpoints: Vec<String> =
+            hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("http://{h}")).collect();
+        if endpoints.is_empty() {
+            bail!("--store {:?} names no etcd endpoint", self.store);
+        }
+        Ok(Some(endpoints))
+    }
+
+    pub async fn open(&self) -> anyhow::Result<OpenStore> {
+        match self.etcd_endpoints()? {
+            None => {
+                let path = self.data_dir.join(EMBEDDED_FILE);
+                let mut options = EmbeddedOptions::new(&path);
+                options.retention_revisions = self.retention_revisions;
+                let store = EmbeddedStore::open(options).await.with_context(|| {
+                    format!(
+                        "opening the embedded store {} (is another switchboard using it?)",
+                        path.display()
+                    )
+                })?;
+                Ok(OpenStore {
+                    store: store.clone(),
+                    embedded: Some(store),
+                    description: format!("the embedded store at {}", path.display()),
+                })
+            }
+            Some(mut endpoints) => {
+                let tls = (self.etcd_cacert.is_some() || self.etcd_cert.is_some()).then(|| EtcdTls {
+                    ca_cert: self.etcd_cacert.clone(),
+                    client_cert: self.etcd_cert.clone(),
+                    client_key: self.etcd_key.clone(),
+                });
+                if tls.is_some() {
+                    endpoints = endpoints.iter().map(|e| e.replacen("http://", "https://", 1)).collect();
+                }
+                let mut options =
+                    EtcdOptions::new(endpoints.clone()).with_namespace(self.root_prefix.as_bytes());
+                options.tls = tls;
+                options.user = match (&self.etcd_user, &self.etcd_password) {
+                    (Some(user), Some(password)) => Some((user.clone(), password.clone())),
+                    (Some(_), None) => {
+                        bail!("--etcd-user needs --etcd-password (or SWITCHBOARD_ETCD_PASSWORD)")
+                    }
+                    _ => None,
+                };
+                options.connect_timeout = Duration::from_secs(5);
+                let store = EtcdStore::connect(options)
+                    .await
+                    .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+                Ok(OpenStore {
+                    store,
+                    embedded: None,
+                    description: format!("etcd at {} under {:?}", endpoints.join(","), self.root_prefix),
+                })
+            }
+        }
+    }
+}
