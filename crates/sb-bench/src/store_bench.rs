@@ -129,7 +129,8 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     }
     if wanted("watch") {
         let watchers = args.watchers;
-        compare(&format!("watch-{watchers}"), &targets, |t| watch_fan_out(t, watchers, 2000, value.clone())).await?;
+        compare(&format!("watch-{watchers}"), &targets, |t| watch_fan_out(t, watchers, 2000, value.clone()))
+            .await?;
     }
     if let Some(kib) = peak_rss_kib() {
         println!("peak RSS of the bench process (embedded store in-process): {} MiB", kib / 1024);
@@ -205,7 +206,12 @@ where
 
 /// One writer puts `puts` keys; `watchers` watches on the prefix each receive every event.
 /// Latency is put-to-delivery per event; ops are events delivered.
-async fn watch_fan_out(target: Target, watchers: usize, puts: usize, value: Vec<u8>) -> anyhow::Result<Outcome> {
+async fn watch_fan_out(
+    target: Target,
+    watchers: usize,
+    puts: usize,
+    value: Vec<u8>,
+) -> anyhow::Result<Outcome> {
     let prefix = format!("bench/watch/{}/", rand_suffix());
     let base = Instant::now();
     let mut handles = Vec::new();
