@@ -335,3 +335,7 @@ impl<T: StoredValue + Send + Sync + 'static> ViewState for DecodedMap<T> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "view_tests.rs"]
+mod tests;
