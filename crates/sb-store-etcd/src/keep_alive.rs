@@ -14,7 +14,7 @@ use etcd_client::{LeaseClient, LeaseKeepAliveStream, LeaseKeeper};
 use sb_store::{LeaseId, StoreError, StoreResult};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::failure::Failure;
+use crate::failure::{timed, Failure};
 
 type Reply = oneshot::Sender<StoreResult<i64>>;
 
@@ -26,7 +26,7 @@ pub(crate) struct KeepAliveMux {
 impl KeepAliveMux {
     pub fn spawn(client: LeaseClient, timeout: Duration) -> Self {
         let (calls, rx) = mpsc::channel(1024);
-        let task = KeepAliveTask { client, stream: None, waiters: HashMap::new() };
+        let task = KeepAliveTask { client, timeout, stream: None, waiters: HashMap::new() };
         tokio::spawn(task.run(rx));
         KeepAliveMux { calls, timeout }
     }
@@ -48,6 +48,7 @@ impl KeepAliveMux {
 
 struct KeepAliveTask {
     client: LeaseClient,
+    timeout: Duration,
     stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
     /// Callers waiting for an answer, per lease, in request order.
     waiters: HashMap<i64, VecDeque<Reply>>,
@@ -112,7 +113,7 @@ impl KeepAliveTask {
             }
             self.stream = None;
         }
-        match self.client.keep_alive(id).await {
+        match timed(self.timeout, self.client.keep_alive(id)).await {
             Ok((mut keeper, stream)) => {
                 // Opening renewed the lease, but etcd-client keeps that answer's TTL to
                 // itself: ask once more, and answer the caller from that.
@@ -122,8 +123,8 @@ impl KeepAliveTask {
                     self.fail(id, StoreError::Unavailable("lease keep-alive stream closed".into()));
                 }
             }
-            Err(e) => {
-                let error = match Failure::classify(&e) {
+            Err(failure) => {
+                let error = match failure {
                     Failure::LeaseNotFound => StoreError::LeaseNotFound(LeaseId(id)),
                     other => other.into_store_error(),
                 };

@@ -83,10 +83,11 @@ impl EtcdStore {
         let probe = tokio::time::timeout(store.options.connect_timeout, store.current_revision()).await;
         match probe {
             Ok(Ok(_)) => Ok(Arc::new(store)),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!(
-                "cannot reach etcd at {}: {e}",
+            Ok(Err(StoreError::Unavailable(reason))) => Err(StoreError::Unavailable(format!(
+                "cannot reach etcd at {}: {reason}",
                 store.options.endpoints.join(",")
             ))),
+            Ok(Err(other)) => Err(other),
             Err(_) => Err(StoreError::Unavailable(format!(
                 "etcd at {} did not answer within {} ms",
                 store.options.endpoints.join(","),

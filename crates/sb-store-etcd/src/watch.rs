@@ -21,6 +21,15 @@ use crate::EtcdStore;
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// etcd before 3.4.25 and 3.5.8 answers a progress request at once with its current
+/// revision, out of band: the answer can overtake events still queued for the watcher,
+/// or not yet replayed by a watcher that is catching up (etcd-io/etcd#15220). A progress
+/// answer is therefore held this long, while events keep flowing, before it is passed on.
+const PROGRESS_SETTLE: Duration = Duration::from_millis(150);
+/// A watch that starts in the past replays history in etcd's sync loop (every 100 ms):
+/// progress is not passed on before this long after the watch was (re)created.
+const CATCH_UP_GRACE: Duration = Duration::from_millis(300);
+
 pub(crate) async fn watch(store: &EtcdStore, request: WatchRequest) -> StoreResult<WatchStream> {
     let ns = store.namespace().clone();
     let range = ns.range(&request.range);
@@ -35,8 +44,18 @@ pub(crate) async fn watch(store: &EtcdStore, request: WatchRequest) -> StoreResu
     let next_revision = request.start_revision.unwrap_or(header_revision + 1);
     let (batches, rx) = mpsc::channel(store.options.watch_buffer.max(1));
     let (progress_tx, progress) = mpsc::channel(1);
-    let task =
-        WatchTask { client, ns, range, timeout, next_revision, fragments: Vec::new(), batches, progress };
+    let task = WatchTask {
+        client,
+        ns,
+        range,
+        timeout,
+        next_revision,
+        fragments: Vec::new(),
+        batches,
+        progress,
+        pending_progress: None,
+        opened_at: tokio::time::Instant::now(),
+    };
     tokio::spawn(task.run(stream, created));
     Ok(WatchStream::new(rx, progress_tx))
 }
@@ -70,6 +89,10 @@ struct WatchTask {
     fragments: Vec<PbEvent>,
     batches: mpsc::Sender<StoreResult<WatchBatch>>,
     progress: mpsc::Receiver<()>,
+    /// A progress answer from etcd being held (see [`PROGRESS_SETTLE`]): its revision and
+    /// when it may be passed on.
+    pending_progress: Option<(Revision, tokio::time::Instant)>,
+    opened_at: tokio::time::Instant,
 }
 
 /// Whether the watch goes on after a response.
@@ -85,9 +108,20 @@ impl WatchTask {
             return;
         }
         loop {
+            let settle_at = self.pending_progress.map(|(_, at)| at);
             let broken = tokio::select! {
                 // The consumer dropped its WatchStream: dropping etcd's stream cancels it.
                 _ = self.batches.closed() => return,
+                _ = sleep_until_opt(settle_at), if settle_at.is_some() => {
+                    if let Some((revision, _)) = self.pending_progress.take() {
+                        let revision = revision.max(self.next_revision - 1);
+                        self.next_revision = revision + 1;
+                        if let Flow::Stop = self.deliver(WatchBatch { revision, events: Vec::new() }).await {
+                            return;
+                        }
+                    }
+                    None
+                }
                 Some(()) = self.progress.recv() => {
                     stream.request_progress().await.err().map(|e| e.to_string())
                 }
@@ -114,6 +148,8 @@ impl WatchTask {
     /// consumer goes away, or etcd refuses it for good.
     async fn reopen(&mut self) -> Option<etcd_client::WatchStream> {
         self.fragments.clear();
+        // A held progress answer came from the broken stream; the new one answers anew.
+        self.pending_progress = None;
         let mut backoff = BACKOFF_FIRST;
         loop {
             tokio::select! {
@@ -122,6 +158,7 @@ impl WatchTask {
             }
             match open(self.client.clone(), &self.range, Some(self.next_revision), self.timeout).await {
                 Ok((stream, first)) => {
+                    self.opened_at = tokio::time::Instant::now();
                     return match self.handle(first).await {
                         Flow::Continue => Some(stream),
                         Flow::Stop => None,
@@ -161,10 +198,16 @@ impl WatchTask {
             return Flow::Continue;
         }
         if response.events.is_empty() && self.fragments.is_empty() {
-            // A progress notification: every event up to the header revision was sent.
-            let revision = response.header.map_or(0, |h| h.revision).max(self.next_revision - 1);
-            self.next_revision = revision + 1;
-            return self.deliver(WatchBatch { revision, events: Vec::new() }).await;
+            // A progress notification: every event up to the header revision was sent,
+            // once the events it may have overtaken have arrived.
+            let revision = response.header.map_or(0, |h| h.revision);
+            let now = tokio::time::Instant::now();
+            let at = (now + PROGRESS_SETTLE).max(self.opened_at + CATCH_UP_GRACE);
+            self.pending_progress = match self.pending_progress {
+                Some((held, held_at)) => Some((held.max(revision), held_at)),
+                None => Some((revision, at)),
+            };
+            return Flow::Continue;
         }
         self.fragments.extend(response.events);
         if response.fragment {
@@ -210,5 +253,12 @@ impl WatchTask {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Stop,
         }
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

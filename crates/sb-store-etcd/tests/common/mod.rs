@@ -29,3 +29,37 @@ pub async fn connect(namespace: Vec<u8>) -> Arc<EtcdStore> {
 pub async fn connect_fresh() -> Arc<EtcdStore> {
     connect(fresh_namespace()).await
 }
+
+/// Deletes a test's namespace when the test ends. Keys a test left on a lease would
+/// otherwise be deleted when that lease expires, in the middle of a later test, and move
+/// the shared etcd's revision under that test's exact-revision assertions.
+pub struct NamespaceCleanup {
+    namespace: Vec<u8>,
+}
+
+impl NamespaceCleanup {
+    pub fn new(namespace: Vec<u8>) -> Self {
+        NamespaceCleanup { namespace }
+    }
+}
+
+impl Drop for NamespaceCleanup {
+    fn drop(&mut self) {
+        let namespace = self.namespace.clone();
+        // Drop cannot await, and the test's runtime may be shutting down: clean up on a
+        // thread of its own, and wait for it, so the next test starts after the delete.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                use sb_store::Store;
+                let store =
+                    EtcdStore::connect(EtcdOptions::new(endpoints()).with_namespace(namespace)).await?;
+                store.delete(sb_store::KeyRange::prefix("")).await.map(|_| ())
+            })?;
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        });
+        if let Ok(Err(e)) = cleanup.join() {
+            eprintln!("could not delete the test namespace: {e}");
+        }
+    }
+}
