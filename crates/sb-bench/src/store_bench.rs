@@ -155,13 +155,32 @@ where
     let mut totals = [0.0f64; 2];
     for _round in 0..2 {
         for (i, target) in targets.iter().enumerate() {
+            let before = embedded_metrics(target);
             let outcome = run(target.clone()).await?;
             outcome.print(scenario, target.name());
             totals[i] += outcome.ops_per_sec();
+            if let (Some(before), Some(after)) = (before, embedded_metrics(target)) {
+                let commits = after.commits - before.commits;
+                if commits > 0 {
+                    println!(
+                        "{:<24} group commits {commits}, mean batch {:.1} txns, last commit {} us",
+                        "",
+                        (after.batched_txns - before.batched_txns) as f64 / commits as f64,
+                        after.last_commit_latency.as_micros()
+                    );
+                }
+            }
         }
     }
     println!("{scenario:<14} ratio     embedded/etcd = {:.2}x\n", totals[0] / totals[1].max(1e-9));
     Ok(())
+}
+
+fn embedded_metrics(target: &Target) -> Option<sb_store_embedded::EmbeddedMetrics> {
+    match target {
+        Target::Embedded(store) => Some(store.metrics()),
+        Target::Etcd(_) => None,
+    }
 }
 
 async fn put_load(target: Target, writers: usize, secs: Duration, value: Vec<u8>) -> anyhow::Result<Outcome> {
