@@ -39,7 +39,7 @@ pub struct StoreArgs {
 #[derive(Clone)]
 enum Target {
     Embedded(Arc<EmbeddedStore>),
-    Etcd(etcd_client::Client),
+    Etcd(Box<etcd_client::Client>),
 }
 
 impl Target {
@@ -97,7 +97,7 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         args.secs,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let targets = [Target::Embedded(embedded), Target::Etcd(etcd)];
+    let targets = [Target::Embedded(embedded), Target::Etcd(Box::new(etcd))];
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let value = vec![b'x'; args.value_bytes];
     let secs = Duration::from_secs(args.secs);
