@@ -15,6 +15,7 @@ use sb_store::{
 use tokio::sync::oneshot;
 
 use crate::disk::{self, DiskBatch};
+use crate::history;
 use crate::state::{Overlay, View};
 use crate::writer::WriteRequest;
 use crate::Shared;
@@ -210,16 +211,13 @@ impl<'a> BatchEval<'a> {
         let revision = self.next_revision;
         self.next_revision += 1;
         let mut events = Vec::with_capacity(changes.keys.len());
-        let mut keys = Vec::with_capacity(changes.keys.len());
-        for (key, kv) in changes.keys {
-            events.push(match &kv {
+        for (key, kv) in &changes.keys {
+            events.push(match kv {
                 Some(kv) => Event { kind: EventKind::Put, kv: KeyValue::clone(kv) },
-                None => disk::delete_event(&key, revision),
+                None => disk::delete_event(key, revision),
             });
-            keys.push(key.clone());
-            self.disk.records.push((key, revision, kv));
         }
-        self.disk.revisions.push((revision, keys));
+        self.disk.revisions.push((revision, changes.keys));
         self.events.push((revision, events));
         revision
     }
@@ -311,7 +309,7 @@ impl<'a> BatchEval<'a> {
             )));
         }
         let db = self.shared.db().ok_or(StoreError::Closed)?;
-        disk::read_at(&db, request, past, current)
+        history::read_at(&db, request, past, current)
     }
 
     fn revoke(&mut self, id: LeaseId) {

@@ -1,10 +1,12 @@
-//! The on-disk encoding of MVCC records and event-log entries (file format version 1).
+//! The on-disk encoding of MVCC records and log entries (file format version 2).
 //!
 //! A record is `flags: u8` (bit 0 = tombstone), then `create_revision`, `version` and
 //! `lease` as little-endian `i64`, then the value bytes. The mod revision is not stored: it
-//! is the revision half of the record's `(key, revision)` table key. An event-log entry is
-//! the list of keys a revision changed, each as a little-endian `u32` length and the bytes.
-//! This module knows nothing about redb.
+//! is the revision half of the record's `(key, revision)` table key, or the log entry's
+//! revision. A log entry holds every change of one revision, in order, each as the key and
+//! the record, both prefixed by their little-endian `u32` length, so the checkpoint copies
+//! record bytes into the MVCC table without decoding them. This module knows nothing about
+//! redb.
 
 use sb_store::{KeyValue, LeaseId, Revision, StoreError, StoreResult};
 
@@ -19,10 +21,6 @@ pub(crate) enum Record {
 }
 
 impl Record {
-    pub(crate) fn is_tombstone(&self) -> bool {
-        matches!(self, Record::Tombstone)
-    }
-
     /// The key-value this record describes, `None` for a tombstone.
     pub(crate) fn into_kv(self, key: &[u8], mod_revision: Revision) -> Option<KeyValue> {
         match self {
@@ -34,8 +32,18 @@ impl Record {
     }
 }
 
+#[cfg(test)]
 pub(crate) fn encode_kv(kv: Option<&KeyValue>) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_BYTES + kv.map_or(0, |kv| kv.value.len()));
+    encode_kv_into(&mut out, kv);
+    out
+}
+
+fn record_len(kv: Option<&KeyValue>) -> usize {
+    HEADER_BYTES + kv.map_or(0, |kv| kv.value.len())
+}
+
+fn encode_kv_into(out: &mut Vec<u8>, kv: Option<&KeyValue>) {
     match kv {
         Some(kv) => {
             out.push(0);
@@ -49,7 +57,6 @@ pub(crate) fn encode_kv(kv: Option<&KeyValue>) -> Vec<u8> {
             out.extend_from_slice(&[0; 24]);
         }
     }
-    out
 }
 
 pub(crate) fn decode_record(bytes: &[u8]) -> StoreResult<Record> {
@@ -84,36 +91,57 @@ fn read_i64(bytes: &[u8]) -> i64 {
     i64::from_le_bytes(buf)
 }
 
-pub(crate) fn encode_keys<'a>(keys: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for key in keys {
-        // Keys are bounded by the request limit (1.5 MiB), far below u32::MAX.
+/// Encodes one revision's changes (`None` = deleted) as a log entry.
+pub(crate) fn encode_log_entry<'a>(
+    changes: impl IntoIterator<Item = (&'a [u8], Option<&'a KeyValue>)>,
+) -> Vec<u8> {
+    let changes: Vec<_> = changes.into_iter().collect();
+    let size = changes.iter().map(|(key, kv)| 8 + key.len() + record_len(*kv)).sum();
+    let mut out = Vec::with_capacity(size);
+    for (key, kv) in changes {
+        // Keys and values are bounded by the request limit (1.5 MiB), far below u32::MAX.
         out.extend_from_slice(&(key.len() as u32).to_le_bytes());
         out.extend_from_slice(key);
+        out.extend_from_slice(&(record_len(kv) as u32).to_le_bytes());
+        encode_kv_into(&mut out, kv);
     }
+    debug_assert_eq!(out.len(), size, "the size computed up front is exact");
     out
 }
 
-pub(crate) fn decode_keys(mut bytes: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
-    let mut keys = Vec::new();
-    while !bytes.is_empty() {
+/// Splits a log entry into `(key, encoded record)` pairs, in the order they were written.
+pub(crate) fn decode_log_entry(mut bytes: &[u8]) -> StoreResult<Vec<(&[u8], &[u8])>> {
+    fn take<'b>(bytes: &mut &'b [u8], what: &str) -> StoreResult<&'b [u8]> {
         if bytes.len() < 4 {
-            return Err(StoreError::Corrupt("event-log entry ends inside a key length".into()));
+            return Err(StoreError::Corrupt(format!("log entry ends inside a {what} length")));
         }
         let mut len = [0u8; 4];
         len.copy_from_slice(&bytes[..4]);
         let len = u32::from_le_bytes(len) as usize;
-        bytes = &bytes[4..];
-        if bytes.len() < len {
+        let rest = &bytes[4..];
+        if rest.len() < len {
             return Err(StoreError::Corrupt(format!(
-                "event-log key is {len} bytes but only {} remain",
-                bytes.len()
+                "log entry {what} is {len} bytes but only {} remain",
+                rest.len()
             )));
         }
-        keys.push(bytes[..len].to_vec());
-        bytes = &bytes[len..];
+        let (item, rest) = rest.split_at(len);
+        *bytes = rest;
+        Ok(item)
     }
-    Ok(keys)
+    let mut changes = Vec::new();
+    while !bytes.is_empty() {
+        let key = take(&mut bytes, "key")?;
+        let record = take(&mut bytes, "record")?;
+        if record.len() < HEADER_BYTES {
+            return Err(StoreError::Corrupt(format!(
+                "log record is {} bytes, at least {HEADER_BYTES}",
+                record.len()
+            )));
+        }
+        changes.push((key, record));
+    }
+    Ok(changes)
 }
 
 #[cfg(test)]
@@ -147,10 +175,22 @@ mod tests {
     }
 
     #[test]
-    fn key_lists_roundtrip() {
-        let keys: Vec<Vec<u8>> = vec![b"a".to_vec(), Vec::new(), b"longer key".to_vec()];
-        let bytes = encode_keys(keys.iter().map(|k| k.as_slice()));
-        assert_eq!(decode_keys(&bytes).unwrap(), keys);
-        assert!(decode_keys(&bytes[..bytes.len() - 1]).is_err());
+    fn log_entries_roundtrip() {
+        let kv = KeyValue {
+            key: b"a".to_vec(),
+            value: b"v".to_vec(),
+            create_revision: 3,
+            mod_revision: 4,
+            version: 2,
+            lease: None,
+        };
+        let changes: Vec<(&[u8], Option<&KeyValue>)> = vec![(b"a", Some(&kv)), (b"", None), (b"gone", None)];
+        let bytes = encode_log_entry(changes.iter().copied());
+        let decoded = decode_log_entry(&bytes).unwrap();
+        assert_eq!(decoded.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [&b"a"[..], b"", b"gone"]);
+        assert_eq!(decode_record(decoded[0].1).unwrap().into_kv(b"a", 4), Some(kv));
+        assert!(is_tombstone(decoded[2].1));
+        assert!(decode_log_entry(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_log_entry(&[]).unwrap().is_empty());
     }
 }

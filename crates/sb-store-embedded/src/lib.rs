@@ -2,13 +2,15 @@
 //! on a single redb file.
 //!
 //! - The current state of every live key is held in memory, so reads at the current
-//!   revision never touch redb. History (past revisions, watch catch-up) is read from an
-//!   MVCC table keyed by `(key, revision)`, as etcd's own backend is.
+//!   revision never touch redb. Past revisions are read from an MVCC table keyed by
+//!   `(key, revision)`, as etcd's own backend is, plus the log above its checkpoint.
 //! - One writer task owns every mutation and group-commits: it drains every pending
-//!   request into one durable redb transaction, then answers them all.
+//!   request into one durable redb transaction that appends to a log, then answers them
+//!   all. Between batches it checkpoints the log into the MVCC table, so the MVCC table's
+//!   random page writes are paid once for many batches ([`disk`]).
 //! - Lease expiry runs in memory; keep-alives never touch the disk. After a restart every
 //!   lease gets its full TTL again, as etcd does after a leader change.
-//! - Watchers have bounded buffers and catch up from the event log when they fall behind.
+//! - Watchers have bounded buffers and catch up from the log when they fall behind.
 //! - History is compacted automatically by a retention setting.
 //!
 //! Architecture invariant: nothing outside this crate knows redb is there; callers see
@@ -18,6 +20,7 @@
 mod batch;
 mod codec;
 mod disk;
+mod history;
 mod lease;
 mod state;
 mod store;
@@ -51,6 +54,12 @@ pub struct EmbeddedOptions {
     pub max_batch_txns: usize,
     /// How many batches a watcher's buffer holds before its task waits for the consumer.
     pub watch_buffer: usize,
+    /// The writer checkpoints the log into the MVCC table once this long has passed since
+    /// the last checkpoint and something is pending (also when idle).
+    pub checkpoint_interval: Duration,
+    /// ...or as soon as this many revisions are pending, whatever the time. Past-revision
+    /// reads above the checkpoint scan the log, so this bounds their cost.
+    pub checkpoint_revisions: u64,
 }
 
 impl EmbeddedOptions {
@@ -62,6 +71,8 @@ impl EmbeddedOptions {
             compaction_interval: Duration::from_secs(60),
             max_batch_txns: 512,
             watch_buffer: 256,
+            checkpoint_interval: Duration::from_millis(50),
+            checkpoint_revisions: 10_000,
         }
     }
 }
@@ -76,6 +87,8 @@ pub struct EmbeddedMetrics {
     /// Transactions the writer evaluated in batches, writing or not; the mean batch size
     /// is `batched_txns / commits`.
     pub batched_txns: u64,
+    /// Checkpoints that moved the log into the MVCC table (each one redb commit).
+    pub checkpoints: u64,
     /// How long the last group commit took, from evaluation to a durable commit.
     pub last_commit_latency: Duration,
     /// Live watches.
@@ -83,6 +96,8 @@ pub struct EmbeddedMetrics {
     /// Live leases.
     pub leases: u64,
     pub current_revision: Revision,
+    /// Every revision up to this one is in the MVCC table.
+    pub checkpointed_revision: Revision,
     pub compacted_revision: Revision,
 }
 
@@ -91,6 +106,7 @@ struct Counters {
     commits: AtomicU64,
     txns_committed: AtomicU64,
     batched_txns: AtomicU64,
+    checkpoints: AtomicU64,
     last_commit_latency_ns: AtomicU64,
     watchers: AtomicU64,
 }

@@ -16,6 +16,8 @@ pub(crate) struct MemState {
     pub(crate) kvs: BTreeMap<Vec<u8>, Arc<KeyValue>>,
     /// The current revision; 1 for an empty store, as etcd.
     pub(crate) revision: Revision,
+    /// Every revision up to this one is in the MVCC table; above it only in the log.
+    pub(crate) checkpointed: Revision,
     /// The compacted revision; 0 when nothing was compacted.
     pub(crate) compacted: Revision,
 }

@@ -18,10 +18,10 @@ use tokio::time::Instant;
 use crate::lease::{self, LeaseTable};
 use crate::state::View;
 use crate::writer::{self, WriteRequest};
-use crate::{disk, Counters, EmbeddedMetrics, EmbeddedOptions, Shared};
+use crate::{disk, history, Counters, EmbeddedMetrics, EmbeddedOptions, Shared};
 
 /// How many commits the event broadcast holds for watchers before a slow one lags (and
-/// then catches up from the event log). Tiny in unit tests, so they reach that path.
+/// then catches up from the log). Tiny in unit tests, so they reach that path.
 const EVENTS_CAPACITY: usize = if cfg!(test) { 4 } else { 1024 };
 
 /// The embedded store. Open it with [`EmbeddedStore::open`]; it implements [`Store`].
@@ -82,20 +82,22 @@ impl EmbeddedStore {
 
     pub fn metrics(&self) -> EmbeddedMetrics {
         let counters = &self.shared.metrics;
-        let (current_revision, compacted_revision) = {
+        let (current_revision, checkpointed_revision, compacted_revision) = {
             let state = self.shared.state.read();
-            (state.revision, state.compacted)
+            (state.revision, state.checkpointed, state.compacted)
         };
         EmbeddedMetrics {
             commits: counters.commits.load(Ordering::Relaxed),
             txns_committed: counters.txns_committed.load(Ordering::Relaxed),
             batched_txns: counters.batched_txns.load(Ordering::Relaxed),
+            checkpoints: counters.checkpoints.load(Ordering::Relaxed),
             last_commit_latency: Duration::from_nanos(
                 counters.last_commit_latency_ns.load(Ordering::Relaxed),
             ),
             watchers: counters.watchers.load(Ordering::Relaxed),
             leases: self.shared.leases.lock().len() as u64,
             current_revision,
+            checkpointed_revision,
             compacted_revision,
         }
     }
@@ -215,7 +217,7 @@ impl Store for EmbeddedStore {
             }
         };
         let db = self.shared.db().ok_or(StoreError::Closed)?;
-        tokio::task::spawn_blocking(move || disk::read_at(&db, &request, past.0, past.1))
+        tokio::task::spawn_blocking(move || history::read_at(&db, &request, past.0, past.1))
             .await
             .map_err(|e| StoreError::Unavailable(format!("past-revision read failed: {e}")))?
     }

@@ -1,8 +1,8 @@
 //! Watches: one task per watch, feeding the watch's bounded channel.
 //!
-//! The task subscribes to the writer's broadcast first, then catches up from the event log
+//! The task subscribes to the writer's broadcast first, then catches up from the log
 //! up to the current revision, then follows the broadcast, skipping revisions it already
-//! delivered. A task that lags the broadcast catches up from the event log again, so the
+//! delivered. A task that lags the broadcast catches up from the log again, so the
 //! writer never waits for a slow consumer and memory stays bounded: a slow consumer only
 //! blocks its own task. History below the compacted revision ends the watch with
 //! `Compacted`.
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use sb_store::{Event, KeyRange, Revision, StoreError, StoreResult, WatchBatch, WatchRequest, WatchStream};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::{disk, Shared};
+use crate::{history, Shared};
 
 /// Events of one commit, per revision, as the writer publishes them.
 pub(crate) type Committed = Vec<(Revision, Vec<Event>)>;
@@ -30,7 +30,7 @@ pub(crate) fn start(
         sb_store::check_key(key)?;
     }
     // Subscribe before reading the current revision: every later commit then reaches the
-    // task through the broadcast, and every earlier one is in the event log.
+    // task through the broadcast, and every earlier one is in the log.
     let events = shared.events.subscribe();
     let current = shared.state.read().revision;
     let next = request.start_revision.filter(|r| *r > 0).unwrap_or(current + 1);
@@ -62,7 +62,7 @@ struct WatchTask {
 
 /// Why a watch task stops following the broadcast.
 enum Stop {
-    /// Fell behind or found a gap: catch up from the event log.
+    /// Fell behind or found a gap: catch up from the log.
     CatchUp,
     /// The consumer dropped the stream, or the store closed.
     End,
@@ -115,7 +115,7 @@ impl WatchTask {
             let db = self.shared.db().ok_or(StoreError::Closed)?;
             let (range, from) = (self.range.clone(), self.next);
             let history = tokio::task::spawn_blocking(move || {
-                disk::read_history(&db, &range, from, current, CATCH_UP_EVENTS)
+                history::read_history(&db, &range, from, current, CATCH_UP_EVENTS)
             })
             .await
             .map_err(|e| StoreError::Unavailable(format!("watch catch-up failed: {e}")))??;

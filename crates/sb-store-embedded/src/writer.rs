@@ -4,7 +4,8 @@
 //! `max_batch_txns`), evaluates each request in order against the committed state plus
 //! the batch's pending overlay ([`crate::batch`]), writes the batch in one durable redb
 //! transaction, and only after the commit returns applies it to memory, answers every
-//! request and publishes the events. Compaction and close run between batches.
+//! request and publishes the events. Checkpoints (the log copied into the MVCC table),
+//! compaction and close run between batches.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -68,7 +69,21 @@ impl WriteRequest {
 
 pub(crate) async fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver<WriteRequest>) {
     let max_batch = shared.options.max_batch_txns.max(1);
-    while let Some(first) = requests.recv().await {
+    let mut checkpoints = CheckpointClock::default();
+    loop {
+        let first = match checkpoints.deadline(&shared) {
+            // Something waits for a checkpoint: take requests until it is due.
+            Some(deadline) => tokio::select! {
+                request = requests.recv() => request,
+                _ = tokio::time::sleep_until(deadline) => {
+                    run_checkpoint(&shared, &mut checkpoints).await;
+                    continue;
+                }
+            },
+            None => requests.recv().await,
+        };
+        // Every sender is gone: the store was dropped without close.
+        let Some(first) = first else { break };
         let mut batch = Vec::new();
         let mut control = None;
         if first.is_control() {
@@ -94,12 +109,16 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver
                 tracing::error!(%error, "store batch failed");
             }
         }
+        if checkpoints.is_due(&shared) {
+            run_checkpoint(&shared, &mut checkpoints).await;
+        }
         match control {
             Some(WriteRequest::Compact { revision, reply }) => {
                 let shared = shared.clone();
                 let result = tokio::task::spawn_blocking(move || compact(&shared, revision))
                     .await
                     .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("compaction failed: {e}"))));
+                checkpoints.checkpointed();
                 if let Err(error) = &result {
                     tracing::debug!(revision, %error, "compaction refused or failed");
                 }
@@ -108,6 +127,7 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver
                 }
             }
             Some(WriteRequest::Close { reply }) => {
+                run_checkpoint(&shared, &mut checkpoints).await;
                 requests.close();
                 while let Some(request) = requests.recv().await {
                     request.refuse(StoreError::Closed);
@@ -118,6 +138,65 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver
             _ => {}
         }
     }
+    run_checkpoint(&shared, &mut checkpoints).await;
+}
+
+/// When the writer checkpoints: once the oldest revision not yet checkpointed has waited
+/// `checkpoint_interval`, or as soon as `checkpoint_revisions` are pending.
+#[derive(Default)]
+struct CheckpointClock {
+    /// When the oldest pending revision was committed, as far as the writer knows.
+    pending_since: Option<Instant>,
+}
+
+impl CheckpointClock {
+    fn pending(shared: &Shared) -> u64 {
+        let state = shared.state.read();
+        u64::try_from(state.revision - state.checkpointed).unwrap_or(0)
+    }
+
+    /// When the next checkpoint is due; `None` when nothing is pending.
+    fn deadline(&mut self, shared: &Shared) -> Option<Instant> {
+        if Self::pending(shared) == 0 {
+            self.pending_since = None;
+            return None;
+        }
+        let since = *self.pending_since.get_or_insert_with(Instant::now);
+        Some(since + shared.options.checkpoint_interval)
+    }
+
+    fn is_due(&mut self, shared: &Shared) -> bool {
+        let pending = Self::pending(shared);
+        pending >= shared.options.checkpoint_revisions.max(1)
+            || self.deadline(shared).is_some_and(|deadline| deadline <= Instant::now())
+    }
+
+    /// A checkpoint ran (or failed: it is then tried again one interval later).
+    fn checkpointed(&mut self) {
+        self.pending_since = None;
+    }
+}
+
+async fn run_checkpoint(shared: &Arc<Shared>, clock: &mut CheckpointClock) {
+    let Some(db) = shared.db() else { return };
+    let result = tokio::task::spawn_blocking(move || disk::checkpoint(&db))
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("checkpoint failed: {e}"))));
+    clock.checkpointed();
+    match result {
+        Ok((checkpointed, moved)) => record_checkpoint(shared, checkpointed, moved),
+        // Nothing is lost: the log holds every acknowledged revision, and reads merge it.
+        Err(error) => tracing::warn!(%error, "store checkpoint failed, will retry"),
+    }
+}
+
+fn record_checkpoint(shared: &Shared, checkpointed: Revision, moved: bool) {
+    if moved {
+        shared.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut state = shared.state.write();
+    debug_assert!(checkpointed <= state.revision, "the checkpoint never passes the revision");
+    state.checkpointed = state.checkpointed.max(checkpointed);
 }
 
 fn compact(shared: &Shared, revision: Revision) -> StoreResult<()> {
@@ -132,7 +211,8 @@ fn compact(shared: &Shared, revision: Revision) -> StoreResult<()> {
         return Err(StoreError::Compacted { requested: revision, compacted: Some(compacted) });
     }
     let db = shared.db().ok_or(StoreError::Closed)?;
-    disk::compact(&db, compacted, revision)?;
+    let (checkpointed, moved) = disk::compact(&db, compacted, revision)?;
+    record_checkpoint(shared, checkpointed, moved);
     shared.state.write().compacted = revision;
     tracing::info!(revision, "store compacted");
     Ok(())
