@@ -25,6 +25,9 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Listen for signals before anything is announced, so a SIGTERM right after start-up
+    // is a graceful stop too.
+    let shutdown = shutdown_signal()?;
     std::fs::create_dir_all(&args.store.data_dir)?;
     let node_id = NodeId::load_or_create(&args.store.data_dir, args.node_id.as_deref())?;
     let open = args.store.open().await?;
@@ -48,7 +51,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("switchboard: {} live node(s) in the membership view", membership.live_nodes().len());
     println!("switchboard: the state layer is running; stop with Ctrl-C");
 
-    shutdown_signal().await;
+    shutdown.await;
     info!(node = %node_id, "shutting down");
     membership.leave().await?;
     if let Some(compactor) = compactor {
@@ -61,21 +64,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Resolves on SIGINT or SIGTERM; the handlers are installed when this is called.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
+    })
 }
