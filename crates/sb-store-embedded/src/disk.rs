@@ -226,24 +226,46 @@ pub(crate) fn commit(db: &Database, batch: &DiskBatch) -> StoreResult<()> {
     write.commit().map_err(storage_error)
 }
 
-/// Copies the log above the checkpointed revision into the MVCC table and records the new
-/// checkpoint, inside `write`. Returns the revisions `(from, to]` it moved.
-fn checkpoint_in(write: &WriteTransaction) -> StoreResult<(Revision, Revision)> {
+/// What one checkpoint did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    /// Every revision up to this one is now in the MVCC table.
+    pub(crate) checkpointed: Revision,
+    /// Whether it moved anything.
+    pub(crate) moved: bool,
+    /// Whether revisions remain above the checkpoint (it stopped at its record budget).
+    pub(crate) more: bool,
+}
+
+/// Copies log entries above the checkpointed revision into the MVCC table and records the
+/// new checkpoint, inside `write`: every entry, or whole revisions until at least
+/// `max_records` records moved.
+fn checkpoint_in(write: &WriteTransaction, max_records: usize) -> StoreResult<Checkpoint> {
     let mut meta = write.open_table(META).map_err(storage_error)?;
     let revisions = read_meta(&meta)?;
-    let (from, to) = (revisions.checkpointed, revisions.revision);
-    if to <= from {
-        return Ok((from, from));
+    let (from, current) = (revisions.checkpointed, revisions.revision);
+    if current <= from {
+        return Ok(Checkpoint { checkpointed: from, moved: false, more: false });
     }
     let log = write.open_table(LOG).map_err(storage_error)?;
     let mut mvcc = write.open_table(MVCC).map_err(storage_error)?;
     let mut records: Vec<(Vec<u8>, u64, Vec<u8>)> = Vec::new();
-    for entry in log.range(rev_u64(from) + 1..=rev_u64(to)).map_err(storage_error)? {
+    let mut to = rev_u64(from);
+    for entry in log.range(rev_u64(from) + 1..=rev_u64(current)).map_err(storage_error)? {
         let (rev, changes) = entry.map_err(storage_error)?;
-        let rev = rev.value();
+        to = rev.value();
         for (key, record) in codec::decode_log_entry(changes.value())? {
-            records.push((key.to_vec(), rev, record.to_vec()));
+            records.push((key.to_vec(), to, record.to_vec()));
         }
+        if records.len() >= max_records {
+            break;
+        }
+    }
+    // Every revision has a log entry (only writes get one), so stopping below the current
+    // revision means the budget ran out.
+    let more = to < rev_u64(current);
+    if !more {
+        to = rev_u64(current);
     }
     // In key order, so consecutive inserts land on the same leaf pages. The sort is stable:
     // a key changed twice in one revision keeps its last state.
@@ -251,28 +273,28 @@ fn checkpoint_in(write: &WriteTransaction) -> StoreResult<(Revision, Revision)> 
     for (key, rev, record) in &records {
         mvcc.insert((key.as_slice(), *rev), record.as_slice()).map_err(storage_error)?;
     }
-    meta.insert(META_CHECKPOINTED, rev_u64(to)).map_err(storage_error)?;
-    Ok((from, to))
+    meta.insert(META_CHECKPOINTED, to).map_err(storage_error)?;
+    Ok(Checkpoint { checkpointed: to as Revision, moved: true, more })
 }
 
-/// Moves every revision of the log not yet in the MVCC table there, durably. Returns the
-/// new checkpointed revision and whether anything moved.
-pub(crate) fn checkpoint(db: &Database) -> StoreResult<(Revision, bool)> {
+/// Moves log entries not yet in the MVCC table there, in one durable transaction: whole
+/// revisions until at least `max_records` records moved, so one checkpoint holds the
+/// writer for a bounded time.
+pub(crate) fn checkpoint(db: &Database, max_records: usize) -> StoreResult<Checkpoint> {
     let mut write = db.begin_write().map_err(storage_error)?;
     write.set_durability(Durability::Immediate).map_err(storage_error)?;
-    let (from, to) = checkpoint_in(&write)?;
-    if from == to {
+    let checkpoint = checkpoint_in(&write, max_records.max(1))?;
+    if !checkpoint.moved {
         write.abort().map_err(storage_error)?;
-        return Ok((to, false));
+        return Ok(checkpoint);
     }
     write.commit().map_err(storage_error)?;
-    Ok((to, true))
+    Ok(checkpoint)
 }
 
 /// Checkpoints, then removes history below `revision`: per key, every MVCC record older
 /// than the latest one at or below it (and that one too when it is a tombstone), and log
-/// entries below it. Returns the checkpointed revision and whether the checkpoint moved
-/// anything.
+/// entries below it. Returns what the checkpoint did (it moves everything).
 ///
 /// Only keys changed since the previous compaction (`previous`) can have records to remove
 /// (anything older was removed then), so the work is proportional to the changes, read
@@ -280,15 +302,12 @@ pub(crate) fn checkpoint(db: &Database) -> StoreResult<(Revision, bool)> {
 ///
 /// redb reuses the pages this frees for later writes, so with automatic compaction the
 /// file stops growing at a size set by the retention; nobody ever defragments it by hand.
-pub(crate) fn compact(
-    db: &Database,
-    previous: Revision,
-    revision: Revision,
-) -> StoreResult<(Revision, bool)> {
+pub(crate) fn compact(db: &Database, previous: Revision, revision: Revision) -> StoreResult<Checkpoint> {
     let at = rev_u64(revision);
     let mut write = db.begin_write().map_err(storage_error)?;
     write.set_durability(Durability::Immediate).map_err(storage_error)?;
-    let (from, checkpointed) = checkpoint_in(&write)?;
+    let checkpoint = checkpoint_in(&write, usize::MAX)?;
+    let checkpointed = checkpoint.checkpointed;
     if revision > checkpointed {
         // The MVCC table must hold every revision at or below the compacted one before the
         // log below it goes.
@@ -322,7 +341,7 @@ pub(crate) fn compact(
         meta.insert(META_COMPACTED, at).map_err(storage_error)?;
     }
     write.commit().map_err(storage_error)?;
-    Ok((checkpointed, from != checkpointed))
+    Ok(checkpoint)
 }
 
 /// A delete event as etcd sends it: the key and the deleting revision, all else zero.

@@ -22,6 +22,11 @@ use crate::{disk, Shared};
 /// How long an expiry that failed to commit waits before it is tried again.
 const EXPIRY_RETRY: Duration = Duration::from_secs(1);
 
+/// How many records one checkpoint moves at most (whole revisions, so it may go over).
+/// Requests wait while a checkpoint runs, so this bounds that wait (a few ms); a checkpoint
+/// that has more to move runs again after the next batch.
+const CHECKPOINT_RECORDS: usize = 1024;
+
 pub(crate) enum WriteRequest {
     Txn {
         txn: Txn,
@@ -118,7 +123,7 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver
                 let result = tokio::task::spawn_blocking(move || compact(&shared, revision))
                     .await
                     .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("compaction failed: {e}"))));
-                checkpoints.checkpointed();
+                checkpoints.caught_up();
                 if let Err(error) = &result {
                     tracing::debug!(revision, %error, "compaction refused or failed");
                 }
@@ -127,7 +132,7 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver
                 }
             }
             Some(WriteRequest::Close { reply }) => {
-                run_checkpoint(&shared, &mut checkpoints).await;
+                checkpoint_everything(&shared, &mut checkpoints).await;
                 requests.close();
                 while let Some(request) = requests.recv().await {
                     request.refuse(StoreError::Closed);
@@ -138,11 +143,12 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver
             _ => {}
         }
     }
-    run_checkpoint(&shared, &mut checkpoints).await;
+    checkpoint_everything(&shared, &mut checkpoints).await;
 }
 
 /// When the writer checkpoints: once the oldest revision not yet checkpointed has waited
-/// `checkpoint_interval`, or as soon as `checkpoint_revisions` are pending.
+/// `checkpoint_interval`, or as soon as `checkpoint_revisions` are pending; then after
+/// every batch until nothing is pending.
 #[derive(Default)]
 struct CheckpointClock {
     /// When the oldest pending revision was committed, as far as the writer knows.
@@ -171,32 +177,52 @@ impl CheckpointClock {
             || self.deadline(shared).is_some_and(|deadline| deadline <= Instant::now())
     }
 
-    /// A checkpoint ran (or failed: it is then tried again one interval later).
-    fn checkpointed(&mut self) {
+    /// Everything pending was checkpointed.
+    fn caught_up(&mut self) {
         self.pending_since = None;
     }
-}
 
-async fn run_checkpoint(shared: &Arc<Shared>, clock: &mut CheckpointClock) {
-    let Some(db) = shared.db() else { return };
-    let result = tokio::task::spawn_blocking(move || disk::checkpoint(&db))
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("checkpoint failed: {e}"))));
-    clock.checkpointed();
-    match result {
-        Ok((checkpointed, moved)) => record_checkpoint(shared, checkpointed, moved),
-        // Nothing is lost: the log holds every acknowledged revision, and reads merge it.
-        Err(error) => tracing::warn!(%error, "store checkpoint failed, will retry"),
+    /// A checkpoint failed: try again one interval later.
+    fn failed(&mut self) {
+        self.pending_since = Some(Instant::now());
     }
 }
 
-fn record_checkpoint(shared: &Shared, checkpointed: Revision, moved: bool) {
-    if moved {
+/// Runs one bounded checkpoint; returns whether more is pending (false on an error too).
+async fn run_checkpoint(shared: &Arc<Shared>, clock: &mut CheckpointClock) -> bool {
+    let Some(db) = shared.db() else { return false };
+    let result = tokio::task::spawn_blocking(move || disk::checkpoint(&db, CHECKPOINT_RECORDS))
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("checkpoint failed: {e}"))));
+    match result {
+        Ok(checkpoint) => {
+            record_checkpoint(shared, checkpoint);
+            if !checkpoint.more {
+                clock.caught_up();
+            }
+            checkpoint.more
+        }
+        Err(error) => {
+            // Nothing is lost: the log holds every acknowledged revision, and reads merge it.
+            tracing::warn!(%error, "store checkpoint failed, will retry");
+            clock.failed();
+            false
+        }
+    }
+}
+
+/// Before the store closes, so the next open has nothing to replay.
+async fn checkpoint_everything(shared: &Arc<Shared>, clock: &mut CheckpointClock) {
+    while run_checkpoint(shared, clock).await {}
+}
+
+fn record_checkpoint(shared: &Shared, checkpoint: disk::Checkpoint) {
+    if checkpoint.moved {
         shared.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
     }
     let mut state = shared.state.write();
-    debug_assert!(checkpointed <= state.revision, "the checkpoint never passes the revision");
-    state.checkpointed = state.checkpointed.max(checkpointed);
+    debug_assert!(checkpoint.checkpointed <= state.revision, "the checkpoint never passes the revision");
+    state.checkpointed = state.checkpointed.max(checkpoint.checkpointed);
 }
 
 fn compact(shared: &Shared, revision: Revision) -> StoreResult<()> {
@@ -211,8 +237,7 @@ fn compact(shared: &Shared, revision: Revision) -> StoreResult<()> {
         return Err(StoreError::Compacted { requested: revision, compacted: Some(compacted) });
     }
     let db = shared.db().ok_or(StoreError::Closed)?;
-    let (checkpointed, moved) = disk::compact(&db, compacted, revision)?;
-    record_checkpoint(shared, checkpointed, moved);
+    record_checkpoint(shared, disk::compact(&db, compacted, revision)?);
     shared.state.write().compacted = revision;
     tracing::info!(revision, "store compacted");
     Ok(())

@@ -6,7 +6,7 @@ use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 use sb_store::{EventKind, KeyRange, KeyValue, RangeRequest, Revision, StoreError, StoreResult};
 
 use super::{read_at, read_history};
-use crate::disk::{self, checkpoint, commit, compact, open, DiskBatch, Loaded, LOG, MVCC};
+use crate::disk::{self, checkpoint, commit, compact, open, Checkpoint, DiskBatch, Loaded, LOG, MVCC};
 
 type Change = (Vec<u8>, Revision, Option<Arc<KeyValue>>);
 
@@ -72,12 +72,39 @@ fn commits_write_only_the_log_and_the_checkpoint_moves_it() {
     for (rev, want) in (2..=7).zip(expected) {
         assert_eq!(values_at(&db, rev).unwrap(), want, "from the log alone, at {rev}");
     }
-    assert_eq!(checkpoint(&db).unwrap(), (7, true));
-    assert_eq!(checkpoint(&db).unwrap(), (7, false), "nothing left to move");
+    assert_eq!(checkpoint(&db, 100).unwrap(), Checkpoint { checkpointed: 7, moved: true, more: false });
+    let idle = checkpoint(&db, 100).unwrap();
+    assert_eq!(idle, Checkpoint { checkpointed: 7, moved: false, more: false }, "nothing left to move");
     assert_eq!(table_len(&db, true), 6);
     for (rev, want) in (2..=7).zip(expected) {
         assert_eq!(values_at(&db, rev).unwrap(), want, "from the MVCC table alone, at {rev}");
     }
+}
+
+#[test]
+fn a_bounded_checkpoint_moves_whole_revisions_and_reads_stay_exact_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let Loaded { db, .. } = open(&dir.path().join("s.redb")).unwrap();
+    write(&db, vec![put("a", 2, 2, 1), put("b", 2, 2, 1), put("c", 2, 2, 1)]);
+    three_more_revisions(&db);
+    let expected: [&[&str]; 4] =
+        [&["a@2", "b@2", "c@2"], &["a@3", "b@2", "c@2"], &["b@2", "c@2"], &["b@5", "c@2"]];
+    // Revision 2 alone holds 3 records: a budget of 2 still moves it whole.
+    let steps: Vec<Checkpoint> = (0..5).map(|_| checkpoint(&db, 2).unwrap()).collect();
+    assert_eq!(steps[0], Checkpoint { checkpointed: 2, moved: true, more: true });
+    assert_eq!(steps[1], Checkpoint { checkpointed: 4, moved: true, more: true });
+    assert_eq!(steps[2], Checkpoint { checkpointed: 5, moved: true, more: false });
+    assert!(!steps[3].moved && !steps[4].more);
+    for (rev, want) in (2..=5).zip(expected) {
+        assert_eq!(values_at(&db, rev).unwrap(), want, "at {rev}");
+    }
+}
+
+/// a: put 3, deleted 4; b: put 5.
+fn three_more_revisions(db: &Database) {
+    write(db, vec![put("a", 3, 2, 2)]);
+    write(db, vec![delete("a", 4)]);
+    write(db, vec![put("b", 5, 2, 2)]);
 }
 
 #[test]
@@ -86,7 +113,7 @@ fn past_reads_straddling_the_checkpoint_merge_mvcc_and_log() {
     let Loaded { db, .. } = open(&dir.path().join("s.redb")).unwrap();
     write(&db, vec![put("a", 2, 2, 1), put("c", 2, 2, 1)]);
     write(&db, vec![put("b", 3, 3, 1), put("d", 3, 3, 1)]);
-    checkpoint(&db).unwrap();
+    checkpoint(&db, 100).unwrap();
     // Above the checkpoint: a changes, b is deleted, e is new, c and d stay in MVCC only.
     write(&db, vec![put("a", 4, 2, 2), delete("b", 4)]);
     write(&db, vec![put("e", 5, 5, 1)]);
@@ -108,7 +135,7 @@ fn catch_up_reads_values_from_the_log_across_the_checkpoint() {
     let Loaded { db, .. } = open(&dir.path().join("s.redb")).unwrap();
     write(&db, vec![put("a", 2, 2, 1)]);
     write(&db, vec![delete("a", 3)]);
-    checkpoint(&db).unwrap();
+    checkpoint(&db, 100).unwrap();
     write(&db, vec![put("a", 4, 4, 1), put("b", 4, 4, 1)]);
     let history = read_history(&db, &KeyRange::key("a"), 2, 4, 100).unwrap();
     let seen: Vec<_> = history
@@ -136,7 +163,8 @@ fn compaction_checkpoints_then_keeps_exactly_what_reads_at_or_above_it_need() {
     seven_revisions(&db);
     assert_eq!(values_at(&db, 3).unwrap(), ["a@3"]);
 
-    assert_eq!(compact(&db, 0, 5).unwrap(), (7, true), "compaction checkpoints first");
+    let checkpoint = compact(&db, 0, 5).unwrap();
+    assert_eq!(checkpoint, Checkpoint { checkpointed: 7, moved: true, more: false }, "it checkpoints first");
     // a: 2, 3 and the tombstone at 4 are gone; b keeps 5 (latest at or below 5).
     assert_eq!(table_len(&db, true), 3);
     assert_eq!(table_len(&db, false), 3, "log entries 5, 6 and 7 remain");
@@ -151,7 +179,7 @@ fn compaction_checkpoints_then_keeps_exactly_what_reads_at_or_above_it_need() {
     // After compaction, new revisions go to the log again and reads merge them.
     write(&db, vec![delete("b", 8)]);
     assert_eq!(values_at(&db, 8).unwrap(), ["a@6"]);
-    assert_eq!(compact(&db, 5, 8).unwrap(), (8, true));
+    assert_eq!(compact(&db, 5, 8).unwrap().checkpointed, 8);
     // The tombstone at the compacted revision goes, and so does its event.
     assert_eq!(table_len(&db, true), 1);
     assert_eq!(values_at(&db, 8).unwrap(), ["a@6"]);
@@ -165,7 +193,7 @@ fn reopening_replays_the_log_above_the_checkpoint() {
     let Loaded { db, state, .. } = open(&path).unwrap();
     assert_eq!((state.revision, state.checkpointed, state.compacted, state.kvs.len()), (1, 1, 0, 0));
     write(&db, vec![put("a", 2, 2, 1), put("b", 2, 2, 1), put("c", 2, 2, 1)]);
-    checkpoint(&db).unwrap();
+    checkpoint(&db, 100).unwrap();
     write(&db, vec![delete("a", 3)]);
     write(&db, vec![put("b", 4, 2, 2), put("d", 4, 4, 1)]);
     drop(db);
