@@ -1,0 +1,251 @@
+//! Log first, checkpoint later, seen from the port: acknowledged writes that were never
+//! checkpointed survive a kill -9, and reads, watches and compaction agree on either side
+//! of the checkpoint.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sb_store::{EventKind, KeyRange, RangeRequest, Revision, Store, StoreError, Txn, TxnOp, WatchRequest};
+use sb_store_embedded::{EmbeddedOptions, EmbeddedStore};
+
+/// Each key's `(value, mod_revision)` under `h/`, as of one revision.
+type Snapshot = BTreeMap<String, (String, Revision)>;
+
+/// Options under which the writer checkpoints only when `revisions` are pending.
+fn options(path: PathBuf, revisions: u64) -> EmbeddedOptions {
+    let mut options = EmbeddedOptions::new(path);
+    options.checkpoint_interval = Duration::from_secs(3600);
+    options.checkpoint_revisions = revisions;
+    options
+}
+
+/// Writes `count` revisions over three keys, one request each (so one batch each), puts
+/// and deletes mixed; returns the state after each revision, starting with the first.
+async fn write_history(store: &EmbeddedStore, count: usize) -> Vec<(Revision, Snapshot)> {
+    let mut model = Snapshot::new();
+    let mut snapshots = Vec::new();
+    for i in 0..count {
+        let key = format!("h/{}", ["a", "b", "c"][i % 3]);
+        let rev = if i % 5 == 4 && model.contains_key(&key) {
+            let deleted = store.delete(KeyRange::key(key.as_str())).await.unwrap();
+            assert_eq!(deleted.deleted, 1);
+            model.remove(&key);
+            deleted.revision
+        } else {
+            let value = format!("{key}#{i}");
+            let rev = store.put(key.as_bytes(), value.as_bytes(), None).await.unwrap();
+            model.insert(key, (value, rev));
+            rev
+        };
+        snapshots.push((rev, model.clone()));
+    }
+    snapshots
+}
+
+async fn snapshot_at(store: &EmbeddedStore, rev: Revision) -> Result<Snapshot, StoreError> {
+    let response = store.range(RangeRequest::prefix("h/").at_revision(rev)).await?;
+    Ok(response
+        .kvs
+        .into_iter()
+        .map(|kv| {
+            let key = String::from_utf8(kv.key).unwrap();
+            (key, (String::from_utf8(kv.value).unwrap(), kv.mod_revision))
+        })
+        .collect())
+}
+
+async fn assert_history(store: &EmbeddedStore, snapshots: &[(Revision, Snapshot)], context: &str) {
+    for (rev, expected) in snapshots {
+        assert_eq!(&snapshot_at(store, *rev).await.unwrap(), expected, "{context}: state at {rev}");
+    }
+}
+
+/// Every event under `h/` from `from` on, as the model says they happened.
+fn expected_events(snapshots: &[(Revision, Snapshot)], from: Revision) -> Vec<(Revision, EventKind, String)> {
+    let mut previous = Snapshot::new();
+    let mut events = Vec::new();
+    for (rev, snapshot) in snapshots {
+        for key in previous.keys().chain(snapshot.keys()) {
+            let event = match (previous.get(key), snapshot.get(key)) {
+                (_, Some((value, mod_rev))) if mod_rev == rev => Some((EventKind::Put, value.clone())),
+                (Some(_), None) => Some((EventKind::Delete, key.clone())),
+                _ => None,
+            };
+            if let Some((kind, detail)) = event.filter(|_| *rev >= from) {
+                if !events.contains(&(*rev, kind, detail.clone())) {
+                    events.push((*rev, kind, detail));
+                }
+            }
+        }
+        previous = snapshot.clone();
+    }
+    events
+}
+
+async fn watched_events(
+    store: &EmbeddedStore,
+    from: Revision,
+    count: usize,
+) -> Vec<(Revision, EventKind, String)> {
+    let mut watch = store.watch(WatchRequest::new(KeyRange::prefix("h/")).from_revision(from)).await.unwrap();
+    let mut events = Vec::new();
+    while events.len() < count {
+        let batch = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("the watch delivers its catch-up")
+            .unwrap()
+            .unwrap();
+        for event in batch.events {
+            let detail = match event.kind {
+                EventKind::Put => event.kv.value,
+                EventKind::Delete => event.kv.key,
+            };
+            events.push((batch.revision, event.kind, String::from_utf8(detail).unwrap()));
+        }
+    }
+    events
+}
+
+/// Set in the child process of the kill -9 test: the directory of its store.
+const KILLED_CHILD_DIR: &str = "SB_STORE_EMBEDDED_KILLED_CHILD_DIR";
+
+/// A child process writes with checkpoints off, reports what was acknowledged, and is
+/// killed with SIGKILL: no close, no checkpoint. Everything acknowledged is there after
+/// reopening, with its history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_that_were_never_checkpointed_survive_kill_9() {
+    if let Some(dir) = std::env::var_os(KILLED_CHILD_DIR) {
+        let store =
+            EmbeddedStore::open(options(PathBuf::from(dir).join("store.redb"), u64::MAX)).await.unwrap();
+        let lease = store.lease_grant(30).await.unwrap();
+        store.put(b"session", b"leased", Some(lease.id)).await.unwrap();
+        let snapshots = write_history(&store, 40).await;
+        let metrics = store.metrics();
+        assert_eq!((metrics.checkpoints, metrics.checkpointed_revision), (0, 1), "nothing was checkpointed");
+        for (rev, snapshot) in &snapshots {
+            let entries: Vec<String> = snapshot.iter().map(|(k, (v, m))| format!("{k}={v}@{m}")).collect();
+            println!("acked {rev} {}", entries.join(","));
+        }
+        println!("lease {}", lease.id.0);
+        println!("ready");
+        std::future::pending::<()>().await;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "acknowledged_writes_that_were_never_checkpointed_survive_kill_9", "--nocapture"])
+        .env(KILLED_CHILD_DIR, dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut snapshots: Vec<(Revision, Snapshot)> = Vec::new();
+    let mut lease = None;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line == "ready" {
+            break;
+        }
+        if let Some(id) = line.strip_prefix("lease ") {
+            lease = Some(sb_store::LeaseId(id.parse().unwrap()));
+        }
+        let Some(acked) = line.strip_prefix("acked ") else { continue };
+        let (rev, entries) = acked.split_once(' ').unwrap_or((acked, ""));
+        let snapshot = entries
+            .split(',')
+            .filter(|e| !e.is_empty())
+            .map(|entry| {
+                let (key, rest) = entry.split_once('=').unwrap();
+                let (value, mod_rev) = rest.rsplit_once('@').unwrap();
+                (key.to_owned(), (value.to_owned(), mod_rev.parse().unwrap()))
+            })
+            .collect();
+        snapshots.push((rev.parse().unwrap(), snapshot));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(snapshots.len(), 40, "the child acknowledged every write before it was killed");
+    let lease = lease.expect("the child reported its lease");
+
+    let path = dir.path().join("store.redb");
+    let store = EmbeddedStore::open(options(path.clone(), u64::MAX)).await.unwrap();
+    let last = snapshots.last().unwrap().0;
+    let metrics = store.metrics();
+    assert_eq!((metrics.current_revision, metrics.checkpointed_revision), (last, 1), "replayed from the log");
+    assert_eq!(snapshot_at(&store, last).await.unwrap(), snapshots.last().unwrap().1);
+    assert_history(&store, &snapshots, "log only, after kill -9").await;
+    let events = expected_events(&snapshots, 3);
+    assert_eq!(watched_events(&store, 3, events.len()).await, events);
+    assert_eq!(store.get(b"session").await.unwrap().unwrap().lease, Some(lease));
+    assert_eq!(store.lease_time_to_live(lease, true).await.unwrap().keys, vec![b"session".to_vec()]);
+    // Close checkpoints everything; the history reads the same from the MVCC table.
+    store.close().await;
+    let store = EmbeddedStore::open(options(path, u64::MAX)).await.unwrap();
+    assert_eq!(store.metrics().checkpointed_revision, last);
+    assert_history(&store, &snapshots, "after close").await;
+    assert_eq!(store.put(b"h/next", b"v", None).await.unwrap(), last + 1, "revisions continue");
+    store.close().await;
+}
+
+async fn open_straddling(dir: &tempfile::TempDir) -> (Arc<EmbeddedStore>, Vec<(Revision, Snapshot)>) {
+    // One revision per batch: the checkpoint runs after the 10th write (revision 11), and
+    // the next four stay in the log.
+    let store = EmbeddedStore::open(options(dir.path().join("store.redb"), 10)).await.unwrap();
+    let snapshots = write_history(&store, 14).await;
+    let metrics = store.metrics();
+    assert_eq!((metrics.checkpointed_revision, metrics.current_revision, metrics.checkpoints), (11, 15, 1));
+    (store, snapshots)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_reads_straddling_the_checkpoint_see_every_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, snapshots) = open_straddling(&dir).await;
+    assert_history(&store, &snapshots, "straddling").await;
+    // A past read inside a writing transaction takes the writer's path.
+    for rev in [9, 13] {
+        let txn = Txn::new()
+            .and_then([TxnOp::put("other", "x"), TxnOp::Range(RangeRequest::prefix("h/").at_revision(rev))]);
+        let response = store.txn(txn).await.unwrap();
+        let sb_store::OpResponse::Range(range) = &response.responses[1] else { panic!("a range answer") };
+        let expected = &snapshots.iter().find(|(r, _)| *r == rev).unwrap().1;
+        assert_eq!(range.count as usize, expected.len(), "in a txn at {rev}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_catch_up_crosses_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, snapshots) = open_straddling(&dir).await;
+    for from in [2, 9, 12] {
+        let events = expected_events(&snapshots, from);
+        assert_eq!(watched_events(&store, from, events.len()).await, events, "from {from}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_after_a_checkpoint_keeps_what_reads_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, snapshots) = open_straddling(&dir).await;
+    // Below the checkpoint, with revisions still only in the log above it.
+    store.compact(9).await.unwrap();
+    let kept: Vec<_> = snapshots.iter().filter(|(rev, _)| *rev >= 9).cloned().collect();
+    assert_history(&store, &kept, "compacted at 9").await;
+    assert!(matches!(snapshot_at(&store, 8).await, Err(StoreError::Compacted { .. })));
+    // Above the checkpoint: compaction checkpoints first.
+    store.compact(13).await.unwrap();
+    let metrics = store.metrics();
+    assert_eq!((metrics.compacted_revision, metrics.checkpointed_revision), (13, 15));
+    let kept: Vec<_> = snapshots.iter().filter(|(rev, _)| *rev >= 13).cloned().collect();
+    assert_history(&store, &kept, "compacted at 13").await;
+    let events = expected_events(&snapshots, 14);
+    assert_eq!(watched_events(&store, 14, events.len()).await, events);
+    let mut below = store.watch(WatchRequest::new(KeyRange::prefix("h/")).from_revision(12)).await.unwrap();
+    assert!(matches!(below.next().await, Some(Err(StoreError::Compacted { .. }))));
+    store.close().await;
+    let store = EmbeddedStore::open(options(dir.path().join("store.redb"), 10)).await.unwrap();
+    assert_history(&store, &kept, "compacted, reopened").await;
+}
