@@ -83,13 +83,15 @@ pub(crate) struct Loaded {
 
 /// Opens (or creates) the redb file and rebuilds the current state: the MVCC table as of
 /// the checkpoint, then the log above it replayed in order.
-pub(crate) fn open(path: &Path) -> StoreResult<Loaded> {
+pub(crate) fn open(path: &Path, cache_bytes: usize) -> StoreResult<Loaded> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| {
             StoreError::Unavailable(format!("cannot create directory {}: {e}", parent.display()))
         })?;
     }
-    let db = Database::create(path)
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
         .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
     let write = db.begin_write().map_err(storage_error)?;
     {
@@ -280,30 +282,59 @@ fn checkpoint_in(write: &WriteTransaction, max_records: usize) -> StoreResult<Ch
 /// Moves log entries not yet in the MVCC table there, in one durable transaction: whole
 /// revisions until at least `max_records` records moved, so one checkpoint holds the
 /// writer for a bounded time.
+#[cfg(test)]
 pub(crate) fn checkpoint(db: &Database, max_records: usize) -> StoreResult<Checkpoint> {
+    Ok(maintain(db, max_records, None)?.checkpoint)
+}
+
+/// A bounded step of automatic compaction: towards which revision, and how many log
+/// records (whole revisions, so it may go over) one step reads at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CompactStep {
+    pub(crate) target: Revision,
+    pub(crate) max_records: usize,
+}
+
+/// What one maintenance step (a checkpoint, then maybe a compaction step) did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Maintenance {
+    pub(crate) checkpoint: Checkpoint,
+    /// The compacted revision after the step.
+    pub(crate) compacted: Revision,
+}
+
+/// One maintenance step in one durable transaction: a bounded checkpoint, then, when
+/// `compact` asks for it, a bounded compaction step towards its target (never above the
+/// checkpoint). Both dirty the same MVCC pages when the same keys are rewritten, and they
+/// share one fsync.
+pub(crate) fn maintain(
+    db: &Database,
+    max_records: usize,
+    compact: Option<CompactStep>,
+) -> StoreResult<Maintenance> {
     let mut write = db.begin_write().map_err(storage_error)?;
     write.set_durability(Durability::Immediate).map_err(storage_error)?;
     let checkpoint = checkpoint_in(&write, max_records.max(1))?;
-    if !checkpoint.moved {
+    let before = read_meta(&write.open_table(META).map_err(storage_error)?)?.compacted;
+    let compacted = match compact {
+        Some(step) => compact_in(&write, step.target, step.max_records.max(1))?,
+        None => before,
+    };
+    if !checkpoint.moved && compacted == before {
         write.abort().map_err(storage_error)?;
-        return Ok(checkpoint);
+    } else {
+        write.commit().map_err(storage_error)?;
     }
-    write.commit().map_err(storage_error)?;
-    Ok(checkpoint)
+    Ok(Maintenance { checkpoint, compacted })
 }
 
 /// Checkpoints, then removes history below `revision`: per key, every MVCC record older
 /// than the latest one at or below it (and that one too when it is a tombstone), and log
 /// entries below it. Returns what the checkpoint did (it moves everything).
 ///
-/// Only keys changed since the previous compaction (`previous`) can have records to remove
-/// (anything older was removed then), so the work is proportional to the changes, read
-/// from the log, not to the size of the store.
-///
 /// redb reuses the pages this frees for later writes, so with automatic compaction the
 /// file stops growing at a size set by the retention; nobody ever defragments it by hand.
-pub(crate) fn compact(db: &Database, previous: Revision, revision: Revision) -> StoreResult<Checkpoint> {
-    let at = rev_u64(revision);
+pub(crate) fn compact(db: &Database, revision: Revision) -> StoreResult<Checkpoint> {
     let mut write = db.begin_write().map_err(storage_error)?;
     write.set_durability(Durability::Immediate).map_err(storage_error)?;
     let checkpoint = checkpoint_in(&write, usize::MAX)?;
@@ -315,33 +346,70 @@ pub(crate) fn compact(db: &Database, previous: Revision, revision: Revision) -> 
             "cannot compact at {revision}: only revisions up to {checkpointed} are checkpointed"
         )));
     }
-    {
-        let mut log = write.open_table(LOG).map_err(storage_error)?;
-        let mut changed: BTreeSet<Vec<u8>> = BTreeSet::new();
-        for entry in log.range(rev_u64(previous)..=at).map_err(storage_error)? {
-            let (_, changes) = entry.map_err(storage_error)?;
-            changed.extend(codec::decode_log_entry(changes.value())?.into_iter().map(|(k, _)| k.to_vec()));
-        }
-        let mut mvcc = write.open_table(MVCC).map_err(storage_error)?;
-        for key in changed {
-            // Revisions of this key at or below `at`, oldest first, with their tombstone flag.
-            let mut records: Vec<(u64, bool)> = Vec::new();
-            for entry in mvcc.range((key.as_slice(), 0u64)..=(key.as_slice(), at)).map_err(storage_error)? {
-                let (k, v) = entry.map_err(storage_error)?;
-                records.push((k.value().1, codec::is_tombstone(v.value())));
-            }
-            let keep_last = records.last().is_some_and(|(_, tombstone)| !tombstone);
-            let doomed = records.len() - usize::from(keep_last);
-            for (rev, _) in &records[..doomed] {
-                mvcc.remove((key.as_slice(), *rev)).map_err(storage_error)?;
-            }
-        }
-        log.retain_in(..at, |_, _| false).map_err(storage_error)?;
-        let mut meta = write.open_table(META).map_err(storage_error)?;
-        meta.insert(META_COMPACTED, at).map_err(storage_error)?;
-    }
+    compact_in(&write, revision, usize::MAX)?;
     write.commit().map_err(storage_error)?;
     Ok(checkpoint)
+}
+
+/// Compacts inside `write`, from the recorded compacted revision towards `target` (capped
+/// at the checkpoint): reads the log from the compacted revision on, whole revisions until
+/// at least `max_records` records were read or `target` is reached, and compacts at the
+/// last revision read. Returns the compacted revision after the step.
+///
+/// Only keys changed since the previous compaction can have records to remove (anything
+/// older was removed then), so the work is proportional to the changes, read from the log,
+/// not to the size of the store. Each step leaves the compacted revision a single global
+/// horizon: it moves up to `at` only in the transaction that removed every record below
+/// `at` that reads at or above `at` do not need.
+fn compact_in(write: &WriteTransaction, target: Revision, max_records: usize) -> StoreResult<Revision> {
+    let mut meta = write.open_table(META).map_err(storage_error)?;
+    let revisions = read_meta(&meta)?;
+    let target = target.min(revisions.checkpointed);
+    if target <= revisions.compacted {
+        return Ok(revisions.compacted);
+    }
+    let mut log = write.open_table(LOG).map_err(storage_error)?;
+    let mut changed: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut read = 0usize;
+    let mut at = rev_u64(revisions.compacted);
+    // The entry at the compacted revision itself is read again: harmless, its keys' records
+    // below it are gone already.
+    for entry in log.range(rev_u64(revisions.compacted)..=rev_u64(target)).map_err(storage_error)? {
+        let (rev, changes) = entry.map_err(storage_error)?;
+        at = rev.value();
+        let changes = codec::decode_log_entry(changes.value())?;
+        read += changes.len();
+        changed.extend(changes.into_iter().map(|(k, _)| k.to_vec()));
+        if read >= max_records {
+            break;
+        }
+    }
+    // Every revision has a log entry (only writes get one), so reading up to the target
+    // without stopping covers it whole.
+    if read < max_records {
+        at = rev_u64(target);
+    }
+    if at <= rev_u64(revisions.compacted) {
+        return Ok(revisions.compacted);
+    }
+    let mut mvcc = write.open_table(MVCC).map_err(storage_error)?;
+    let mut records: Vec<(u64, bool)> = Vec::new();
+    for key in changed {
+        // Revisions of this key at or below `at`, oldest first, with their tombstone flag.
+        records.clear();
+        for entry in mvcc.range((key.as_slice(), 0u64)..=(key.as_slice(), at)).map_err(storage_error)? {
+            let (k, v) = entry.map_err(storage_error)?;
+            records.push((k.value().1, codec::is_tombstone(v.value())));
+        }
+        let keep_last = records.last().is_some_and(|(_, tombstone)| !tombstone);
+        let doomed = records.len() - usize::from(keep_last);
+        for (rev, _) in &records[..doomed] {
+            mvcc.remove((key.as_slice(), *rev)).map_err(storage_error)?;
+        }
+    }
+    log.retain_in(..at, |_, _| false).map_err(storage_error)?;
+    meta.insert(META_COMPACTED, at).map_err(storage_error)?;
+    Ok(at as Revision)
 }
 
 /// A delete event as etcd sends it: the key and the deleting revision, all else zero.

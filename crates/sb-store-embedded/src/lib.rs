@@ -60,6 +60,10 @@ pub struct EmbeddedOptions {
     /// ...or as soon as this many revisions are pending, whatever the time. Past-revision
     /// reads above the checkpoint scan the log, so this bounds their cost.
     pub checkpoint_revisions: u64,
+    /// redb's page cache, in bytes. The current state is in memory anyway; the cache only
+    /// serves past reads, watch catch-up and the pages the checkpoint and compaction touch,
+    /// which compaction keeps to about `retention_revisions` records.
+    pub cache_bytes: usize,
 }
 
 impl EmbeddedOptions {
@@ -73,6 +77,7 @@ impl EmbeddedOptions {
             watch_buffer: 256,
             checkpoint_interval: Duration::from_millis(50),
             checkpoint_revisions: 10_000,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -89,6 +94,9 @@ pub struct EmbeddedMetrics {
     pub batched_txns: u64,
     /// Checkpoints that moved the log into the MVCC table (each one redb commit).
     pub checkpoints: u64,
+    /// Automatic compaction steps that moved the compacted revision (each shares a
+    /// checkpoint's redb commit).
+    pub compaction_steps: u64,
     /// How long the last group commit took, from evaluation to a durable commit.
     pub last_commit_latency: Duration,
     /// Live watches.
@@ -107,6 +115,7 @@ struct Counters {
     txns_committed: AtomicU64,
     batched_txns: AtomicU64,
     checkpoints: AtomicU64,
+    compaction_steps: AtomicU64,
     last_commit_latency_ns: AtomicU64,
     watchers: AtomicU64,
 }

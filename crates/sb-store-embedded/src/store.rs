@@ -35,8 +35,8 @@ impl EmbeddedStore {
     /// Opens (or creates) the store file, rebuilds the current state in memory, and starts
     /// the writer, the lease timer and automatic compaction.
     pub async fn open(options: EmbeddedOptions) -> StoreResult<Arc<EmbeddedStore>> {
-        let path = options.path.clone();
-        let loaded = tokio::task::spawn_blocking(move || disk::open(&path))
+        let (path, cache_bytes) = (options.path.clone(), options.cache_bytes);
+        let loaded = tokio::task::spawn_blocking(move || disk::open(&path, cache_bytes))
             .await
             .map_err(|e| StoreError::Unavailable(format!("opening the store failed: {e}")))??;
         let now = Instant::now();
@@ -91,6 +91,7 @@ impl EmbeddedStore {
             txns_committed: counters.txns_committed.load(Ordering::Relaxed),
             batched_txns: counters.batched_txns.load(Ordering::Relaxed),
             checkpoints: counters.checkpoints.load(Ordering::Relaxed),
+            compaction_steps: counters.compaction_steps.load(Ordering::Relaxed),
             last_commit_latency: Duration::from_nanos(
                 counters.last_commit_latency_ns.load(Ordering::Relaxed),
             ),

@@ -27,6 +27,12 @@ const EXPIRY_RETRY: Duration = Duration::from_secs(1);
 /// that has more to move runs again after the next batch.
 const CHECKPOINT_RECORDS: usize = 1024;
 
+/// How many log records one automatic compaction step reads at most (whole revisions, so
+/// it may go over); it runs in the same transaction as a checkpoint, so this bounds that
+/// transaction's extra work. As large as the checkpoint's budget, so compaction keeps pace
+/// with the revisions the checkpoint moves.
+const COMPACT_RECORDS: usize = 1024;
+
 pub(crate) enum WriteRequest {
     Txn {
         txn: Txn,
@@ -74,14 +80,15 @@ impl WriteRequest {
 
 pub(crate) async fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver<WriteRequest>) {
     let max_batch = shared.options.max_batch_txns.max(1);
-    let mut checkpoints = CheckpointClock::default();
+    let mut clock = MaintenanceClock::default();
     loop {
-        let first = match checkpoints.deadline(&shared) {
-            // Something waits for a checkpoint: take requests until it is due.
+        let first = match clock.deadline(&shared) {
+            // Something waits for a checkpoint or a compaction step: take requests until
+            // it is due.
             Some(deadline) => tokio::select! {
                 request = requests.recv() => request,
                 _ = tokio::time::sleep_until(deadline) => {
-                    run_checkpoint(&shared, &mut checkpoints).await;
+                    run_maintenance(&shared, &mut clock, true).await;
                     continue;
                 }
             },
@@ -114,8 +121,8 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver
                 tracing::error!(%error, "store batch failed");
             }
         }
-        if checkpoints.is_due(&shared) {
-            run_checkpoint(&shared, &mut checkpoints).await;
+        if clock.is_due(&shared) {
+            run_maintenance(&shared, &mut clock, true).await;
         }
         match control {
             Some(WriteRequest::Compact { revision, reply }) => {
@@ -123,7 +130,7 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver
                 let result = tokio::task::spawn_blocking(move || compact(&shared, revision))
                     .await
                     .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("compaction failed: {e}"))));
-                checkpoints.caught_up();
+                clock.caught_up();
                 if let Err(error) = &result {
                     tracing::debug!(revision, %error, "compaction refused or failed");
                 }
@@ -132,7 +139,7 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver
                 }
             }
             Some(WriteRequest::Close { reply }) => {
-                checkpoint_everything(&shared, &mut checkpoints).await;
+                checkpoint_everything(&shared, &mut clock).await;
                 requests.close();
                 while let Some(request) = requests.recv().await {
                     request.refuse(StoreError::Closed);
@@ -143,38 +150,64 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver
             _ => {}
         }
     }
-    checkpoint_everything(&shared, &mut checkpoints).await;
+    checkpoint_everything(&shared, &mut clock).await;
 }
 
-/// When the writer checkpoints: once the oldest revision not yet checkpointed has waited
-/// `checkpoint_interval`, or as soon as `checkpoint_revisions` are pending; then after
-/// every batch until nothing is pending.
+/// The automatic compaction step due now, if any: once the compacted revision trails
+/// `current - retention_revisions` by a margin, towards it, so history stays bounded by
+/// the retention however fast revisions come (the timer alone would let a busy store
+/// grow for a whole `compaction_interval`).
+fn compaction_due(shared: &Shared) -> Option<disk::CompactStep> {
+    let retention = shared.options.retention_revisions;
+    let margin = (retention / 16).clamp(1, COMPACT_RECORDS as u64);
+    let state = shared.state.read();
+    let target = state.revision.saturating_sub(i64::try_from(retention).unwrap_or(i64::MAX));
+    let behind = u64::try_from(target - state.compacted).unwrap_or(0);
+    (behind >= margin).then_some(disk::CompactStep { target, max_records: COMPACT_RECORDS })
+}
+
+/// When the writer runs a maintenance step (a bounded checkpoint, and a bounded compaction
+/// step when one is due): once the oldest revision not yet checkpointed has waited
+/// `checkpoint_interval`, as soon as `checkpoint_revisions` are pending, or as soon as a
+/// compaction step is due; then after every batch until nothing is pending.
 #[derive(Default)]
-struct CheckpointClock {
+struct MaintenanceClock {
     /// When the oldest pending revision was committed, as far as the writer knows.
     pending_since: Option<Instant>,
+    /// After a failed step: nothing runs before this.
+    retry_at: Option<Instant>,
 }
 
-impl CheckpointClock {
+impl MaintenanceClock {
     fn pending(shared: &Shared) -> u64 {
         let state = shared.state.read();
         u64::try_from(state.revision - state.checkpointed).unwrap_or(0)
     }
 
-    /// When the next checkpoint is due; `None` when nothing is pending.
+    /// When the next step is due; `None` when nothing is pending.
     fn deadline(&mut self, shared: &Shared) -> Option<Instant> {
-        if Self::pending(shared) == 0 {
+        let checkpoint = if Self::pending(shared) == 0 {
             self.pending_since = None;
-            return None;
-        }
-        let since = *self.pending_since.get_or_insert_with(Instant::now);
-        Some(since + shared.options.checkpoint_interval)
+            None
+        } else {
+            let since = *self.pending_since.get_or_insert_with(Instant::now);
+            Some(since + shared.options.checkpoint_interval)
+        };
+        let compaction = compaction_due(shared).map(|_| Instant::now());
+        let deadline = match (checkpoint, compaction) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        deadline.map(|deadline| self.retry_at.map_or(deadline, |retry| deadline.max(retry)))
     }
 
     fn is_due(&mut self, shared: &Shared) -> bool {
-        let pending = Self::pending(shared);
-        pending >= shared.options.checkpoint_revisions.max(1)
-            || self.deadline(shared).is_some_and(|deadline| deadline <= Instant::now())
+        let now = Instant::now();
+        if self.retry_at.is_some_and(|retry| retry > now) {
+            return false;
+        }
+        Self::pending(shared) >= shared.options.checkpoint_revisions.max(1)
+            || self.deadline(shared).is_some_and(|deadline| deadline <= now)
     }
 
     /// Everything pending was checkpointed.
@@ -182,38 +215,50 @@ impl CheckpointClock {
         self.pending_since = None;
     }
 
-    /// A checkpoint failed: try again one interval later.
-    fn failed(&mut self) {
-        self.pending_since = Some(Instant::now());
+    fn succeeded(&mut self) {
+        self.retry_at = None;
+    }
+
+    /// A step failed: try again one interval later.
+    fn failed(&mut self, shared: &Shared) {
+        self.retry_at = Some(Instant::now() + shared.options.checkpoint_interval);
     }
 }
 
-/// Runs one bounded checkpoint; returns whether more is pending (false on an error too).
-async fn run_checkpoint(shared: &Arc<Shared>, clock: &mut CheckpointClock) -> bool {
+/// Runs one maintenance step: a bounded checkpoint and, with `compaction` and when one is
+/// due, a bounded compaction step, in one durable transaction. Returns whether more is
+/// pending for the checkpoint (false on an error too).
+async fn run_maintenance(shared: &Arc<Shared>, clock: &mut MaintenanceClock, compaction: bool) -> bool {
     let Some(db) = shared.db() else { return false };
-    let result = tokio::task::spawn_blocking(move || disk::checkpoint(&db, CHECKPOINT_RECORDS))
+    let step = if compaction { compaction_due(shared) } else { None };
+    let result = tokio::task::spawn_blocking(move || disk::maintain(&db, CHECKPOINT_RECORDS, step))
         .await
         .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("checkpoint failed: {e}"))));
     match result {
-        Ok(checkpoint) => {
-            record_checkpoint(shared, checkpoint);
-            if !checkpoint.more {
+        Ok(done) => {
+            record_checkpoint(shared, done.checkpoint);
+            if done.compacted > shared.state.read().compacted {
+                shared.metrics.compaction_steps.fetch_add(1, Ordering::Relaxed);
+                shared.state.write().compacted = done.compacted;
+            }
+            if !done.checkpoint.more {
                 clock.caught_up();
             }
-            checkpoint.more
+            clock.succeeded();
+            done.checkpoint.more
         }
         Err(error) => {
             // Nothing is lost: the log holds every acknowledged revision, and reads merge it.
             tracing::warn!(%error, "store checkpoint failed, will retry");
-            clock.failed();
+            clock.failed(shared);
             false
         }
     }
 }
 
 /// Before the store closes, so the next open has nothing to replay.
-async fn checkpoint_everything(shared: &Arc<Shared>, clock: &mut CheckpointClock) {
-    while run_checkpoint(shared, clock).await {}
+async fn checkpoint_everything(shared: &Arc<Shared>, clock: &mut MaintenanceClock) {
+    while run_maintenance(shared, clock, false).await {}
 }
 
 fn record_checkpoint(shared: &Shared, checkpoint: disk::Checkpoint) {
@@ -237,7 +282,7 @@ fn compact(shared: &Shared, revision: Revision) -> StoreResult<()> {
         return Err(StoreError::Compacted { requested: revision, compacted: Some(compacted) });
     }
     let db = shared.db().ok_or(StoreError::Closed)?;
-    record_checkpoint(shared, disk::compact(&db, compacted, revision)?);
+    record_checkpoint(shared, disk::compact(&db, revision)?);
     shared.state.write().compacted = revision;
     tracing::info!(revision, "store compacted");
     Ok(())

@@ -10,6 +10,8 @@ use crate::disk::{self, checkpoint, commit, compact, open, Checkpoint, DiskBatch
 
 type Change = (Vec<u8>, Revision, Option<Arc<KeyValue>>);
 
+const CACHE: usize = 1 << 20;
+
 fn put(key: &str, rev: Revision, create: Revision, version: i64) -> Change {
     let kv = KeyValue {
         key: key.into(),
@@ -65,7 +67,7 @@ fn seven_revisions(db: &Database) {
 #[test]
 fn commits_write_only_the_log_and_the_checkpoint_moves_it() {
     let dir = tempfile::tempdir().unwrap();
-    let Loaded { db, .. } = open(&dir.path().join("s.redb")).unwrap();
+    let Loaded { db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
     seven_revisions(&db);
     assert_eq!((table_len(&db, true), table_len(&db, false)), (0, 6));
     let expected: [&[&str]; 6] = [&["a@2"], &["a@3"], &[], &["b@5"], &["a@6", "b@5"], &["a@6", "b@7"]];
@@ -84,7 +86,7 @@ fn commits_write_only_the_log_and_the_checkpoint_moves_it() {
 #[test]
 fn a_bounded_checkpoint_moves_whole_revisions_and_reads_stay_exact_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
-    let Loaded { db, .. } = open(&dir.path().join("s.redb")).unwrap();
+    let Loaded { db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
     write(&db, vec![put("a", 2, 2, 1), put("b", 2, 2, 1), put("c", 2, 2, 1)]);
     three_more_revisions(&db);
     let expected: [&[&str]; 4] =
@@ -110,7 +112,7 @@ fn three_more_revisions(db: &Database) {
 #[test]
 fn past_reads_straddling_the_checkpoint_merge_mvcc_and_log() {
     let dir = tempfile::tempdir().unwrap();
-    let Loaded { db, .. } = open(&dir.path().join("s.redb")).unwrap();
+    let Loaded { db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
     write(&db, vec![put("a", 2, 2, 1), put("c", 2, 2, 1)]);
     write(&db, vec![put("b", 3, 3, 1), put("d", 3, 3, 1)]);
     checkpoint(&db, 100).unwrap();
@@ -132,7 +134,7 @@ fn past_reads_straddling_the_checkpoint_merge_mvcc_and_log() {
 #[test]
 fn catch_up_reads_values_from_the_log_across_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let Loaded { db, .. } = open(&dir.path().join("s.redb")).unwrap();
+    let Loaded { db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
     write(&db, vec![put("a", 2, 2, 1)]);
     write(&db, vec![delete("a", 3)]);
     checkpoint(&db, 100).unwrap();
@@ -159,11 +161,11 @@ fn catch_up_reads_values_from_the_log_across_the_checkpoint() {
 #[test]
 fn compaction_checkpoints_then_keeps_exactly_what_reads_at_or_above_it_need() {
     let dir = tempfile::tempdir().unwrap();
-    let Loaded { db, .. } = open(&dir.path().join("s.redb")).unwrap();
+    let Loaded { db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
     seven_revisions(&db);
     assert_eq!(values_at(&db, 3).unwrap(), ["a@3"]);
 
-    let checkpoint = compact(&db, 0, 5).unwrap();
+    let checkpoint = compact(&db, 5).unwrap();
     assert_eq!(checkpoint, Checkpoint { checkpointed: 7, moved: true, more: false }, "it checkpoints first");
     // a: 2, 3 and the tombstone at 4 are gone; b keeps 5 (latest at or below 5).
     assert_eq!(table_len(&db, true), 3);
@@ -179,7 +181,7 @@ fn compaction_checkpoints_then_keeps_exactly_what_reads_at_or_above_it_need() {
     // After compaction, new revisions go to the log again and reads merge them.
     write(&db, vec![delete("b", 8)]);
     assert_eq!(values_at(&db, 8).unwrap(), ["a@6"]);
-    assert_eq!(compact(&db, 5, 8).unwrap().checkpointed, 8);
+    assert_eq!(compact(&db, 8).unwrap().checkpointed, 8);
     // The tombstone at the compacted revision goes, and so does its event.
     assert_eq!(table_len(&db, true), 1);
     assert_eq!(values_at(&db, 8).unwrap(), ["a@6"]);
@@ -190,14 +192,14 @@ fn compaction_checkpoints_then_keeps_exactly_what_reads_at_or_above_it_need() {
 fn reopening_replays_the_log_above_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
-    let Loaded { db, state, .. } = open(&path).unwrap();
+    let Loaded { db, state, .. } = open(&path, CACHE).unwrap();
     assert_eq!((state.revision, state.checkpointed, state.compacted, state.kvs.len()), (1, 1, 0, 0));
     write(&db, vec![put("a", 2, 2, 1), put("b", 2, 2, 1), put("c", 2, 2, 1)]);
     checkpoint(&db, 100).unwrap();
     write(&db, vec![delete("a", 3)]);
     write(&db, vec![put("b", 4, 2, 2), put("d", 4, 4, 1)]);
     drop(db);
-    let Loaded { db, state, .. } = open(&path).unwrap();
+    let Loaded { db, state, .. } = open(&path, CACHE).unwrap();
     assert_eq!((state.revision, state.checkpointed), (4, 2));
     let keys: Vec<_> = state.kvs.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
     assert_eq!(keys, ["b", "c", "d"]);
@@ -216,7 +218,7 @@ fn a_file_of_another_format_is_refused_with_a_clear_error() {
         write.open_table(disk::META).unwrap().insert("schema_version", 1).unwrap();
         write.commit().unwrap();
     }
-    let Err(error) = open(&path) else { panic!("a version 1 file must be refused") };
+    let Err(error) = open(&path, CACHE) else { panic!("a version 1 file must be refused") };
     let message = error.to_string();
     assert!(message.contains("file format version 1") && message.contains("version 2"), "{message}");
 }
