@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use sb_store::SharedStore;
 use sb_store_embedded::{EmbeddedOptions, EmbeddedStore};
 use sb_store_etcd::{EtcdOptions, EtcdStore, EtcdTls};
+
+use crate::error::{ServerError, ServerResult};
 
 /// The embedded store's file inside the data dir.
 pub const EMBEDDED_FILE: &str = "store.redb";
@@ -51,33 +52,34 @@ pub struct OpenStore {
 }
 
 impl StoreArgs {
-    pub fn etcd_endpoints(&self) -> anyhow::Result<Option<Vec<String>>> {
+    pub fn etcd_endpoints(&self) -> ServerResult<Option<Vec<String>>> {
         if self.store == "embedded" {
             return Ok(None);
         }
         let Some(hosts) = self.store.strip_prefix("etcd://") else {
-            bail!("--store is {:?}: use `embedded` or `etcd://host:port[,host:port...]`", self.store);
+            return Err(ServerError::Config(format!(
+                "--store is {:?}: use `embedded` or `etcd://host:port[,host:port...]`",
+                self.store
+            )));
         };
         let endpoints: Vec<String> =
             hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("http://{h}")).collect();
         if endpoints.is_empty() {
-            bail!("--store {:?} names no etcd endpoint", self.store);
+            return Err(ServerError::Config(format!("--store {:?} names no etcd endpoint", self.store)));
         }
         Ok(Some(endpoints))
     }
 
-    pub async fn open(&self) -> anyhow::Result<OpenStore> {
+    pub async fn open(&self) -> ServerResult<OpenStore> {
         match self.etcd_endpoints()? {
             None => {
                 let path = self.data_dir.join(EMBEDDED_FILE);
                 let mut options = EmbeddedOptions::new(&path);
                 options.retention_revisions = self.retention_revisions;
-                let store = EmbeddedStore::open(options).await.with_context(|| {
-                    format!(
-                        "opening the embedded store {} (is another switchboard using it?)",
-                        path.display()
-                    )
-                })?;
+                let store = EmbeddedStore::open(options).await.map_err(ServerError::store(format!(
+                    "opening the embedded store {} (is another switchboard using it?)",
+                    path.display()
+                )))?;
                 Ok(OpenStore {
                     store: store.clone(),
                     embedded: Some(store),
@@ -99,14 +101,16 @@ impl StoreArgs {
                 options.user = match (&self.etcd_user, &self.etcd_password) {
                     (Some(user), Some(password)) => Some((user.clone(), password.clone())),
                     (Some(_), None) => {
-                        bail!("--etcd-user needs --etcd-password (or SWITCHBOARD_ETCD_PASSWORD)")
+                        return Err(ServerError::Config(
+                            "--etcd-user needs --etcd-password (or SWITCHBOARD_ETCD_PASSWORD)".into(),
+                        ))
                     }
                     _ => None,
                 };
                 options.connect_timeout = Duration::from_secs(5);
                 let store = EtcdStore::connect(options)
                     .await
-                    .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+                    .map_err(ServerError::store(format!("connecting to etcd at {}", endpoints.join(","))))?;
                 Ok(OpenStore {
                     store,
                     embedded: None,

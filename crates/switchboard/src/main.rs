@@ -1,11 +1,12 @@
-//! The `switchboard` binary: `serve` runs a node; the other subcommands are clients.
+//! The `switchboard` binary: `serve` runs a node (through `sb-server`); the other
+//! subcommands are clients.
 #![forbid(unsafe_code)]
 
-mod serve;
 mod snapshot;
-mod store_args;
 
-use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -21,26 +22,53 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node.
-    Serve(serve::ServeArgs),
+    Serve(sb_server::ServeArgs),
     /// Write a consistent snapshot of every key (at one revision) to a file.
     Backup(snapshot::BackupArgs),
     /// Load a backup file into an empty store (embedded or etcd).
     Restore(snapshot::RestoreArgs),
 }
 
+/// Parses the command line; for `serve --config FILE`, parses it again with the file's
+/// settings added as flags (flags and variables keep precedence).
+fn parse() -> anyhow::Result<Cli> {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let Command::Serve(args) = &cli.command else {
+        return Ok(cli);
+    };
+    let (Some(path), Some(serve_matches), Some(serve_command)) =
+        (&args.config, matches.subcommand_matches("serve"), Cli::command().find_subcommand("serve").cloned())
+    else {
+        return Ok(cli);
+    };
+    let extra = sb_server::config_file_args(path, serve_matches, &serve_command)?;
+    Ok(Cli::parse_from(std::env::args_os().chain(extra)))
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = parse()?;
+    let log_control = match cli.command {
+        // A server logs JSON, and its filter can change at runtime.
+        Command::Serve(_) => sb_server::logging::init_json_logging(),
+        _ => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env(sb_server::logging::LOG_ENV)
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            None
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => {
+                let control = log_control.map(|c| c as Arc<dyn sb_api::LogLevelControl>);
+                Ok(sb_server::run(args, control).await?)
+            }
             Command::Backup(args) => snapshot::backup(args).await,
             Command::Restore(args) => snapshot::restore(args).await,
         }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use sb_store::backup::{backup_to_file, restore_from_file};
 
-use crate::store_args::StoreArgs;
+use sb_server::StoreArgs;
 
 #[derive(clap::Args)]
 pub struct BackupArgs {

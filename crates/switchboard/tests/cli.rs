@@ -36,7 +36,7 @@ fn run_ok(command: &mut Command) -> String {
 /// Starts `serve` and returns it with the first line it prints.
 fn start_serve(data_dir: &Path) -> (Child, String) {
     let mut child = switchboard()
-        .args(["serve", "--membership-ttl-secs", "2", "--data-dir"])
+        .args(["serve", "--membership-ttl-secs", "2", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .stdout(Stdio::piped())
         .spawn()

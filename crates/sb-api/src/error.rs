@@ -1,0 +1,180 @@
+//! The one place where errors become HTTP answers.
+//!
+//! Every non-2xx answer under `/api/` is `{"error":{"code":"…","message":"…","field":"…"}}`.
+//! [`ErrorKind::status`] and [`ErrorKind::code`] are the one table from error kinds to
+//! statuses and stable codes; a handler never picks a status by hand.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use sb_store::StoreError;
+use serde::Serialize;
+
+/// What went wrong, as a client can act on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    /// A revision below the compacted one was asked for.
+    Compacted,
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    MethodNotAllowed,
+    /// An `If-Match` revision did not match.
+    Conflict,
+    PayloadTooLarge,
+    Unavailable,
+    /// A store that answers with corrupt data: never caused by input.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The table: kind → (status, stable code).
+    fn entry(self) -> (StatusCode, &'static str) {
+        match self {
+            ErrorKind::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            ErrorKind::Compacted => (StatusCode::BAD_REQUEST, "revision_compacted"),
+            ErrorKind::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ErrorKind::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+            ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        self.entry().0
+    }
+
+    pub fn code(self) -> &'static str {
+        self.entry().1
+    }
+}
+
+/// An error answer: a kind, a message that names the value and the limit, and the
+/// offending field when there is one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub field: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError { kind, message: message.into(), field: None }
+    }
+
+    pub fn with_field(mut self, field: &'static str) -> Self {
+        self.field = Some(field);
+        self
+    }
+
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidArgument, message).with_field(field)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let envelope =
+            Envelope { error: Body { code: self.kind.code(), message: &self.message, field: self.field } };
+        // Serializing plain strings cannot fail; fall back to a fixed body all the same.
+        let body = serde_json::to_vec(&envelope).unwrap_or_else(|_| {
+            br#"{"error":{"code":"internal","message":"error encoding failed"}}"#.to_vec()
+        });
+        let mut response = (self.kind.status(), body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if self.kind == ErrorKind::Unauthenticated {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        let message = error.to_string();
+        match error {
+            StoreError::Compacted { .. } => {
+                ApiError::new(ErrorKind::Compacted, message).with_field("revision")
+            }
+            StoreError::FutureRevision { .. } => ApiError::invalid("revision", message),
+            StoreError::LeaseNotFound(_) => ApiError::not_found(message).with_field("lease"),
+            StoreError::TooManyOps { .. }
+            | StoreError::DuplicateKey { .. }
+            | StoreError::InvalidArgument(_) => ApiError::new(ErrorKind::InvalidArgument, message),
+            StoreError::RequestTooLarge { .. } => ApiError::new(ErrorKind::PayloadTooLarge, message),
+            StoreError::NotEmpty(_) => ApiError::new(ErrorKind::Conflict, message),
+            StoreError::Unavailable(_) | StoreError::WatchCancelled(_) | StoreError::Closed => {
+                ApiError::new(ErrorKind::Unavailable, message)
+            }
+            StoreError::Corrupt(_) => ApiError::new(ErrorKind::Internal, message),
+        }
+    }
+}
+
+/// A size for a message: `1 MiB`, `1.9 MiB`, `512 KiB`, `100 bytes`.
+pub fn human_bytes(bytes: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * 1024;
+    match bytes {
+        b if b >= MIB && b % MIB == 0 => format!("{} MiB", b / MIB),
+        b if b >= MIB => format!("{:.1} MiB", b as f64 / MIB as f64),
+        b if b >= KIB && b % KIB == 0 => format!("{} KiB", b / KIB),
+        b if b >= KIB => format!("{:.1} KiB", b as f64 / KIB as f64),
+        b => format!("{b} bytes"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_bytes(1024 * 1024), "1 MiB");
+        assert_eq!(human_bytes(2_000_000), "1.9 MiB");
+        assert_eq!(human_bytes(1024), "1 KiB");
+        assert_eq!(human_bytes(10), "10 bytes");
+    }
+
+    #[test]
+    fn every_kind_has_a_distinct_code() {
+        let kinds = [
+            ErrorKind::InvalidArgument,
+            ErrorKind::Compacted,
+            ErrorKind::Unauthenticated,
+            ErrorKind::PermissionDenied,
+            ErrorKind::NotFound,
+            ErrorKind::MethodNotAllowed,
+            ErrorKind::Conflict,
+            ErrorKind::PayloadTooLarge,
+            ErrorKind::Unavailable,
+            ErrorKind::Internal,
+        ];
+        let codes: std::collections::HashSet<_> = kinds.iter().map(|k| k.code()).collect();
+        assert_eq!(codes.len(), kinds.len());
+    }
+}

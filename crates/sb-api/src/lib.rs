@@ -1,0 +1,86 @@
+//! The native REST protocol (`/api/v1`): thin handlers over the store port and views.
+//!
+//! Every route is declared once in [`routes::ROUTES`]; the router and the OpenAPI document
+//! are generated from that table. Errors become HTTP answers in one place
+//! ([`error::ErrorKind`]). Read paths read views; writes go to the store and answer once
+//! the local view has applied their revision (read-your-writes).
+//!
+//! Architecture invariant: this crate never touches redb or etcd-client; it sees the store
+//! only through `sb_store`'s port and views. Domain logic does not live here.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod error;
+mod extract;
+mod kv;
+mod leases;
+pub mod metrics;
+pub mod middleware;
+mod openapi;
+mod ops;
+pub mod routes;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use sb_store::view::RawMap;
+use sb_store::{SharedStore, View};
+
+pub use auth::{Subject, TokenView};
+pub use error::{ApiError, ErrorKind};
+pub use leases::SystemLeases;
+pub use metrics::ApiMetrics;
+pub use middleware::RequestContext;
+pub use routes::{router, Route, ROUTES};
+
+/// Where the operator KV API lives in the store, and the only prefix it can touch.
+pub const KV_PREFIX: &str = "kv/";
+
+pub type KvView = View<RawMap>;
+
+/// Changes the log filter at runtime (`PUT /api/v1/admin/log-level`). The composition
+/// root owns the subscriber; this crate only asks.
+pub trait LogLevelControl: Send + Sync {
+    /// Applies an `EnvFilter`-style directive such as `info` or `info,sb_api=debug`.
+    fn set(&self, directive: &str) -> Result<(), String>;
+    fn current(&self) -> String;
+}
+
+/// Limits and settings of the API.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub max_value_bytes: usize,
+    pub max_key_bytes: usize,
+    /// How long a write waits for the local view to apply its revision.
+    pub read_your_writes_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_value_bytes: 1024 * 1024,
+            max_key_bytes: 1024,
+            read_your_writes_timeout: Duration::from_secs(5),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Everything a handler can reach.
+pub struct Api {
+    pub config: ApiConfig,
+    pub store: SharedStore,
+    pub kv: KvView,
+    pub tokens: TokenView,
+    pub system_leases: Arc<SystemLeases>,
+    pub metrics: ApiMetrics,
+    pub log_level: Option<Arc<dyn LogLevelControl>>,
+    /// Turns true when the server stops; long-lived streams end on it.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+pub type ApiState = Arc<Api>;

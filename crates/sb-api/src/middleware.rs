@@ -1,0 +1,184 @@
+//! The request pipeline, as tower layers generated from the route table:
+//! - `per_request` (outermost, every request): request id, client address, metrics, the
+//!   access log;
+//! - `per_route` (each route, with its table entry): authentication to a [`Subject`];
+//!   permissions and audit slot in here.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{header::AUTHORIZATION, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ipnet::IpNet;
+use tracing::{info, Instrument};
+
+use crate::auth;
+use crate::error::{ApiError, ErrorKind};
+use crate::routes::Route;
+use crate::ApiState;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// A client's request id is honoured only if it is short and printable.
+const MAX_REQUEST_ID_CHARS: usize = 128;
+/// Query parameters whose values never reach a log.
+const REDACTED_PARAMS: &[&str] = &["accessToken", "password"];
+
+/// What every handler may know about its request.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub request_id: String,
+    /// The client: the peer, or the `X-Forwarded-For` client when the peer is a trusted proxy.
+    pub client: Option<IpAddr>,
+}
+
+pub async fn per_request(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
+    let start = tokio::time::Instant::now();
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            !id.is_empty() && id.len() <= MAX_REQUEST_ID_CHARS && id.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(new_request_id);
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+    let client = peer.map(|peer| client_address(peer, request.headers(), &state.config.trusted_proxies));
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let path = redact_query(request.uri().path(), request.uri().query());
+    request.extensions_mut().insert(RequestContext { request_id: request_id.clone(), client });
+
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut response = next.run(request).instrument(span).await;
+
+    let status = response.status().as_u16();
+    let elapsed = start.elapsed();
+    let route_label = route.as_deref().unwrap_or("unmatched");
+    state.metrics.observe_request(route_label, method.as_str(), status, elapsed.as_secs_f64());
+    info!(
+        target: "switchboard::access",
+        request_id = %request_id,
+        method = %method,
+        path = %path,
+        route = route_label,
+        status,
+        duration_us = elapsed.as_micros() as u64,
+        client = %client.map(|c| c.to_string()).unwrap_or_default(),
+        "request"
+    );
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+#[derive(Clone)]
+pub struct RouteContext {
+    pub route: &'static Route,
+    pub state: ApiState,
+}
+
+pub async fn per_route(State(context): State<RouteContext>, mut request: Request, next: Next) -> Response {
+    if context.route.authenticated {
+        let Some(token) = auth::bearer(request.headers().get(AUTHORIZATION)) else {
+            return ApiError::new(
+                ErrorKind::Unauthenticated,
+                "missing bearer token: send Authorization: Bearer <token> (a first start writes one to <data-dir>/admin-token)",
+            )
+            .with_field("Authorization")
+            .into_response();
+        };
+        match auth::resolve(&context.state.tokens, token) {
+            Some(subject) => {
+                request.extensions_mut().insert(subject);
+            }
+            None => {
+                return ApiError::new(ErrorKind::Unauthenticated, "the bearer token is unknown or revoked")
+                    .with_field("Authorization")
+                    .into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
+fn new_request_id() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 8];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// The client address: `X-Forwarded-For` is walked from the right (the hop nearest to us)
+/// past trusted proxies only, so a client cannot forge its address by prepending entries.
+fn client_address(peer: IpAddr, headers: &axum::http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(str::trim).collect::<Vec<_>>())
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// The path with its query, the values of secret parameters replaced by `***`.
+pub fn redact_query(path: &str, query: Option<&str>) -> String {
+    let Some(query) = query else {
+        return path.to_owned();
+    };
+    let redacted: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+            if REDACTED_PARAMS.iter().any(|secret| secret.eq_ignore_ascii_case(name)) {
+                format!("{name}=***")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect();
+    format!("{path}?{}", redacted.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_from_logged_paths() {
+        assert_eq!(
+            redact_query("/nacos/v1/cs/configs", Some("accessToken=abc&dataId=x&password=pw")),
+            "/nacos/v1/cs/configs?accessToken=***&dataId=x&password=***"
+        );
+        assert_eq!(redact_query("/healthz", None), "/healthz");
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.7".parse().unwrap());
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(client_address(proxy, &headers, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        let stranger: IpAddr = "8.8.8.8".parse().unwrap();
+        assert_eq!(client_address(stranger, &headers, &trusted), stranger);
+    }
+}

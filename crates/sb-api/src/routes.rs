@@ -1,0 +1,292 @@
+//! The one route table. Every route is declared here once, with its method, path
+//! template, resource kind, action and audit flag; the router ([`router`]) and the OpenAPI
+//! document are generated from it (axum cannot list its own routes). The permission matrix
+//! and the audit coverage test will be generated from it too.
+
+use std::collections::BTreeMap;
+
+use axum::middleware::from_fn_with_state;
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::Router;
+
+use crate::error::{ApiError, ErrorKind};
+use crate::{kv, leases, middleware, ops, watch, ApiState};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Put,
+    Post,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+            Method::Post => "POST",
+            Method::Delete => "DELETE",
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            Method::Get => MethodFilter::GET,
+            Method::Put => MethodFilter::PUT,
+            Method::Post => MethodFilter::POST,
+            Method::Delete => MethodFilter::DELETE,
+        }
+    }
+}
+
+/// What a route does to its resource, for permissions and audit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Read,
+    Write,
+    Delete,
+    Watch,
+    Admin,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Write => "write",
+            Action::Delete => "delete",
+            Action::Watch => "watch",
+            Action::Admin => "admin",
+        }
+    }
+}
+
+/// Names the handler of a route; [`handler`] maps each to its function, exhaustively.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteId {
+    Healthz,
+    Readyz,
+    Metrics,
+    OpenApi,
+    KvList,
+    KvGet,
+    KvPut,
+    KvDelete,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseRevoke,
+    Watch,
+    LogLevel,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub id: RouteId,
+    pub method: Method,
+    /// axum's template: `{name}` for a segment, `{*name}` for the rest of the path.
+    pub path: &'static str,
+    pub resource: &'static str,
+    pub action: Action,
+    /// Whether the route's successful calls are audited (mutations are).
+    pub audited: bool,
+    /// Whether a bearer token is required (everything but the probes and metrics).
+    pub authenticated: bool,
+    pub summary: &'static str,
+}
+
+const fn route(
+    id: RouteId,
+    method: Method,
+    path: &'static str,
+    resource: &'static str,
+    action: Action,
+    audited: bool,
+    summary: &'static str,
+) -> Route {
+    Route { id, method, path, resource, action, audited, authenticated: true, summary }
+}
+
+const fn public(id: RouteId, path: &'static str, summary: &'static str) -> Route {
+    Route {
+        id,
+        method: Method::Get,
+        path,
+        resource: "system",
+        action: Action::Read,
+        audited: false,
+        authenticated: false,
+        summary,
+    }
+}
+
+use Action as A;
+use Method as M;
+
+pub static ROUTES: &[Route] = &[
+    public(RouteId::Healthz, "/healthz", "Liveness: the process answers"),
+    public(RouteId::Readyz, "/readyz", "Readiness: the store answers and the views are loaded"),
+    public(RouteId::Metrics, "/metrics", "Prometheus metrics"),
+    route(
+        RouteId::OpenApi,
+        M::Get,
+        "/api/v1/openapi.json",
+        "system",
+        A::Read,
+        false,
+        "This OpenAPI document",
+    ),
+    route(
+        RouteId::KvList,
+        M::Get,
+        "/api/v1/kv",
+        "kv",
+        A::Read,
+        false,
+        "List every key (same parameters as a prefix get)",
+    ),
+    route(RouteId::KvGet, M::Get, "/api/v1/kv/{*key}", "kv", A::Read, false, "Get a key, or keys by prefix"),
+    route(
+        RouteId::KvPut,
+        M::Put,
+        "/api/v1/kv/{*key}",
+        "kv",
+        A::Write,
+        true,
+        "Put a key; the raw body is the value",
+    ),
+    route(
+        RouteId::KvDelete,
+        M::Delete,
+        "/api/v1/kv/{*key}",
+        "kv",
+        A::Delete,
+        true,
+        "Delete a key, or keys by prefix",
+    ),
+    route(RouteId::LeaseGrant, M::Post, "/api/v1/leases", "lease", A::Write, true, "Grant a lease"),
+    route(
+        RouteId::LeaseKeepAlive,
+        M::Post,
+        "/api/v1/leases/{id}/keepalive",
+        "lease",
+        A::Write,
+        false,
+        "Renew a lease to its full TTL",
+    ),
+    route(
+        RouteId::LeaseRevoke,
+        M::Delete,
+        "/api/v1/leases/{id}",
+        "lease",
+        A::Delete,
+        true,
+        "Revoke a lease and delete its keys",
+    ),
+    route(
+        RouteId::Watch,
+        M::Get,
+        "/api/v1/watch",
+        "kv",
+        A::Watch,
+        false,
+        "Watch a key or prefix (Server-Sent Events)",
+    ),
+    route(
+        RouteId::LogLevel,
+        M::Put,
+        "/api/v1/admin/log-level",
+        "admin",
+        A::Admin,
+        true,
+        "Change the log filter at runtime",
+    ),
+];
+
+/// The handler of each route, exhaustively, so a route without a handler cannot compile.
+fn handler(route: &Route) -> MethodRouter<ApiState> {
+    let filter = route.method.filter();
+    match route.id {
+        RouteId::Healthz => on(filter, ops::healthz),
+        RouteId::Readyz => on(filter, ops::readyz),
+        RouteId::Metrics => on(filter, ops::metrics),
+        RouteId::OpenApi => on(filter, ops::openapi),
+        RouteId::KvList => on(filter, kv::list_all),
+        RouteId::KvGet => on(filter, kv::get),
+        RouteId::KvPut => on(filter, kv::put),
+        RouteId::KvDelete => on(filter, kv::delete),
+        RouteId::LeaseGrant => on(filter, leases::grant),
+        RouteId::LeaseKeepAlive => on(filter, leases::keep_alive),
+        RouteId::LeaseRevoke => on(filter, leases::revoke),
+        RouteId::Watch => on(filter, watch::watch),
+        RouteId::LogLevel => on(filter, ops::set_log_level),
+    }
+}
+
+/// Builds the router from [`ROUTES`].
+pub fn router(state: ApiState) -> Router {
+    let mut by_path: BTreeMap<&'static str, MethodRouter<ApiState>> = BTreeMap::new();
+    for route in ROUTES {
+        // Each route gets its own metadata-aware layer: authentication now, permissions
+        // (from `resource` and `action`) and audit later.
+        let layered = handler(route).layer(from_fn_with_state(
+            middleware::RouteContext { route, state: state.clone() },
+            middleware::per_route,
+        ));
+        let merged = match by_path.remove(route.path) {
+            Some(existing) => existing.merge(layered),
+            None => layered,
+        };
+        by_path.insert(route.path, merged);
+    }
+    let mut router = Router::new();
+    for (path, methods) in by_path {
+        router = router.route(path, methods.fallback(method_not_allowed));
+    }
+    router
+        .fallback(not_found)
+        // Outermost: request id, client address, metrics and the access log for everything.
+        .layer(from_fn_with_state(state.clone(), middleware::per_request))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(ErrorKind::MethodNotAllowed, format!("{} is not allowed on {}", method, uri.path()))
+}
+
+/// The table entry that a matched path template and method name.
+pub fn find(path: &str, method: &str) -> Option<&'static Route> {
+    ROUTES.iter().find(|r| r.path == path && r.method.as_str() == method)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_declared_once() {
+        let mut seen = std::collections::HashSet::new();
+        for route in ROUTES {
+            assert!(seen.insert((route.method.as_str(), route.path)), "{route:?} is declared twice");
+        }
+    }
+
+    #[test]
+    fn only_probes_and_metrics_are_public() {
+        let public: Vec<_> = ROUTES.iter().filter(|r| !r.authenticated).map(|r| r.path).collect();
+        assert_eq!(public, ["/healthz", "/readyz", "/metrics"]);
+    }
+
+    #[test]
+    fn every_mutation_is_audited_except_keepalive() {
+        for route in ROUTES {
+            let mutation = route.method != Method::Get;
+            let expected = mutation && route.id != RouteId::LeaseKeepAlive;
+            assert_eq!(route.audited, expected, "{route:?}");
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! `serve`'s settings: flags, `SWITCHBOARD_*` variables, or a TOML file (`--config`).
+//!
+//! Precedence: a flag, then its variable, then the file, then the default. The file's
+//! keys are the flag names (`listen = "0.0.0.0:8848"`, `max-value-bytes = 2097152`,
+//! `trusted-proxies = ["10.0.0.0/8"]`; `_` may stand for `-`). It is applied by turning
+//! its entries into flags for whatever the command line and environment left at the
+//! default, so clap checks every value the same way.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Command};
+use ipnet::IpNet;
+
+use crate::error::{ServerError, ServerResult};
+use crate::store_args::StoreArgs;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// A TOML file with any of these settings (flags and variables take precedence).
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// A stable node id (kept in <data-dir>/node-id); generated on first start.
+    #[arg(long, env = "SWITCHBOARD_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The HTTP address to listen on (port 0 picks a free port, printed at start).
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8848")]
+    pub listen: String,
+    /// The address other nodes see in the membership view [default: the listen address].
+    #[arg(long, env = "SWITCHBOARD_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// A node that stops without leaving drops out of the membership after this.
+    #[arg(long, env = "SWITCHBOARD_MEMBERSHIP_TTL_SECS", default_value_t = 10)]
+    pub membership_ttl_secs: i64,
+    /// Proxies (CIDRs or addresses, comma-separated) whose X-Forwarded-For is believed.
+    #[arg(long, env = "SWITCHBOARD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// The largest KV value accepted, in bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_VALUE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_value_bytes: usize,
+    /// The longest KV key accepted, in bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_KEY_BYTES", default_value_t = 1024)]
+    pub max_key_bytes: usize,
+    /// On SIGTERM, how long in-flight requests may take before they are cut.
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not a CIDR (10.0.0.0/8) or an IP address"))
+}
+
+/// The flags that a config file adds: one `--name=value` for each of its settings that
+/// neither a flag nor a variable set. `matches` and `command` are those of `serve`.
+pub fn config_file_args(path: &Path, matches: &ArgMatches, command: &Command) -> ServerResult<Vec<OsString>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(ServerError::io(format!("reading --config {}", path.display())))?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|e| ServerError::Config(format!("--config {} is not valid TOML: {e}", path.display())))?;
+    let mut args = Vec::new();
+    for (key, value) in table {
+        let name = key.replace('_', "-");
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(name.as_str()) && name != "config")
+            .ok_or_else(|| {
+                ServerError::Config(format!(
+                    "--config {}: unknown setting {key:?} (settings are the flag names)",
+                    path.display()
+                ))
+            })?;
+        let explicit = matches!(
+            matches.value_source(arg.get_id().as_str()),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
+        if explicit {
+            continue;
+        }
+        let rendered = render(&value).ok_or_else(|| {
+            ServerError::Config(format!(
+                "--config {}: setting {key:?} has an unsupported value {value:?}",
+                path.display()
+            ))
+        })?;
+        args.push(OsString::from(format!("--{name}={rendered}")));
+    }
+    Ok(args)
+}
+
+fn render(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Array(items) => {
+            items.iter().map(render).collect::<Option<Vec<_>>>().map(|v| v.join(","))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn file_settings_fill_in_what_flags_left_at_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchboard.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nmax_key_bytes = 64\ntrusted-proxies = [\"10.0.0.0/8\", \"192.168.1.1\"]\n").unwrap();
+        let argv = ["sb", "--max-key-bytes", "99", "--config", path.to_str().unwrap()];
+        let command = Cli::command();
+        let matches = command.clone().get_matches_from(argv);
+        let extra = config_file_args(&path, &matches, &command).unwrap();
+        let all: Vec<OsString> = argv.iter().map(OsString::from).chain(extra).collect();
+        let cli = Cli::from_arg_matches(&Cli::command().get_matches_from(all)).unwrap();
+        assert_eq!(cli.serve.listen, "127.0.0.1:9000");
+        assert_eq!(cli.serve.max_key_bytes, 99, "a flag wins over the file");
+        assert_eq!(cli.serve.trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn unknown_file_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchboard.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let command = Cli::command();
+        let matches = command.clone().get_matches_from(["sb"]);
+        let error = config_file_args(&path, &matches, &command).unwrap_err().to_string();
+        assert!(error.contains("unknown setting \"lisen\""), "{error}");
+    }
+}

@@ -1,0 +1,203 @@
+//! `serve`: the lifecycle of a node.
+//!
+//! Start: listen, open the store, bootstrap the admin token, join the membership, load
+//! the views, serve. Stop (SIGINT/SIGTERM): stop accepting, let in-flight requests finish
+//! (bounded by `--shutdown-grace-secs`), end watch streams, revoke the membership lease,
+//! close the store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::gauge::Gauge;
+use sb_api::auth::TOKENS_PREFIX;
+use sb_api::{Api, ApiConfig, ApiMetrics, LogLevelControl, SystemLeases, KV_PREFIX};
+use sb_store::{put_request_bytes, KeyRange, Membership, NodeId, NodeRecord, View};
+use sb_store_etcd::{EtcdCompactor, EtcdCompactorOptions};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::bootstrap::{bootstrap_admin, first_start_banner, Bootstrap, ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE};
+use crate::config::ServeArgs;
+use crate::error::{ServerError, ServerResult};
+
+/// How long start-up waits for the membership view to show this node.
+const MEMBERSHIP_SETTLE: Duration = Duration::from_secs(2);
+
+pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>) -> ServerResult<()> {
+    // Listen for signals before anything is announced, so a SIGTERM right after start-up
+    // is a graceful stop too.
+    let shutdown = shutdown_signal()?;
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .map_err(ServerError::io(format!("listening on --listen {}", args.listen)))?;
+    let local_addr = listener.local_addr().map_err(ServerError::io("reading the listen address"))?;
+    let data_dir = &args.store.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .map_err(ServerError::io(format!("creating --data-dir {}", data_dir.display())))?;
+    let node_id =
+        NodeId::load_or_create(data_dir, args.node_id.as_deref()).map_err(ServerError::store("node id"))?;
+    let open = args.store.open().await?;
+    let store = open.store.clone();
+    check_limits(&args, store.limits().max_request_bytes)?;
+    // In etcd mode, one node at a time compacts history (the embedded store does its own).
+    let compactor = open.embedded.is_none().then(|| {
+        let retention = i64::try_from(args.store.retention_revisions).unwrap_or(i64::MAX);
+        EtcdCompactor::spawn(store.clone(), EtcdCompactorOptions::new(node_id.as_str(), retention))
+    });
+
+    let env_token = std::env::var(ADMIN_TOKEN_ENV).ok().filter(|t| !t.is_empty());
+    let bootstrap = bootstrap_admin(&store, data_dir, node_id.as_str(), env_token).await?;
+
+    let record = NodeRecord {
+        id: node_id.to_string(),
+        addr: args.advertise.clone().unwrap_or_else(|| local_addr.to_string()),
+        roles: vec!["api".into()],
+        started_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        release: env!("CARGO_PKG_VERSION").into(),
+    };
+    let membership = Arc::new(
+        Membership::join(store.clone(), record, args.membership_ttl_secs)
+            .await
+            .map_err(ServerError::store("joining the membership"))?,
+    );
+    let now = store.current_revision().await.map_err(ServerError::store("reading the revision"))?;
+    let _ = membership.view().wait_for(now, MEMBERSHIP_SETTLE).await;
+
+    let kv = View::start(store.clone(), KeyRange::prefix(KV_PREFIX), "kv")
+        .await
+        .map_err(ServerError::store("loading the kv view"))?;
+    let tokens = View::start(store.clone(), KeyRange::prefix(TOKENS_PREFIX), "tokens")
+        .await
+        .map_err(ServerError::store("loading the token view"))?;
+    let system_leases = Arc::new(SystemLeases::new());
+    {
+        let membership = Arc::downgrade(&membership);
+        system_leases.register(move || membership.upgrade().map(|m| m.lease()));
+    }
+    let mut metrics = ApiMetrics::new();
+    {
+        let nodes = Gauge::<i64>::default();
+        metrics.registry_mut().register(
+            "switchboard_membership_nodes",
+            "Live nodes in the membership view",
+            nodes.clone(),
+        );
+        let membership = Arc::downgrade(&membership);
+        metrics.add_scrape_hook(Box::new(move || {
+            if let Some(membership) = membership.upgrade() {
+                nodes.set(membership.view().snapshot().entries.len() as i64);
+            }
+        }));
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api = Arc::new(Api {
+        config: ApiConfig {
+            max_value_bytes: args.max_value_bytes,
+            max_key_bytes: args.max_key_bytes,
+            trusted_proxies: args.trusted_proxies.clone(),
+            ..ApiConfig::default()
+        },
+        store: store.clone(),
+        kv,
+        tokens,
+        system_leases,
+        metrics,
+        log_level: log_control,
+        shutdown: stop_rx.clone(),
+    });
+    let router = sb_api::router(api.clone());
+
+    info!(node = %node_id, store = store.kind(), addr = %local_addr, nodes = membership.live_nodes().len(), "node ready");
+    let base_url = format!("http://{local_addr}");
+    println!("switchboard: node {node_id} on {}", open.description);
+    println!("switchboard: {} live node(s) in the membership view", membership.live_nodes().len());
+    println!("switchboard: listening on {base_url}; stop with Ctrl-C");
+    match &bootstrap {
+        Bootstrap::Generated { token, file } => println!("{}", first_start_banner(token, file, &base_url)),
+        Bootstrap::FromEnv => println!("switchboard: the admin token is the one in {ADMIN_TOKEN_ENV}"),
+        Bootstrap::AlreadyDone => println!(
+            "switchboard: the store was bootstrapped before; the first start wrote its admin token to <data-dir>/{ADMIN_TOKEN_FILE}"
+        ),
+    }
+
+    let mut graceful_rx = stop_rx;
+    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            let _ = graceful_rx.wait_for(|stop| *stop).await;
+        });
+    let mut server = tokio::spawn(std::future::IntoFuture::into_future(server));
+    let ended_early = tokio::select! {
+        _ = shutdown => None,
+        result = &mut server => Some(result),
+    };
+    if let Some(result) = ended_early {
+        let error = match result {
+            Ok(Ok(())) => "the HTTP server stopped unexpectedly".to_owned(),
+            Ok(Err(error)) => format!("the HTTP server failed: {error}"),
+            Err(error) => format!("the HTTP server task failed: {error}"),
+        };
+        warn!(%error, "stopping");
+    }
+    info!(node = %node_id, "shutting down");
+    // Stop accepting, end watch streams, and let in-flight requests finish (bounded).
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
+    if tokio::time::timeout(grace, &mut server).await.is_err() {
+        warn!(
+            grace_secs = args.shutdown_grace_secs,
+            "in-flight requests did not finish in time; closing them"
+        );
+        server.abort();
+    }
+    drop(api);
+    // Revoke the membership lease (other nodes see this one leave at once).
+    match Arc::try_unwrap(membership) {
+        Ok(membership) => membership.leave().await.map_err(ServerError::store("leaving the membership"))?,
+        Err(shared) => {
+            if let Err(error) = store.lease_revoke(shared.lease()).await {
+                warn!(%error, "the membership lease could not be revoked; it expires by itself");
+            }
+        }
+    }
+    if let Some(compactor) = compactor {
+        compactor.stop().await;
+    }
+    if let Some(embedded) = &open.embedded {
+        embedded.close().await;
+    }
+    println!("switchboard: node {node_id} left the membership and stopped");
+    Ok(())
+}
+
+/// The store refuses requests over its limit (etcd's 1.5 MiB): refuse value and key limits
+/// that could never be written, at start rather than at the first large put.
+fn check_limits(args: &ServeArgs, max_request_bytes: usize) -> ServerResult<()> {
+    // A guarded put also carries a compare and a read of the key.
+    let overhead = 2 * (args.max_key_bytes + KV_PREFIX.len()) + 64;
+    let key = vec![0u8; args.max_key_bytes + KV_PREFIX.len()];
+    let value = vec![0u8; args.max_value_bytes];
+    let bytes = put_request_bytes(&key, &value) + overhead;
+    if bytes > max_request_bytes {
+        return Err(ServerError::Config(format!(
+            "--max-value-bytes {} with --max-key-bytes {} makes requests of {bytes} bytes, over the store's limit of {max_request_bytes} bytes",
+            args.max_value_bytes, args.max_key_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM; the handlers are installed when this is called.
+fn shutdown_signal() -> ServerResult<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(ServerError::io("installing the SIGINT handler"))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(ServerError::io("installing the SIGTERM handler"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}

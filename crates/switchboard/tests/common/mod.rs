@@ -1,0 +1,109 @@
+//! Starting the real binary for end-to-end tests: a temp data dir, a free loopback port
+//! (`--listen 127.0.0.1:0`, read back from what `serve` prints), and its console lines.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub fn switchboard() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    command.env("SWITCHBOARD_LOG", "warn").env_remove("SWITCHBOARD_ADMIN_TOKEN");
+    command
+}
+
+pub fn etcd_endpoint() -> String {
+    let endpoints = std::env::var("SB_TEST_ETCD_ENDPOINTS")
+        .expect("SB_TEST_ETCD_ENDPOINTS is not set: run scripts/test, which starts etcd and sets it");
+    let first = endpoints.split(',').next().unwrap_or_default();
+    first.trim_start_matches("http://").to_owned()
+}
+
+/// A running `serve`; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(reader: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+/// Polls `lines` until `found` picks something out of them (10 s at most).
+pub fn wait_for_line<T>(lines: &Mutex<Vec<String>>, what: &str, found: impl Fn(&[String]) -> Option<T>) -> T {
+    for _ in 0..200 {
+        if let Some(value) = found(&lines.lock().unwrap()) {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("serve did not print {what} within 10 s; it printed: {:#?}", lines.lock().unwrap());
+}
+
+impl Server {
+    pub fn start(data_dir: &Path, configure: impl FnOnce(&mut Command)) -> Server {
+        let mut command = switchboard();
+        command
+            .args(["serve", "--membership-ttl-secs", "2", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        configure(&mut command);
+        let mut child = command.spawn().expect("serve starts");
+        let stdout = collect(child.stdout.take().expect("piped stdout"));
+        let stderr = collect(child.stderr.take().expect("piped stderr"));
+        let mut server = Server { child, base: String::new(), stdout, stderr };
+        server.base = wait_for_line(&server.stdout.clone(), "its listen address", |lines| {
+            lines
+                .iter()
+                .find_map(|l| l.split("listening on ").nth(1))
+                .map(|rest| rest.split(';').next().unwrap_or_default().trim().to_owned())
+        });
+        server
+    }
+
+    /// The token printed by a first start, once the banner is out.
+    pub fn printed_token(&self) -> Option<String> {
+        // The banner is printed with the listen line; give its last line a moment.
+        std::thread::sleep(Duration::from_millis(100));
+        let lines = self.stdout.lock().unwrap();
+        lines.iter().find(|l| l.trim_start().starts_with("sbt_")).map(|l| l.trim().to_owned())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, and the exit status must be a success within 10 s.
+    pub fn terminate(mut self) {
+        let status =
+            Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("kill runs");
+        assert!(status.success());
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(status.success(), "serve exits cleanly on SIGTERM: {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("serve did not stop within 10 s of SIGTERM");
+    }
+}
