@@ -14,9 +14,16 @@
 //! - `log`: `revision -> every change of that revision` (key and full record). It is the
 //!   only copy of revisions above the checkpoint, and it serves watch catch-up.
 //! - `leases`: `lease id -> granted ttl (s)`. Only grant and revoke write it.
-//! - `meta`: file format version, current, checkpointed and compacted revision.
+//! - `meta`: file format version, current, checkpointed, compacted and cleaned revision.
 //!
-//! Invariant: `compacted <= checkpointed <= revision`, and the MVCC table holds nothing
+//! Compaction is logical first: the compacted revision moves in a checkpoint's
+//! transaction (reads below it fail from that commit on, reads at or above it stay
+//! exact), and the records only reads below it needed are removed after: at once for the
+//! keys that checkpoint wrote (their pages are dirty anyway), and by a bounded cleanup
+//! walk over the log, trailing by another retention, for the rest. Below the cleaned
+//! revision nothing unreachable remains, and the log starts there.
+//!
+//! Invariant: `cleaned <= compacted <= checkpointed <= revision`, and the MVCC table holds nothing
 //! above `checkpointed`. A reader that reads the MVCC table and the log in one read
 //! transaction therefore sees each revision exactly once.
 //!
@@ -41,6 +48,8 @@ const META_SCHEMA: &str = "schema_version";
 const META_REVISION: &str = "revision";
 pub(crate) const META_CHECKPOINTED: &str = "checkpointed_revision";
 pub(crate) const META_COMPACTED: &str = "compacted_revision";
+/// Written at open when absent (files from before cleaning trailed compaction).
+pub(crate) const META_CLEANED: &str = "cleaned_revision";
 /// The file format this code reads and writes. Version 1 (an MVCC table written by every
 /// commit, and a keys-only event log) never shipped, so it is refused, not migrated.
 const SCHEMA_VERSION: u64 = 2;
@@ -60,16 +69,19 @@ pub(crate) struct MetaRevisions {
     pub(crate) revision: Revision,
     pub(crate) checkpointed: Revision,
     pub(crate) compacted: Revision,
+    pub(crate) cleaned: Revision,
 }
 
 pub(crate) fn read_meta(meta: &impl ReadableTable<&'static str, u64>) -> StoreResult<MetaRevisions> {
     let get = |name: &str, default: Revision| -> StoreResult<Revision> {
         Ok(meta.get(name).map_err(storage_error)?.map_or(default, |v| v.value() as Revision))
     };
+    let compacted = get(META_COMPACTED, 0)?;
     Ok(MetaRevisions {
         revision: get(META_REVISION, 1)?,
         checkpointed: get(META_CHECKPOINTED, 1)?,
-        compacted: get(META_COMPACTED, 0)?,
+        compacted,
+        cleaned: get(META_CLEANED, 0)?,
     })
 }
 
@@ -110,6 +122,11 @@ pub(crate) fn open(path: &Path, cache_bytes: usize) -> StoreResult<Loaded> {
                 )));
             }
         }
+        // Files from before cleaning trailed compaction were cleaned up to compacted.
+        if meta.get(META_CLEANED).map_err(storage_error)?.is_none() {
+            let compacted = meta.get(META_COMPACTED).map_err(storage_error)?.map_or(0, |v| v.value());
+            meta.insert(META_CLEANED, compacted).map_err(storage_error)?;
+        }
         write.open_table(MVCC).map_err(storage_error)?;
         write.open_table(LOG).map_err(storage_error)?;
         write.open_table(LEASES).map_err(storage_error)?;
@@ -123,6 +140,7 @@ pub(crate) fn open(path: &Path, cache_bytes: usize) -> StoreResult<Loaded> {
         revision: revisions.revision,
         checkpointed: revisions.checkpointed,
         compacted: revisions.compacted,
+        cleaned: revisions.cleaned,
     };
     let mvcc = read.open_table(MVCC).map_err(storage_error)?;
     // Records of one key are contiguous and ordered by revision: the last one is current.
@@ -241,13 +259,13 @@ pub(crate) struct Checkpoint {
 
 /// Copies log entries above the checkpointed revision into the MVCC table and records the
 /// new checkpoint, inside `write`: every entry, or whole revisions until at least
-/// `max_records` records moved.
-fn checkpoint_in(write: &WriteTransaction, max_records: usize) -> StoreResult<Checkpoint> {
+/// `max_records` records moved. Also returns the keys it wrote, in key order.
+fn checkpoint_in(write: &WriteTransaction, max_records: usize) -> StoreResult<(Checkpoint, Vec<Vec<u8>>)> {
     let mut meta = write.open_table(META).map_err(storage_error)?;
     let revisions = read_meta(&meta)?;
     let (from, current) = (revisions.checkpointed, revisions.revision);
     if current <= from {
-        return Ok(Checkpoint { checkpointed: from, moved: false, more: false });
+        return Ok((Checkpoint { checkpointed: from, moved: false, more: false }, Vec::new()));
     }
     let log = write.open_table(LOG).map_err(storage_error)?;
     let mut mvcc = write.open_table(MVCC).map_err(storage_error)?;
@@ -276,7 +294,9 @@ fn checkpoint_in(write: &WriteTransaction, max_records: usize) -> StoreResult<Ch
         mvcc.insert((key.as_slice(), *rev), record.as_slice()).map_err(storage_error)?;
     }
     meta.insert(META_CHECKPOINTED, to).map_err(storage_error)?;
-    Ok(Checkpoint { checkpointed: to as Revision, moved: true, more })
+    let mut keys: Vec<Vec<u8>> = records.into_iter().map(|(key, _, _)| key).collect();
+    keys.dedup();
+    Ok((Checkpoint { checkpointed: to as Revision, moved: true, more }, keys))
 }
 
 /// Moves log entries not yet in the MVCC table there, in one durable transaction: whole
@@ -287,57 +307,79 @@ pub(crate) fn checkpoint(db: &Database, max_records: usize) -> StoreResult<Check
     Ok(maintain(db, max_records, None)?.checkpoint)
 }
 
-/// A bounded step of automatic compaction: towards which revision, and how many log
-/// records (whole revisions, so it may go over) one step reads at most.
+/// Automatic compaction, as one maintenance step applies it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct CompactStep {
+pub(crate) struct Compaction {
+    /// The compacted revision to reach (`current - retention`); capped at the checkpoint.
     pub(crate) target: Revision,
-    pub(crate) max_records: usize,
+    /// The cleanup walk trails the compacted revision by this many revisions, so that the
+    /// keys rewritten meanwhile were cleaned by their checkpoint for free.
+    pub(crate) walk_lag: u64,
+    /// The walk runs once it is at least this many revisions behind its target...
+    pub(crate) walk_min: u64,
+    /// ...and reads this many log records at most per step (whole revisions).
+    pub(crate) walk_records: usize,
 }
 
-/// What one maintenance step (a checkpoint, then maybe a compaction step) did.
+/// What one maintenance step did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Maintenance {
     pub(crate) checkpoint: Checkpoint,
-    /// The compacted revision after the step.
+    /// The compacted and cleaned revisions after the step.
     pub(crate) compacted: Revision,
+    pub(crate) cleaned: Revision,
 }
 
-/// One maintenance step in one durable transaction: a bounded checkpoint, then, when
-/// `compact` asks for it, a bounded compaction step towards its target (never above the
-/// checkpoint). Both dirty the same MVCC pages when the same keys are rewritten, and they
-/// share one fsync.
+/// One maintenance step, in one durable transaction: a bounded checkpoint, then with
+/// `compaction`:
+/// 1. the compacted revision moves up to the target (never above the checkpoint). Reads
+///    below it fail from this commit on, so records only they needed may go from now on;
+/// 2. the keys the checkpoint just wrote are cleaned at the compacted revision: their
+///    leaf pages are dirty already, so this costs no extra page writes;
+/// 3. a bounded step of the cleanup walk, when it trails far enough.
 pub(crate) fn maintain(
     db: &Database,
     max_records: usize,
-    compact: Option<CompactStep>,
+    compaction: Option<Compaction>,
 ) -> StoreResult<Maintenance> {
     let mut write = db.begin_write().map_err(storage_error)?;
     write.set_durability(Durability::Immediate).map_err(storage_error)?;
-    let checkpoint = checkpoint_in(&write, max_records.max(1))?;
-    let before = read_meta(&write.open_table(META).map_err(storage_error)?)?.compacted;
-    let compacted = match compact {
-        Some(step) => compact_in(&write, step.target, step.max_records.max(1))?,
-        None => before,
-    };
-    if !checkpoint.moved && compacted == before {
+    let (checkpoint, keys) = checkpoint_in(&write, max_records.max(1))?;
+    let before = read_meta(&write.open_table(META).map_err(storage_error)?)?;
+    let (mut compacted, mut cleaned) = (before.compacted, before.cleaned);
+    if let Some(compaction) = compaction {
+        let target = compaction.target.min(before.checkpointed);
+        if target > compacted {
+            compacted = target;
+            let mut meta = write.open_table(META).map_err(storage_error)?;
+            meta.insert(META_COMPACTED, rev_u64(compacted)).map_err(storage_error)?;
+        }
+        if compacted > 0 && !keys.is_empty() {
+            let mut mvcc = write.open_table(MVCC).map_err(storage_error)?;
+            clean_keys(&mut mvcc, keys.iter().map(Vec::as_slice), rev_u64(compacted))?;
+        }
+        let walk_to = compacted.saturating_sub(i64::try_from(compaction.walk_lag).unwrap_or(i64::MAX));
+        if u64::try_from(walk_to - cleaned).is_ok_and(|behind| behind >= compaction.walk_min.max(1)) {
+            cleaned = walk_in(&write, walk_to, compaction.walk_records.max(1))?;
+        }
+    }
+    if !checkpoint.moved && compacted == before.compacted && cleaned == before.cleaned {
         write.abort().map_err(storage_error)?;
     } else {
         write.commit().map_err(storage_error)?;
     }
-    Ok(Maintenance { checkpoint, compacted })
+    Ok(Maintenance { checkpoint, compacted, cleaned })
 }
 
-/// Checkpoints, then removes history below `revision`: per key, every MVCC record older
-/// than the latest one at or below it (and that one too when it is a tombstone), and log
-/// entries below it. Returns what the checkpoint did (it moves everything).
+/// Checkpoints, then compacts at `revision` and cleans everything below it at once.
+/// Returns what the checkpoint did (it moves everything).
 ///
-/// redb reuses the pages this frees for later writes, so with automatic compaction the
+/// redb reuses the pages cleaning frees for later writes, so with automatic compaction the
 /// file stops growing at a size set by the retention; nobody ever defragments it by hand.
 pub(crate) fn compact(db: &Database, revision: Revision) -> StoreResult<Checkpoint> {
     let mut write = db.begin_write().map_err(storage_error)?;
     write.set_durability(Durability::Immediate).map_err(storage_error)?;
-    let checkpoint = checkpoint_in(&write, usize::MAX)?;
+    let (checkpoint, _) = checkpoint_in(&write, usize::MAX)?;
     let checkpointed = checkpoint.checkpointed;
     if revision > checkpointed {
         // The MVCC table must hold every revision at or below the compacted one before the
@@ -346,35 +388,65 @@ pub(crate) fn compact(db: &Database, revision: Revision) -> StoreResult<Checkpoi
             "cannot compact at {revision}: only revisions up to {checkpointed} are checkpointed"
         )));
     }
-    compact_in(&write, revision, usize::MAX)?;
+    {
+        let mut meta = write.open_table(META).map_err(storage_error)?;
+        let compacted = read_meta(&meta)?.compacted.max(revision);
+        meta.insert(META_COMPACTED, rev_u64(compacted)).map_err(storage_error)?;
+    }
+    walk_in(&write, revision, usize::MAX)?;
     write.commit().map_err(storage_error)?;
     Ok(checkpoint)
 }
 
-/// Compacts inside `write`, from the recorded compacted revision towards `target` (capped
-/// at the checkpoint): reads the log from the compacted revision on, whole revisions until
-/// at least `max_records` records were read or `target` is reached, and compacts at the
-/// last revision read. Returns the compacted revision after the step.
+/// Removes, for each key, what no read at or above `at` needs: every record older than
+/// the latest one at or below `at`, and that one too when it is a tombstone. Only valid
+/// once the compacted revision is at least `at`.
+fn clean_keys<'k>(
+    mvcc: &mut redb::Table<(&'static [u8], u64), &'static [u8]>,
+    keys: impl IntoIterator<Item = &'k [u8]>,
+    at: u64,
+) -> StoreResult<()> {
+    let mut records: Vec<(u64, bool)> = Vec::new();
+    for key in keys {
+        // Revisions of this key at or below `at`, oldest first, with their tombstone flag.
+        records.clear();
+        for entry in mvcc.range((key, 0u64)..=(key, at)).map_err(storage_error)? {
+            let (k, v) = entry.map_err(storage_error)?;
+            records.push((k.value().1, codec::is_tombstone(v.value())));
+        }
+        let keep_last = records.last().is_some_and(|(_, tombstone)| !tombstone);
+        let doomed = records.len() - usize::from(keep_last);
+        for (rev, _) in &records[..doomed] {
+            mvcc.remove((key, *rev)).map_err(storage_error)?;
+        }
+    }
+    Ok(())
+}
+
+/// One step of the cleanup walk inside `write`, from the cleaned revision towards `to`
+/// (at most the compacted one): reads the log from the cleaned revision on, whole
+/// revisions until at least `max_records` records were read or `to` is reached, cleans
+/// every key it read at the last revision read, drops the log below it, and records it as
+/// cleaned. Returns the cleaned revision after the step.
 ///
-/// Only keys changed since the previous compaction can have records to remove (anything
-/// older was removed then), so the work is proportional to the changes, read from the log,
-/// not to the size of the store. Each step leaves the compacted revision a single global
-/// horizon: it moves up to `at` only in the transaction that removed every record below
-/// `at` that reads at or above `at` do not need.
-fn compact_in(write: &WriteTransaction, target: Revision, max_records: usize) -> StoreResult<Revision> {
+/// Invariant (cleaned = C): no key holds a record that reads at or above C do not need.
+/// Only keys changed since C can have records to remove at a later revision, so the work
+/// is proportional to the changes, read from the log, not to the size of the store.
+fn walk_in(write: &WriteTransaction, to: Revision, max_records: usize) -> StoreResult<Revision> {
     let mut meta = write.open_table(META).map_err(storage_error)?;
     let revisions = read_meta(&meta)?;
-    let target = target.min(revisions.checkpointed);
-    if target <= revisions.compacted {
-        return Ok(revisions.compacted);
+    let to = to.min(revisions.compacted);
+    let from = revisions.cleaned;
+    if to <= from {
+        return Ok(from);
     }
     let mut log = write.open_table(LOG).map_err(storage_error)?;
     let mut changed: BTreeSet<Vec<u8>> = BTreeSet::new();
     let mut read = 0usize;
-    let mut at = rev_u64(revisions.compacted);
-    // The entry at the compacted revision itself is read again: harmless, its keys' records
-    // below it are gone already.
-    for entry in log.range(rev_u64(revisions.compacted)..=rev_u64(target)).map_err(storage_error)? {
+    let mut at = rev_u64(from);
+    // The entry at the cleaned revision itself is read again: harmless, its keys hold
+    // nothing to remove at it.
+    for entry in log.range(rev_u64(from)..=rev_u64(to)).map_err(storage_error)? {
         let (rev, changes) = entry.map_err(storage_error)?;
         at = rev.value();
         let changes = codec::decode_log_entry(changes.value())?;
@@ -384,31 +456,18 @@ fn compact_in(write: &WriteTransaction, target: Revision, max_records: usize) ->
             break;
         }
     }
-    // Every revision has a log entry (only writes get one), so reading up to the target
-    // without stopping covers it whole.
+    // Every revision has a log entry (only writes get one), so reading up to `to` without
+    // stopping covers it whole.
     if read < max_records {
-        at = rev_u64(target);
+        at = rev_u64(to);
     }
-    if at <= rev_u64(revisions.compacted) {
-        return Ok(revisions.compacted);
+    if at <= rev_u64(from) {
+        return Ok(from);
     }
     let mut mvcc = write.open_table(MVCC).map_err(storage_error)?;
-    let mut records: Vec<(u64, bool)> = Vec::new();
-    for key in changed {
-        // Revisions of this key at or below `at`, oldest first, with their tombstone flag.
-        records.clear();
-        for entry in mvcc.range((key.as_slice(), 0u64)..=(key.as_slice(), at)).map_err(storage_error)? {
-            let (k, v) = entry.map_err(storage_error)?;
-            records.push((k.value().1, codec::is_tombstone(v.value())));
-        }
-        let keep_last = records.last().is_some_and(|(_, tombstone)| !tombstone);
-        let doomed = records.len() - usize::from(keep_last);
-        for (rev, _) in &records[..doomed] {
-            mvcc.remove((key.as_slice(), *rev)).map_err(storage_error)?;
-        }
-    }
+    clean_keys(&mut mvcc, changed.iter().map(Vec::as_slice), at)?;
     log.retain_in(..at, |_, _| false).map_err(storage_error)?;
-    meta.insert(META_COMPACTED, at).map_err(storage_error)?;
+    meta.insert(META_CLEANED, at).map_err(storage_error)?;
     Ok(at as Revision)
 }
 

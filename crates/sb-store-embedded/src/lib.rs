@@ -11,7 +11,9 @@
 //! - Lease expiry runs in memory; keep-alives never touch the disk. After a restart every
 //!   lease gets its full TTL again, as etcd does after a leader change.
 //! - Watchers have bounded buffers and catch up from the log when they fall behind.
-//! - History is compacted automatically by a retention setting.
+//! - History is compacted automatically by a retention setting, as revisions grow: each
+//!   checkpoint moves the compacted revision to `current - retention` and cleans the keys
+//!   it wrote; a bounded walk cleans the rest ([`disk`]).
 //!
 //! Architecture invariant: nothing outside this crate knows redb is there; callers see
 //! only the port.
@@ -48,7 +50,8 @@ pub struct EmbeddedOptions {
     pub limits: Limits,
     /// How many revisions of history automatic compaction keeps.
     pub retention_revisions: u64,
-    /// How often automatic compaction runs.
+    /// How often the timer makes sure compaction caught up, even when the store is idle
+    /// (under load, every checkpoint compacts).
     pub compaction_interval: Duration,
     /// How many requests one group commit takes at most.
     pub max_batch_txns: usize,
@@ -94,8 +97,8 @@ pub struct EmbeddedMetrics {
     pub batched_txns: u64,
     /// Checkpoints that moved the log into the MVCC table (each one redb commit).
     pub checkpoints: u64,
-    /// Automatic compaction steps that moved the compacted revision (each shares a
-    /// checkpoint's redb commit).
+    /// Automatic compaction steps that moved the compacted or the cleaned revision (each
+    /// shares a checkpoint's redb commit).
     pub compaction_steps: u64,
     /// How long the last group commit took, from evaluation to a durable commit.
     pub last_commit_latency: Duration,
@@ -107,6 +110,9 @@ pub struct EmbeddedMetrics {
     /// Every revision up to this one is in the MVCC table.
     pub checkpointed_revision: Revision,
     pub compacted_revision: Revision,
+    /// Old records below this revision are gone from disk; between it and the compacted
+    /// revision, records no read can reach any more are still being removed.
+    pub cleaned_revision: Revision,
 }
 
 #[derive(Debug, Default)]

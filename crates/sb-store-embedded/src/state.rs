@@ -18,8 +18,11 @@ pub(crate) struct MemState {
     pub(crate) revision: Revision,
     /// Every revision up to this one is in the MVCC table; above it only in the log.
     pub(crate) checkpointed: Revision,
-    /// The compacted revision; 0 when nothing was compacted.
+    /// The compacted revision; 0 when nothing was compacted. Reads below it fail.
     pub(crate) compacted: Revision,
+    /// Records that no read at or above this revision needs are gone from the MVCC table;
+    /// between it and `compacted`, such records may remain (no read can reach them).
+    pub(crate) cleaned: Revision,
 }
 
 /// Changes made by the batch being evaluated: `None` marks a deleted key.

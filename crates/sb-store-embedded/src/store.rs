@@ -82,9 +82,9 @@ impl EmbeddedStore {
 
     pub fn metrics(&self) -> EmbeddedMetrics {
         let counters = &self.shared.metrics;
-        let (current_revision, checkpointed_revision, compacted_revision) = {
+        let (current_revision, checkpointed_revision, compacted_revision, cleaned_revision) = {
             let state = self.shared.state.read();
-            (state.revision, state.checkpointed, state.compacted)
+            (state.revision, state.checkpointed, state.compacted, state.cleaned)
         };
         EmbeddedMetrics {
             commits: counters.commits.load(Ordering::Relaxed),
@@ -100,6 +100,7 @@ impl EmbeddedStore {
             current_revision,
             checkpointed_revision,
             compacted_revision,
+            cleaned_revision,
         }
     }
 
@@ -261,8 +262,10 @@ impl Store for EmbeddedStore {
     }
 }
 
-/// Compacts to `current - retention_revisions` every `compaction_interval`, when that is
-/// above the compacted revision. Freed pages are reused by redb, so the file stays bounded.
+/// Asks the writer every `compaction_interval` for a bounded compaction step towards
+/// `current - retention_revisions`, when that is above the compacted revision (under load,
+/// every checkpoint compacts already). Freed pages are reused by redb, so the file stays
+/// bounded.
 async fn run_compactor(
     shared: Arc<Shared>,
     writer: mpsc::Sender<WriteRequest>,

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::batch::{BatchEval, Outcome};
-use crate::state::View;
+use crate::state::{MemState, View};
 use crate::{disk, Shared};
 
 /// How long an expiry that failed to commit waits before it is tried again.
@@ -125,7 +125,12 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver
             run_maintenance(&shared, &mut clock, true).await;
         }
         match control {
-            Some(WriteRequest::Compact { revision, reply }) => {
+            // The timer: one bounded step, which moves the compacted revision to its target
+            // even when nothing waits for a checkpoint.
+            Some(WriteRequest::Compact { reply: None, .. }) => {
+                run_maintenance(&shared, &mut clock, true).await;
+            }
+            Some(WriteRequest::Compact { revision, reply: Some(reply) }) => {
                 let shared = shared.clone();
                 let result = tokio::task::spawn_blocking(move || compact(&shared, revision))
                     .await
@@ -134,9 +139,7 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver
                 if let Err(error) = &result {
                     tracing::debug!(revision, %error, "compaction refused or failed");
                 }
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
-                }
+                let _ = reply.send(result);
             }
             Some(WriteRequest::Close { reply }) => {
                 checkpoint_everything(&shared, &mut clock).await;
@@ -153,17 +156,35 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver
     checkpoint_everything(&shared, &mut clock).await;
 }
 
-/// The automatic compaction step due now, if any: once the compacted revision trails
-/// `current - retention_revisions` by a margin, towards it, so history stays bounded by
-/// the retention however fast revisions come (the timer alone would let a busy store
-/// grow for a whole `compaction_interval`).
-fn compaction_due(shared: &Shared) -> Option<disk::CompactStep> {
+/// Automatic compaction as the next maintenance step applies it: the compacted revision
+/// follows `current - retention_revisions` at every checkpoint, so history stays bounded
+/// by the retention however fast revisions come (the timer alone would let a busy store
+/// grow for a whole `compaction_interval`), and the cleanup walk trails it by another
+/// retention.
+fn compaction(state: &MemState, retention: u64) -> disk::Compaction {
+    disk::Compaction {
+        target: state.revision.saturating_sub(i64::try_from(retention).unwrap_or(i64::MAX)),
+        walk_lag: retention,
+        walk_min: walk_min(retention),
+        walk_records: COMPACT_RECORDS,
+    }
+}
+
+/// How far the compacted revision or the cleanup walk must trail before a step runs just
+/// for them (without anything to checkpoint).
+fn walk_min(retention: u64) -> u64 {
+    (retention / 16).clamp(1, COMPACT_RECORDS as u64)
+}
+
+/// Whether a maintenance step is due for compaction alone.
+fn compaction_due(shared: &Shared) -> bool {
     let retention = shared.options.retention_revisions;
-    let margin = (retention / 16).clamp(1, COMPACT_RECORDS as u64);
     let state = shared.state.read();
-    let target = state.revision.saturating_sub(i64::try_from(retention).unwrap_or(i64::MAX));
-    let behind = u64::try_from(target - state.compacted).unwrap_or(0);
-    (behind >= margin).then_some(disk::CompactStep { target, max_records: COMPACT_RECORDS })
+    let step = compaction(&state, retention);
+    let trails = |behind: Revision| u64::try_from(behind).is_ok_and(|behind| behind >= step.walk_min);
+    let walk_to = state.compacted.saturating_sub(i64::try_from(step.walk_lag).unwrap_or(i64::MAX));
+    (trails(step.target - state.compacted) && state.compacted < state.checkpointed)
+        || trails(walk_to - state.cleaned)
 }
 
 /// When the writer runs a maintenance step (a bounded checkpoint, and a bounded compaction
@@ -193,7 +214,7 @@ impl MaintenanceClock {
             let since = *self.pending_since.get_or_insert_with(Instant::now);
             Some(since + shared.options.checkpoint_interval)
         };
-        let compaction = compaction_due(shared).map(|_| Instant::now());
+        let compaction = compaction_due(shared).then(Instant::now);
         let deadline = match (checkpoint, compaction) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -225,22 +246,29 @@ impl MaintenanceClock {
     }
 }
 
+fn compaction_policy(shared: &Shared) -> disk::Compaction {
+    compaction(&shared.state.read(), shared.options.retention_revisions)
+}
+
 /// Runs one maintenance step: a bounded checkpoint and, with `compaction` and when one is
 /// due, a bounded compaction step, in one durable transaction. Returns whether more is
 /// pending for the checkpoint (false on an error too).
 async fn run_maintenance(shared: &Arc<Shared>, clock: &mut MaintenanceClock, compaction: bool) -> bool {
     let Some(db) = shared.db() else { return false };
-    let step = if compaction { compaction_due(shared) } else { None };
+    let step = compaction.then(|| compaction_policy(shared));
     let result = tokio::task::spawn_blocking(move || disk::maintain(&db, CHECKPOINT_RECORDS, step))
         .await
         .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("checkpoint failed: {e}"))));
     match result {
         Ok(done) => {
             record_checkpoint(shared, done.checkpoint);
-            if done.compacted > shared.state.read().compacted {
+            let mut state = shared.state.write();
+            if done.compacted > state.compacted || done.cleaned > state.cleaned {
                 shared.metrics.compaction_steps.fetch_add(1, Ordering::Relaxed);
-                shared.state.write().compacted = done.compacted;
+                state.compacted = state.compacted.max(done.compacted);
+                state.cleaned = state.cleaned.max(done.cleaned);
             }
+            drop(state);
             if !done.checkpoint.more {
                 clock.caught_up();
             }
@@ -283,7 +311,10 @@ fn compact(shared: &Shared, revision: Revision) -> StoreResult<()> {
     }
     let db = shared.db().ok_or(StoreError::Closed)?;
     record_checkpoint(shared, disk::compact(&db, revision)?);
-    shared.state.write().compacted = revision;
+    let mut state = shared.state.write();
+    state.compacted = state.compacted.max(revision);
+    state.cleaned = state.cleaned.max(revision);
+    drop(state);
     tracing::info!(revision, "store compacted");
     Ok(())
 }

@@ -249,3 +249,62 @@ async fn compaction_after_a_checkpoint_keeps_what_reads_need() {
     let store = EmbeddedStore::open(options(dir.path().join("store.redb"), 10)).await.unwrap();
     assert_history(&store, &kept, "compacted, reopened").await;
 }
+
+/// With a tiny retention and the timer out of the way, the compacted revision follows the
+/// revisions as they are checkpointed; reads at or above it stay exact, below it fail,
+/// and so does a watch; the old records are cleaned; all of it survives a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_compacted_as_revisions_grow_without_waiting_for_the_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let mut opts = options(path.clone(), 4);
+    opts.retention_revisions = 10;
+    opts.compaction_interval = Duration::from_secs(3600);
+    let store = EmbeddedStore::open(opts.clone()).await.unwrap();
+    let snapshots = write_history(&store, 90).await;
+    let current = snapshots.last().unwrap().0;
+    // Every 4th revision triggers a checkpoint, which compacts to `current - 10` then...
+    let compacted = store.metrics().compacted_revision;
+    assert!(compacted >= current - 10 - 4, "compacted {compacted}, current {current}");
+    // ...and once idle, the writer takes it to exactly `current - 10`.
+    let metrics = settled(&store, current - 10).await;
+    let compacted = metrics.compacted_revision;
+    assert!(metrics.compaction_steps > 0);
+    // The cleanup walk trails by another retention.
+    assert!(metrics.cleaned_revision >= compacted - 10 - 1, "cleaned {}", metrics.cleaned_revision);
+    let kept: Vec<_> = snapshots.iter().filter(|(rev, _)| *rev >= compacted).cloned().collect();
+    assert_history(&store, &kept, "compacted by growth").await;
+    let err = snapshot_at(&store, compacted - 1).await.unwrap_err();
+    assert!(matches!(err, StoreError::Compacted { .. }), "{err:?}");
+    let mut below =
+        store.watch(WatchRequest::new(KeyRange::prefix("h/")).from_revision(compacted - 1)).await.unwrap();
+    assert!(matches!(below.next().await, Some(Err(StoreError::Compacted { .. }))));
+    let events = expected_events(&snapshots, compacted + 1);
+    assert_eq!(watched_events(&store, compacted + 1, events.len()).await, events);
+    store.close().await;
+
+    let store = EmbeddedStore::open(opts).await.unwrap();
+    let metrics = store.metrics();
+    assert_eq!(metrics.compacted_revision, compacted, "the compacted revision is durable");
+    assert_history(&store, &kept, "compacted by growth, reopened").await;
+    // Writing on moves it further, still without the timer.
+    let more = write_history(&store, 40).await;
+    let compacted = settled(&store, more.last().unwrap().0 - 10).await.compacted_revision;
+    let value = store.range(RangeRequest::prefix("h/").at_revision(compacted)).await.unwrap();
+    assert_eq!(value.revision, more.last().unwrap().0);
+    store.close().await;
+}
+
+/// Waits (bounded) until the compacted revision reaches `compacted`, and never passes it.
+async fn settled(store: &EmbeddedStore, compacted: Revision) -> sb_store_embedded::EmbeddedMetrics {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = store.metrics();
+        assert!(metrics.compacted_revision <= compacted, "compacted past the retention");
+        if metrics.compacted_revision == compacted {
+            return metrics;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "compaction did not reach {compacted}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
