@@ -9,6 +9,7 @@ mod bootstrap;
 mod config;
 mod error;
 pub mod logging;
+mod node_metrics;
 mod serve;
 mod store_args;
 

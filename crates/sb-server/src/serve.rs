@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::metrics::gauge::Gauge;
 use sb_api::auth::TOKENS_PREFIX;
 use sb_api::{Api, ApiConfig, ApiMetrics, LogLevelControl, SystemLeases, KV_PREFIX};
 use sb_store::{put_request_bytes, KeyRange, Membership, NodeId, NodeRecord, View};
@@ -20,6 +19,7 @@ use tracing::{info, warn};
 use crate::bootstrap::{bootstrap_admin, first_start_banner, Bootstrap, ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE};
 use crate::config::ServeArgs;
 use crate::error::{ServerError, ServerResult};
+use crate::node_metrics;
 
 /// How long start-up waits for the membership view to show this node.
 const MEMBERSHIP_SETTLE: Duration = Duration::from_secs(2);
@@ -76,20 +76,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         system_leases.register(move || membership.upgrade().map(|m| m.lease()));
     }
     let mut metrics = ApiMetrics::new();
-    {
-        let nodes = Gauge::<i64>::default();
-        metrics.registry_mut().register(
-            "switchboard_membership_nodes",
-            "Live nodes in the membership view",
-            nodes.clone(),
-        );
-        let membership = Arc::downgrade(&membership);
-        metrics.add_scrape_hook(Box::new(move || {
-            if let Some(membership) = membership.upgrade() {
-                nodes.set(membership.view().snapshot().entries.len() as i64);
-            }
-        }));
-    }
+    node_metrics::register(&mut metrics, Arc::downgrade(&membership), open.embedded.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let api = Arc::new(Api {
         config: ApiConfig {

@@ -350,6 +350,8 @@ async fn readyz_metrics_request_ids_openapi_and_log_level() {
     assert!(metrics.contains("switchboard_membership_nodes 1"), "{metrics}");
     assert!(metrics.contains("switchboard_kv_keys 1"), "{metrics}");
     assert!(!metrics.contains("customer-secret-name"), "labels carry no user data");
+    assert!(metrics.contains("switchboard_store_group_commits_total"), "{metrics}");
+    assert!(metrics.contains("switchboard_store_op_duration_seconds_bucket"), "{metrics}");
 
     let (status, doc) =
         json(http.get(server.url("/api/v1/openapi.json")).bearer_auth(&token).send().await.unwrap()).await;
@@ -363,6 +365,31 @@ async fn readyz_metrics_request_ids_openapi_and_log_level() {
     let bad = http.put(server.url("/api/v1/admin/log-level")).bearer_auth(&token).body(r#"{"level":"[[["}"#);
     let (status, body) = json(bad.send().await.unwrap()).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
+    server.terminate();
+}
+
+#[tokio::test]
+async fn config_file_sets_limits_and_access_logs_redact_secrets() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("switchboard.toml");
+    // The file says 16 bytes; a flag (--listen, set by the harness) still wins over it.
+    std::fs::write(&config, "max-value-bytes = 16\nlisten = \"127.0.0.1:1\"\n").expect("write");
+    let server = Server::start(dir.path(), |c| {
+        c.arg("--config").arg(&config).env("SWITCHBOARD_LOG", "info");
+    });
+    assert!(!server.base.ends_with(":1"), "the --listen flag wins over the file: {}", server.base);
+    let token = server.printed_token().expect("token");
+    let http = client();
+    let put = http.put(server.url("/api/v1/kv/k?accessToken=hunter2&password=swordfish")).bearer_auth(&token);
+    let (status, body) = json(put.body(vec![b'v'; 17]).send().await.unwrap()).await;
+    assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    assert!(body["error"]["message"].as_str().unwrap().contains("limit is 16 bytes"), "{body}");
+    let access_line = common::wait_for_line(&server.stderr.clone(), "the access log line", |lines| {
+        lines.iter().find(|l| l.contains("/api/v1/kv/k")).cloned()
+    });
+    assert!(access_line.contains("accessToken=***") && access_line.contains("password=***"), "{access_line}");
+    let logs = server.stderr.lock().unwrap().join("\n");
+    assert!(!logs.contains("hunter2") && !logs.contains("swordfish") && !logs.contains(&token), "{logs}");
     server.terminate();
 }
 
