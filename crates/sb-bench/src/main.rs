@@ -2,10 +2,15 @@
 //! same run, A B A B, and prints ops/s, latency percentiles, errors and the ratio, as
 //! `shared/bench.md` asks. Timings live here, never in pass/fail tests.
 //!
-//! `sb-bench store`: the embedded store in-process against a single-member etcd through
-//! raw `etcd-client` (the ceiling the etcd adapter is measured by).
+//! - `sb-bench store`: the embedded store in-process against a single-member etcd through
+//!   raw `etcd-client` (the ceiling the etcd adapter is measured by);
+//! - `sb-bench http`: the server's KV API against the bare-hyper ceiling and etcd, with
+//!   start-up time and idle RSS;
+//! - `sb-bench ceiling`: the bare-hyper server itself.
 #![forbid(unsafe_code)]
 
+mod ceiling;
+mod http_bench;
 mod report;
 mod store_bench;
 
@@ -22,6 +27,10 @@ struct Cli {
 enum Command {
     /// The embedded store in-process vs. raw etcd-client against a single-member etcd.
     Store(store_bench::StoreArgs),
+    /// The server's KV API vs. the bare-hyper ceiling and etcd; start-up and idle RSS.
+    Http(http_bench::HttpArgs),
+    /// A bare hyper server answering a fixed body: the HTTP ceiling.
+    Ceiling(ceiling::CeilingArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,5 +38,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Store(args) => runtime.block_on(store_bench::run(args)),
+        Command::Http(args) => runtime.block_on(http_bench::run(args)),
+        Command::Ceiling(args) => runtime.block_on(ceiling::run(args)),
     }
 }

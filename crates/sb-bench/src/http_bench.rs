@@ -1,0 +1,338 @@
+//! The server through its HTTP API, against its ceilings and its peer, in one run:
+//! - KV GET against the bare-hyper ceiling (`sb-bench ceiling`, a separate process) with a
+//!   body of the same size;
+//! - durable KV PUT against etcd's put through raw `etcd-client`, at the same concurrency;
+//! - time to ready on an empty data dir against etcd's start-up time, and idle RSS.
+//!
+//! Every client task holds one HTTP/1.1 keep-alive connection, as `wrk -c N` does.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::report::{Outcome, Samples};
+
+/// The token the benchmarked server is started with (the bench sets it; never a default).
+fn bench_token() -> String {
+    format!("sb-bench-{:032x}", std::process::id() as u128 * 0x9e37_79b9_7f4a_7c15)
+}
+
+#[derive(clap::Args)]
+pub struct HttpArgs {
+    /// The switchboard binary to benchmark (a release build).
+    #[arg(long, default_value = "target/release/switchboard")]
+    switchboard_bin: PathBuf,
+    /// This bench binary, to start the bare-hyper ceiling as its own process.
+    #[arg(long, default_value = "target/release/sb-bench")]
+    bench_bin: PathBuf,
+    /// The etcd binary, for the start-up comparison.
+    #[arg(long, default_value = "etcd")]
+    etcd_bin: PathBuf,
+    /// A running single-member etcd for the put comparison.
+    #[arg(long, env = "SB_BENCH_ETCD")]
+    etcd: String,
+    /// Where temp data dirs go (the same disk as the etcd's data dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 5)]
+    secs: u64,
+    /// Concurrent clients (connections).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_bytes: usize,
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
+    let scratch = match &args.data_dir {
+        Some(dir) => tempfile::tempdir_in(dir)?,
+        None => tempfile::tempdir()?,
+    };
+    println!(
+        "sb-bench http: {} clients, value {} B, {} s per run, A B A B, nproc {}",
+        args.clients,
+        args.value_bytes,
+        args.secs,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // Start-up: switchboard on an empty data dir vs. etcd on an empty data dir.
+    let mut ready = [Vec::new(), Vec::new()];
+    for round in 0..3 {
+        let dir = scratch.path().join(format!("startup-{round}"));
+        let (_server, _, took) = start_switchboard(&args, &dir.join("sb")).await?;
+        ready[0].push(took);
+        ready[1].push(start_etcd(&args, &dir.join("etcd")).await?);
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (sb_ready, etcd_ready) = (median(&mut ready[0]), median(&mut ready[1]));
+    println!(
+        "ready          switchboard {:>6} ms  etcd {:>6} ms  ratio {:.2}x (median of 3, empty data dirs)",
+        sb_ready.as_millis(),
+        etcd_ready.as_millis(),
+        sb_ready.as_secs_f64() / etcd_ready.as_secs_f64().max(1e-9)
+    );
+
+    let (server, base, _) = start_switchboard(&args, &scratch.path().join("server")).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = server.0.id();
+    println!(
+        "idle RSS       switchboard {} KiB (VmRSS 2 s after ready)",
+        proc_kib(pid, "VmRSS:").unwrap_or(0)
+    );
+
+    let token = bench_token();
+    let value = vec![b'v'; args.value_bytes];
+    // Seed 1,000 keys and learn the size of a typical GET response for the ceiling.
+    let mut seed = connect(&base).await?;
+    for i in 0..1000 {
+        request(&mut seed, "PUT", &format!("/api/v1/kv/bench/k{i:04}"), &token, value.clone()).await?;
+    }
+    let get_body = request(&mut seed, "GET", "/api/v1/kv/bench/k0001", &token, Vec::new()).await?;
+    let ceiling_port = free_port()?;
+    let _ceiling = Killed(
+        Command::new(&args.bench_bin)
+            .args(["ceiling", "--listen", &format!("127.0.0.1:{ceiling_port}"), "--body-bytes"])
+            .arg(get_body.len().to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", args.bench_bin.display()))?,
+    );
+    let ceiling = format!("127.0.0.1:{ceiling_port}");
+    wait_until_answers(&ceiling, "/").await?;
+    let secs = Duration::from_secs(args.secs);
+
+    let mut totals = [0.0f64; 2];
+    for _ in 0..2 {
+        let get = http_load(&base, args.clients, secs, &token, |_, i| {
+            (format!("/api/v1/kv/bench/k{:04}", i % 1000), None)
+        })
+        .await?;
+        get.print("kv-get", "switchboard");
+        totals[0] += get.ops_per_sec();
+        let bare = http_load(&ceiling, args.clients, secs, &token, |_, _| ("/".to_owned(), None)).await?;
+        bare.print("kv-get", "hyper");
+        totals[1] += bare.ops_per_sec();
+    }
+    println!(
+        "kv-get         ratio     switchboard/bare hyper = {:.2}x (body {} B)\n",
+        totals[0] / totals[1],
+        get_body.len()
+    );
+
+    let etcd = etcd_client::Client::connect([args.etcd.as_str()], None).await?;
+    let mut totals = [0.0f64; 2];
+    for _ in 0..2 {
+        let put = http_load(&base, args.clients, secs, &token, |task, i| {
+            (format!("/api/v1/kv/bench/p{task:02}/{:04}", i % 1000), Some(vec![b'v'; 256]))
+        })
+        .await?;
+        put.print("kv-put", "switchboard");
+        totals[0] += put.ops_per_sec();
+        let etcd_put = etcd_load(&etcd, args.clients, secs, &value).await?;
+        etcd_put.print("kv-put", "etcd");
+        totals[1] += etcd_put.ops_per_sec();
+    }
+    println!("kv-put         ratio     switchboard/etcd = {:.2}x\n", totals[0] / totals[1]);
+    println!("peak RSS       switchboard {} KiB (VmHWM)", proc_kib(pid, "VmHWM:").unwrap_or(0));
+    Ok(())
+}
+
+async fn start_switchboard(
+    args: &HttpArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(Killed, String, Duration)> {
+    let port = free_port()?;
+    let base = format!("127.0.0.1:{port}");
+    let began = Instant::now();
+    let child = Command::new(&args.switchboard_bin)
+        .args(["serve", "--listen", &base, "--data-dir"])
+        .arg(data_dir)
+        .env("SWITCHBOARD_ADMIN_TOKEN", bench_token())
+        .env("SWITCHBOARD_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", args.switchboard_bin.display()))?;
+    let child = Killed(child);
+    wait_until_answers(&base, "/readyz").await?;
+    Ok((child, base, began.elapsed()))
+}
+
+async fn start_etcd(args: &HttpArgs, data_dir: &std::path::Path) -> anyhow::Result<Duration> {
+    let (client, peer) = (free_port()?, free_port()?);
+    let began = Instant::now();
+    let _etcd = Killed(
+        Command::new(&args.etcd_bin)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &format!("default=http://127.0.0.1:{peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", args.etcd_bin.display()))?,
+    );
+    // Ready = it answers a read.
+    let endpoint = format!("http://127.0.0.1:{client}");
+    for _ in 0..2000 {
+        if let Ok(mut c) = etcd_client::Client::connect([endpoint.as_str()], None).await {
+            if c.get("ready", None).await.is_ok() {
+                return Ok(began.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    bail!("etcd did not become ready")
+}
+
+async fn wait_until_answers(addr: &str, path: &str) -> anyhow::Result<()> {
+    for _ in 0..5000 {
+        if let Ok(mut conn) = connect(addr).await {
+            if request(&mut conn, "GET", path, "", Vec::new()).await.is_ok() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    bail!("{addr}{path} did not answer 200 within 5 s")
+}
+
+async fn connect(addr: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// One request; the body on a 2xx, an error otherwise.
+async fn request(
+    conn: &mut SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<Bytes> {
+    conn.ready().await?;
+    let mut builder = Request::builder().method(method).uri(path).header("host", "bench");
+    if !token.is_empty() {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let response = conn.send_request(builder.body(Full::new(Bytes::from(body)))?).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("{method} {path}: {status}: {}", String::from_utf8_lossy(&body));
+    }
+    Ok(body)
+}
+
+async fn http_load<F>(
+    addr: &str,
+    clients: usize,
+    secs: Duration,
+    token: &str,
+    op: F,
+) -> anyhow::Result<Outcome>
+where
+    F: Fn(usize, usize) -> (String, Option<Vec<u8>>) + Clone + Send + 'static,
+{
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        conns.push(connect(addr).await?);
+    }
+    let start = Instant::now();
+    let deadline = start + secs;
+    let mut handles = Vec::new();
+    for (task, mut conn) in conns.into_iter().enumerate() {
+        let (op, token) = (op.clone(), token.to_owned());
+        handles.push(tokio::spawn(async move {
+            let mut samples = Samples::default();
+            let mut i = task * 7919;
+            while Instant::now() < deadline {
+                let (path, body) = op(task, i);
+                let method = if body.is_some() { "PUT" } else { "GET" };
+                let began = Instant::now();
+                match request(&mut conn, method, &path, &token, body.unwrap_or_default()).await {
+                    Ok(_) => samples.record(began.elapsed()),
+                    Err(_) => samples.errors += 1,
+                }
+                i += 1;
+            }
+            samples
+        }));
+    }
+    let mut all = Samples::default();
+    for handle in handles {
+        all.merge(handle.await?);
+    }
+    Ok(Outcome::from_samples(all, start.elapsed()))
+}
+
+async fn etcd_load(
+    client: &etcd_client::Client,
+    clients: usize,
+    secs: Duration,
+    value: &[u8],
+) -> anyhow::Result<Outcome> {
+    let start = Instant::now();
+    let deadline = start + secs;
+    let mut handles = Vec::new();
+    for task in 0..clients {
+        let (mut kv, value) = (client.kv_client(), value.to_vec());
+        handles.push(tokio::spawn(async move {
+            let mut samples = Samples::default();
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let began = Instant::now();
+                match kv.put(format!("bench/p{task:02}/{:04}", i % 1000), value.clone(), None).await {
+                    Ok(_) => samples.record(began.elapsed()),
+                    Err(_) => samples.errors += 1,
+                }
+                i += 1;
+            }
+            samples
+        }));
+    }
+    let mut all = Samples::default();
+    for handle in handles {
+        all.merge(handle.await?);
+    }
+    Ok(Outcome::from_samples(all, start.elapsed()))
+}
+
+fn proc_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
