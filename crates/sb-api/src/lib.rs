@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod backup;
 pub mod error;
 mod extract;
 mod kv;

@@ -10,7 +10,7 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 
 use crate::error::{ApiError, ErrorKind};
-use crate::{kv, leases, middleware, ops, watch, ApiState};
+use crate::{backup, kv, leases, middleware, ops, watch, ApiState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -78,6 +78,7 @@ pub enum RouteId {
     LeaseRevoke,
     Watch,
     LogLevel,
+    Backup,
 }
 
 #[derive(Debug)]
@@ -201,6 +202,15 @@ pub static ROUTES: &[Route] = &[
         true,
         "Change the log filter at runtime",
     ),
+    route(
+        RouteId::Backup,
+        M::Get,
+        "/api/v1/admin/backup",
+        "admin",
+        A::Admin,
+        true,
+        "Stream a backup of every key not on a lease (the `switchboard backup` file format)",
+    ),
 ];
 
 /// The handler of each route, exhaustively, so a route without a handler cannot compile.
@@ -220,6 +230,7 @@ fn handler(route: &Route) -> MethodRouter<ApiState> {
         RouteId::LeaseRevoke => on(filter, leases::revoke),
         RouteId::Watch => on(filter, watch::watch),
         RouteId::LogLevel => on(filter, ops::set_log_level),
+        RouteId::Backup => on(filter, backup::backup),
     }
 }
 
@@ -282,10 +293,11 @@ mod tests {
     }
 
     #[test]
-    fn every_mutation_is_audited_except_keepalive() {
+    fn every_mutation_and_admin_action_is_audited_except_keepalive() {
         for route in ROUTES {
             let mutation = route.method != Method::Get;
-            let expected = mutation && route.id != RouteId::LeaseKeepAlive;
+            // A backup reads everything, token hashes included: who took one is audited.
+            let expected = (mutation && route.id != RouteId::LeaseKeepAlive) || route.action == Action::Admin;
             assert_eq!(route.audited, expected, "{route:?}");
         }
     }
