@@ -1,9 +1,16 @@
-//! The `switchboard` binary: `serve` runs a node (through `sb-server`); the other
-//! subcommands are clients.
+//! The `switchboard` binary: `serve` runs a node (through `sb-server`); `kv` and `lease`
+//! are HTTP clients of a running node; `backup` asks a running node (or, `--offline`,
+//! reads a store), and `restore` writes into an empty store.
 #![forbid(unsafe_code)]
 
+mod client;
+mod kv;
+mod lease;
 mod snapshot;
+mod sse;
+mod table;
 
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -23,7 +30,12 @@ struct Cli {
 enum Command {
     /// Run a node.
     Serve(sb_server::ServeArgs),
-    /// Write a consistent snapshot of every key (at one revision) to a file.
+    /// Read, write, list and watch keys of a running node.
+    Kv(kv::KvArgs),
+    /// Grant, renew and revoke leases on a running node.
+    Lease(lease::LeaseArgs),
+    /// Write a consistent snapshot of every key (at one revision) to a file, from a
+    /// running node (or, with --offline, from a stopped embedded store or an etcd).
     Backup(snapshot::BackupArgs),
     /// Load a backup file into an empty store (embedded or etcd).
     Restore(snapshot::RestoreArgs),
@@ -46,7 +58,17 @@ fn parse() -> anyhow::Result<Cli> {
     Ok(Cli::parse_from(std::env::args_os().chain(extra)))
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("switchboard: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = parse()?;
     let log_control = match cli.command {
         // A server logs JSON, and its filter can change at runtime.
@@ -69,6 +91,8 @@ fn main() -> anyhow::Result<()> {
                 let control = log_control.map(|c| c as Arc<dyn sb_api::LogLevelControl>);
                 Ok(sb_server::run(args, control).await?)
             }
+            Command::Kv(args) => kv::run(args).await,
+            Command::Lease(args) => lease::run(args).await,
             Command::Backup(args) => snapshot::backup(args).await,
             Command::Restore(args) => snapshot::restore(args).await,
         }

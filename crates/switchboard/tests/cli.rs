@@ -83,13 +83,22 @@ fn serve_runs_keeps_its_node_id_and_stops_on_sigterm() {
 fn bad_store_flag_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let output = switchboard()
-        .args(["backup", "--out", "x.sb", "--store", "mysql://db", "--data-dir"])
+        .args(["backup", "--offline", "--out", "x.sb", "--store", "mysql://db", "--data-dir"])
         .arg(dir.path())
         .output()
         .expect("runs");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--store") && stderr.contains("mysql://db"), "{stderr}");
+
+    // Without --offline the backup comes from a server, so an etcd --store is a mistake.
+    let output = switchboard()
+        .args(["backup", "--out", "x.sb", "--store", "etcd://127.0.0.1:2379"])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--offline"), "{stderr}");
 }
 
 /// embedded -> file -> etcd -> file, through the binary: the same keys and values.
@@ -115,7 +124,11 @@ fn backup_restore_roundtrip_embedded_to_etcd() {
 
     let from_embedded = dir.path().join("embedded.sb");
     let out = run_ok(
-        switchboard().arg("backup").arg("--out").arg(&from_embedded).arg("--data-dir").arg(dir.path()),
+        switchboard()
+            .args(["backup", "--offline", "--out"])
+            .arg(&from_embedded)
+            .arg("--data-dir")
+            .arg(dir.path()),
     );
     assert!(out.contains("backed up 201 keys"), "{out}");
 
@@ -144,7 +157,7 @@ fn backup_restore_roundtrip_embedded_to_etcd() {
     let from_etcd = dir.path().join("etcd.sb");
     run_ok(
         switchboard()
-            .args(["backup", "--store", &etcd, "--root-prefix", &prefix, "--out"])
+            .args(["backup", "--offline", "--store", &etcd, "--root-prefix", &prefix, "--out"])
             .arg(&from_etcd)
             .arg("--data-dir")
             .arg(dir.path()),
