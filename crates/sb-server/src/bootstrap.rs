@@ -112,6 +112,11 @@ pub fn first_start_banner(token: &str, file: &Path, base_url: &str) -> String {
          \x20 export SWITCHBOARD_TOKEN=$(cat {file})\n\
          \x20 curl -X PUT -H \"Authorization: Bearer $SWITCHBOARD_TOKEN\" --data-binary 'hello' {base_url}/api/v1/kv/greeting\n\
          \x20 curl -H \"Authorization: Bearer $SWITCHBOARD_TOKEN\" {base_url}/api/v1/kv/greeting\n\
-         \x20 curl -N -H \"Authorization: Bearer $SWITCHBOARD_TOKEN\" '{base_url}/api/v1/watch?key=greeting'\n"
+         \x20 curl -N -H \"Authorization: Bearer $SWITCHBOARD_TOKEN\" '{base_url}/api/v1/watch?key=greeting'\n\n\
+         or with the CLI (it reads SWITCHBOARD_TOKEN and SWITCHBOARD_ENDPOINT):\n\
+         \x20 export SWITCHBOARD_ENDPOINT={base_url}\n\
+         \x20 switchboard kv put greeting hello\n\
+         \x20 switchboard kv get greeting\n\
+         \x20 switchboard kv watch greeting\n"
     )
 }
