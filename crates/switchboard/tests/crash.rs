@@ -3,7 +3,9 @@
 //! after each restart on the same data dir every acknowledged write must be there, with a
 //! value at least as new as the one acknowledged.
 //!
-//! `SB_CRASH_CYCLES` sets the number of kill cycles (30 by default; 1000 for a long run),
+//! `SB_CRASH_CYCLES` sets the number of kill cycles (30 by default; 1000 for a long run,
+//! about 10 minutes, past nextest's 300 s limit, so run it with cargo test:
+//! `SB_CRASH_CYCLES=1000 cargo test -p switchboard --test crash -- --nocapture`),
 //! `SB_CRASH_SEED` replays a run (the seed is printed). nextest runs this test alone (see
 //! `.config/nextest.toml`): it is timing-driven and wants the machine's cores.
 
@@ -78,6 +80,9 @@ fn crash_acknowledged_puts_survive_kill_9() {
             let (last_seq, acked) = runtime.block_on(writer).expect("writer task");
             next_seq[w] = last_seq + 1;
             total_acks += acked;
+        }
+        if (cycle + 1) % 100 == 0 {
+            println!("crash test: {} cycles, {total_acks} acknowledged puts so far", cycle + 1);
         }
     }
 
