@@ -142,7 +142,7 @@ impl<'a> BatchEval<'a> {
                 }
                 Outcome::Silent
             }
-            WriteRequest::Compact { .. } | WriteRequest::Close { .. } => {
+            WriteRequest::Close { .. } => {
                 debug_assert!(false, "control requests never enter a batch");
                 request.refuse(StoreError::Unavailable("misrouted request".into()));
                 Outcome::Silent
@@ -308,8 +308,8 @@ impl<'a> BatchEval<'a> {
                 "revision {past} is being committed, retry the transaction"
             )));
         }
-        let db = self.shared.db().ok_or(StoreError::Closed)?;
-        history::read_at(&db, request, past, current)
+        let files = self.shared.files().ok_or(StoreError::Closed)?;
+        history::read_at(&files, request, past, current)
     }
 
     fn revoke(&mut self, id: LeaseId) {

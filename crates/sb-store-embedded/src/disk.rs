@@ -1,39 +1,63 @@
-//! Everything that writes redb: the table layout, loading the state at open, committing a
-//! batch, the checkpoint, and compaction. Reads of history live in [`crate::history`].
+//! Everything that writes redb: the two files' layout, loading the state at open,
+//! committing a batch, the checkpoint, and compaction. Reads of history live in
+//! [`crate::history`].
 //!
-//! Log first, checkpoint later. A group commit writes only the `log` (sequential keys, so a
-//! few dirty pages whatever keys the batch touched), the current revision and lease changes,
-//! in one durable transaction: that fsync is what a request waits for. The checkpoint,
-//! run by the writer between batches, later copies the log into the MVCC table, so the
-//! random MVCC pages of many batches are written by one fsync.
+//! Log first, checkpoint later, in two files so that neither waits for the other's write
+//! lock (redb has one writer per database):
+//! - the **log file** (`<path>.log`, see [`log_path`]) is written only by group commits:
+//!   each one appends the batch's revisions to `log` (sequential keys, so a few dirty pages
+//!   whatever keys the batch touched), records the current revision and the lease changes,
+//!   in one durable transaction. That fsync is what a request waits for. Every
+//!   acknowledged revision is in this file, so it is what survives a kill -9.
+//! - the **MVCC file** (`<path>`) is written only by the checkpointer, on its own task: it
+//!   copies log entries into the MVCC table (so the random MVCC pages of many batches are
+//!   written by one fsync), moves the compacted revision and cleans, and records how far it
+//!   got. A checkpoint costs several ms, and group commits no longer wait behind it.
 //!
-//! Tables:
-//! - `mvcc`: `(key, revision) -> record` ([`crate::codec`]) for every revision up to the
-//!   checkpointed one. redb compares tuple keys element by element, so every revision of a
-//!   key is contiguous and a key range is the tuple range `(start, 0)..(end, 0)`.
+//! Tables of the log file:
 //! - `log`: `revision -> every change of that revision` (key and full record). It is the
 //!   only copy of revisions above the checkpoint, and it serves watch catch-up.
 //! - `leases`: `lease id -> granted ttl (s)`. Only grant and revoke write it.
-//! - `meta`: file format version, current, checkpointed, compacted and cleaned revision.
+//! - `meta`: file format version, current revision.
+//!
+//! Tables of the MVCC file:
+//! - `mvcc`: `(key, revision) -> record` ([`crate::codec`]) for every revision up to the
+//!   checkpointed one. redb compares tuple keys element by element, so every revision of a
+//!   key is contiguous and a key range is the tuple range `(start, 0)..(end, 0)`.
+//! - `meta`: file format version, checkpointed, compacted and cleaned revision.
 //!
 //! Compaction is logical first: the compacted revision moves in a checkpoint's
 //! transaction (reads below it fail from that commit on, reads at or above it stay
 //! exact), and the records only reads below it needed are removed after: at once for the
 //! keys that checkpoint wrote (their pages are dirty anyway), and by a bounded cleanup
 //! walk over the log, trailing by another retention, for the rest. Below the cleaned
-//! revision nothing unreachable remains, and the log starts there.
+//! revision nothing unreachable remains, and the log is no longer needed there: the
+//! writer trims it, in bounded steps inside later group commits ([`commit`]).
 //!
-//! Invariant: `cleaned <= compacted <= checkpointed <= revision`, and the MVCC table holds nothing
-//! above `checkpointed`. A reader that reads the MVCC table and the log in one read
-//! transaction therefore sees each revision exactly once.
+//! Invariants:
+//! - `cleaned <= compacted <= checkpointed <= revision`, and the MVCC table holds nothing
+//!   above `checkpointed`;
+//! - the log file holds every revision from the cleaned one (the writer only trims below a
+//!   cleaned revision that the MVCC file recorded durably) up to the current one.
+//!
+//! A reader opens a log read transaction first, then an MVCC one ([`crate::history`]):
+//! the MVCC snapshot's checkpointed revision C is then at least the cleaned revision
+//! the writer trimmed below when the log snapshot was taken (both only grow), so the log
+//! snapshot holds every revision in `(C, R]` for any R already committed. A revision is
+//! thus read exactly once, from the MVCC table at or below C and from the log above it.
+//! A crash between a checkpoint's commit and the log trim is harmless: the log keeps
+//! entries at or below C, and replay at open starts above C.
 //!
 //! Every function here is blocking; callers run them on the blocking pool.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use sb_store::{Event, EventKind, KeyValue, LeaseId, Revision, StoreError, StoreResult};
 
 use crate::codec;
@@ -42,17 +66,36 @@ use crate::state::MemState;
 pub(crate) const MVCC: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("mvcc");
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const LEASES: TableDefinition<u64, u64> = TableDefinition::new("leases");
+/// In both files, with different entries.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const META_SCHEMA: &str = "schema_version";
+/// Log file: the current revision.
 const META_REVISION: &str = "revision";
 pub(crate) const META_CHECKPOINTED: &str = "checkpointed_revision";
 pub(crate) const META_COMPACTED: &str = "compacted_revision";
 /// Written at open when absent (files from before cleaning trailed compaction).
 pub(crate) const META_CLEANED: &str = "cleaned_revision";
-/// The file format this code reads and writes. Version 1 (an MVCC table written by every
-/// commit, and a keys-only event log) never shipped, so it is refused, not migrated.
-const SCHEMA_VERSION: u64 = 2;
+/// The file format this code reads and writes: the MVCC file and its log file. Version 2
+/// (one file holding the log, the leases and the revision too) is migrated at open;
+/// version 1 (an MVCC table written by every commit) never shipped, so it is refused.
+const SCHEMA_VERSION: u64 = 3;
+const SCHEMA_ONE_FILE: u64 = 2;
+
+/// The log file that goes with the MVCC file at `path`: the same name with `.log` added.
+pub fn log_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".log");
+    PathBuf::from(name)
+}
+
+/// The store's two redb files.
+pub(crate) struct Files {
+    /// Written only by the writer (group commits and log trims).
+    pub(crate) log: Database,
+    /// Written only by the checkpointer (checkpoints and compaction).
+    pub(crate) mvcc: Database,
+}
 
 pub(crate) fn storage_error(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("redb: {error}"))
@@ -63,10 +106,9 @@ pub(crate) fn rev_u64(rev: Revision) -> u64 {
     rev.max(0) as u64
 }
 
-/// The revisions `meta` records, read in one transaction.
+/// The revisions the MVCC file's `meta` records, read in one transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct MetaRevisions {
-    pub(crate) revision: Revision,
     pub(crate) checkpointed: Revision,
     pub(crate) compacted: Revision,
     pub(crate) cleaned: Revision,
@@ -76,36 +118,87 @@ pub(crate) fn read_meta(meta: &impl ReadableTable<&'static str, u64>) -> StoreRe
     let get = |name: &str, default: Revision| -> StoreResult<Revision> {
         Ok(meta.get(name).map_err(storage_error)?.map_or(default, |v| v.value() as Revision))
     };
-    let compacted = get(META_COMPACTED, 0)?;
     Ok(MetaRevisions {
-        revision: get(META_REVISION, 1)?,
         checkpointed: get(META_CHECKPOINTED, 1)?,
-        compacted,
+        compacted: get(META_COMPACTED, 0)?,
         cleaned: get(META_CLEANED, 0)?,
     })
 }
 
-/// What [`open`] finds in the file.
+/// The current revision, as the log file's `meta` records it.
+pub(crate) fn read_log_revision(meta: &impl ReadableTable<&'static str, u64>) -> StoreResult<Revision> {
+    Ok(meta.get(META_REVISION).map_err(storage_error)?.map_or(1, |v| v.value() as Revision))
+}
+
+/// The current revision in a log read transaction.
+pub(crate) fn log_revision(log: &ReadTransaction) -> StoreResult<Revision> {
+    read_log_revision(&log.open_table(META).map_err(storage_error)?)
+}
+
+/// What [`open`] finds in the files.
 pub(crate) struct Loaded {
-    pub(crate) db: Database,
+    pub(crate) files: Files,
     pub(crate) state: MemState,
     /// Every persisted lease with its granted TTL.
     pub(crate) leases: Vec<(LeaseId, i64)>,
+    /// The first revision in the log (the current revision + 1 when it is empty).
+    pub(crate) log_start: Revision,
 }
 
-/// Opens (or creates) the redb file and rebuilds the current state: the MVCC table as of
-/// the checkpoint, then the log above it replayed in order.
+fn open_database(path: &Path, cache_bytes: usize) -> StoreResult<Database> {
+    Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))
+}
+
+fn refuse_schema(path: &Path, other: u64) -> StoreError {
+    StoreError::Corrupt(format!(
+        "{} has file format version {other}, this build reads only version {SCHEMA_VERSION} \
+         (move the file away, start empty, and restore a backup into it)",
+        path.display()
+    ))
+}
+
+/// Opens (or creates) the two files and rebuilds the current state: the MVCC table as of
+/// the checkpoint, then the log above it replayed in order. The MVCC file gets three
+/// quarters of `cache_bytes` as its page cache, the log file the rest.
 pub(crate) fn open(path: &Path, cache_bytes: usize) -> StoreResult<Loaded> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| {
             StoreError::Unavailable(format!("cannot create directory {}: {e}", parent.display()))
         })?;
     }
-    let db = Database::builder()
-        .set_cache_size(cache_bytes)
-        .create(path)
-        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-    let write = db.begin_write().map_err(storage_error)?;
+    let log_file = log_path(path);
+    let mvcc = open_database(path, cache_bytes - cache_bytes / 4)?;
+    let log = open_database(&log_file, cache_bytes / 4)?;
+
+    let schema = {
+        let read = mvcc.begin_read().map_err(storage_error)?;
+        match read.open_table(META) {
+            Ok(meta) => meta.get(META_SCHEMA).map_err(storage_error)?.map(|v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(error) => return Err(storage_error(error)),
+        }
+    };
+    match schema {
+        None | Some(SCHEMA_VERSION) => {}
+        Some(SCHEMA_ONE_FILE) => migrate_one_file(&mvcc, &log, path)?,
+        Some(other) => return Err(refuse_schema(path, other)),
+    }
+    let write = mvcc.begin_write().map_err(storage_error)?;
+    {
+        let mut meta = write.open_table(META).map_err(storage_error)?;
+        meta.insert(META_SCHEMA, SCHEMA_VERSION).map_err(storage_error)?;
+        // Files from before cleaning trailed compaction were cleaned up to compacted.
+        if meta.get(META_CLEANED).map_err(storage_error)?.is_none() {
+            let compacted = meta.get(META_COMPACTED).map_err(storage_error)?.map_or(0, |v| v.value());
+            meta.insert(META_CLEANED, compacted).map_err(storage_error)?;
+        }
+        write.open_table(MVCC).map_err(storage_error)?;
+    }
+    write.commit().map_err(storage_error)?;
+    let write = log.begin_write().map_err(storage_error)?;
     {
         let mut meta = write.open_table(META).map_err(storage_error)?;
         let schema = meta.get(META_SCHEMA).map_err(storage_error)?.map(|v| v.value());
@@ -114,35 +207,34 @@ pub(crate) fn open(path: &Path, cache_bytes: usize) -> StoreResult<Loaded> {
                 meta.insert(META_SCHEMA, SCHEMA_VERSION).map_err(storage_error)?;
             }
             Some(SCHEMA_VERSION) => {}
-            Some(other) => {
-                return Err(StoreError::Corrupt(format!(
-                    "{} has file format version {other}, this build reads only version {SCHEMA_VERSION} \
-                     (move the file away, start empty, and restore a backup into it)",
-                    path.display()
-                )));
-            }
+            Some(other) => return Err(refuse_schema(&log_file, other)),
         }
-        // Files from before cleaning trailed compaction were cleaned up to compacted.
-        if meta.get(META_CLEANED).map_err(storage_error)?.is_none() {
-            let compacted = meta.get(META_COMPACTED).map_err(storage_error)?.map_or(0, |v| v.value());
-            meta.insert(META_CLEANED, compacted).map_err(storage_error)?;
-        }
-        write.open_table(MVCC).map_err(storage_error)?;
         write.open_table(LOG).map_err(storage_error)?;
         write.open_table(LEASES).map_err(storage_error)?;
     }
     write.commit().map_err(storage_error)?;
 
-    let read = db.begin_read().map_err(storage_error)?;
-    let revisions = read_meta(&read.open_table(META).map_err(storage_error)?)?;
+    // The log first, as every reader does (see the module's invariants).
+    let log_read = log.begin_read().map_err(storage_error)?;
+    let mvcc_read = mvcc.begin_read().map_err(storage_error)?;
+    let revisions = read_meta(&mvcc_read.open_table(META).map_err(storage_error)?)?;
+    let revision = log_revision(&log_read)?;
+    if revision < revisions.checkpointed {
+        return Err(StoreError::Corrupt(format!(
+            "{} is at revision {revision}, behind {} checkpointed at {} (was the log file replaced?)",
+            log_file.display(),
+            path.display(),
+            revisions.checkpointed
+        )));
+    }
     let mut state = MemState {
         kvs: BTreeMap::new(),
-        revision: revisions.revision,
+        revision,
         checkpointed: revisions.checkpointed,
         compacted: revisions.compacted,
         cleaned: revisions.cleaned,
     };
-    let mvcc = read.open_table(MVCC).map_err(storage_error)?;
+    let table = mvcc_read.open_table(MVCC).map_err(storage_error)?;
     // Records of one key are contiguous and ordered by revision: the last one is current.
     let mut last: Option<(Vec<u8>, u64, Vec<u8>)> = None;
     let finish = |entry: Option<(Vec<u8>, u64, Vec<u8>)>, state: &mut MemState| -> StoreResult<()> {
@@ -153,7 +245,7 @@ pub(crate) fn open(path: &Path, cache_bytes: usize) -> StoreResult<Loaded> {
         }
         Ok(())
     };
-    for entry in mvcc.iter().map_err(storage_error)? {
+    for entry in table.iter().map_err(storage_error)? {
         let (k, v) = entry.map_err(storage_error)?;
         let (key, rev) = k.value();
         if last.as_ref().is_some_and(|(last_key, _, _)| last_key.as_slice() != key) {
@@ -162,12 +254,27 @@ pub(crate) fn open(path: &Path, cache_bytes: usize) -> StoreResult<Loaded> {
         last = Some((key.to_vec(), rev, v.value().to_vec()));
     }
     finish(last, &mut state)?;
-    // Acknowledged revisions that were never checkpointed.
-    let log = read.open_table(LOG).map_err(storage_error)?;
+    // Acknowledged revisions that were never checkpointed. Entries at or below the
+    // checkpoint (a crash before the writer trimmed them) are skipped: replay is by
+    // revision, so it is idempotent.
+    let table = log_read.open_table(LOG).map_err(storage_error)?;
+    let log_start = match table.first().map_err(storage_error)? {
+        Some((rev, _)) => rev.value() as Revision,
+        None => revision + 1,
+    };
     let mut replayed = revisions.checkpointed;
-    for entry in log.range(rev_u64(revisions.checkpointed) + 1..).map_err(storage_error)? {
+    for entry in table.range(rev_u64(revisions.checkpointed) + 1..).map_err(storage_error)? {
         let (rev, changes) = entry.map_err(storage_error)?;
         let rev = rev.value() as Revision;
+        // Every revision has a log entry (only writes get one): a gap means lost history.
+        if rev != replayed + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "{} lacks revision {} (next entry {rev}, checkpointed {})",
+                log_file.display(),
+                replayed + 1,
+                revisions.checkpointed
+            )));
+        }
         for (key, record) in codec::decode_log_entry(changes.value())? {
             match codec::decode_record(record)?.into_kv(key, rev) {
                 Some(kv) => state.kvs.insert(key.to_vec(), Arc::new(kv)),
@@ -179,11 +286,11 @@ pub(crate) fn open(path: &Path, cache_bytes: usize) -> StoreResult<Loaded> {
     if replayed > state.revision {
         return Err(StoreError::Corrupt(format!(
             "{} has a log entry at revision {replayed} above its revision {}",
-            path.display(),
+            log_file.display(),
             state.revision
         )));
     }
-    let leases = read
+    let leases = log_read
         .open_table(LEASES)
         .map_err(storage_error)?
         .iter()
@@ -193,8 +300,47 @@ pub(crate) fn open(path: &Path, cache_bytes: usize) -> StoreResult<Loaded> {
             Ok((LeaseId(id.value() as i64), ttl.value() as i64))
         })
         .collect::<StoreResult<Vec<_>>>()?;
-    drop((log, mvcc, read));
-    Ok(Loaded { db, state, leases })
+    drop((table, log_read, mvcc_read));
+    Ok(Loaded { files: Files { log, mvcc }, state, leases, log_start })
+}
+
+/// Moves a version 2 file's log, leases and revision into the log file, then drops them
+/// from the MVCC file and marks it version 3. The log file is written (durably) first, so
+/// a crash in between only repeats the copy at the next open.
+fn migrate_one_file(mvcc: &Database, log: &Database, path: &Path) -> StoreResult<()> {
+    tracing::info!(path = %path.display(), "moving the store's log into its own file (format 2 to 3)");
+    {
+        let read = mvcc.begin_read().map_err(storage_error)?;
+        let old_log = read.open_table(LOG).map_err(storage_error)?;
+        let old_leases = read.open_table(LEASES).map_err(storage_error)?;
+        let revision = read_log_revision(&read.open_table(META).map_err(storage_error)?)?;
+        let write = log.begin_write().map_err(storage_error)?;
+        {
+            let mut new_log = write.open_table(LOG).map_err(storage_error)?;
+            for entry in old_log.iter().map_err(storage_error)? {
+                let (rev, changes) = entry.map_err(storage_error)?;
+                new_log.insert(rev.value(), changes.value()).map_err(storage_error)?;
+            }
+            let mut new_leases = write.open_table(LEASES).map_err(storage_error)?;
+            for entry in old_leases.iter().map_err(storage_error)? {
+                let (id, ttl) = entry.map_err(storage_error)?;
+                new_leases.insert(id.value(), ttl.value()).map_err(storage_error)?;
+            }
+            let mut meta = write.open_table(META).map_err(storage_error)?;
+            meta.insert(META_SCHEMA, SCHEMA_VERSION).map_err(storage_error)?;
+            meta.insert(META_REVISION, rev_u64(revision)).map_err(storage_error)?;
+        }
+        write.commit().map_err(storage_error)?;
+    }
+    let write = mvcc.begin_write().map_err(storage_error)?;
+    write.delete_table(LOG).map_err(storage_error)?;
+    write.delete_table(LEASES).map_err(storage_error)?;
+    {
+        let mut meta = write.open_table(META).map_err(storage_error)?;
+        meta.remove(META_REVISION).map_err(storage_error)?;
+        meta.insert(META_SCHEMA, SCHEMA_VERSION).map_err(storage_error)?;
+    }
+    write.commit().map_err(storage_error)
 }
 
 /// A key's state after a change: `None` for a delete.
@@ -217,18 +363,24 @@ impl DiskBatch {
     }
 }
 
-/// Writes a batch in one durable redb transaction: log entries, the revision, and lease
-/// changes. Never the MVCC table (that is the checkpoint's job).
-pub(crate) fn commit(db: &Database, batch: &DiskBatch) -> StoreResult<()> {
-    let mut write = db.begin_write().map_err(storage_error)?;
+/// Writes a batch to the log file in one durable redb transaction: log entries, the
+/// revision, lease changes, and the removal of the log entries in `trim` (all below a
+/// cleaned revision the MVCC file recorded durably). Never the MVCC file.
+pub(crate) fn commit(log: &Database, batch: &DiskBatch, trim: Option<Range<Revision>>) -> StoreResult<()> {
+    let mut write = log.begin_write().map_err(storage_error)?;
     write.set_durability(Durability::Immediate).map_err(storage_error)?;
     {
-        if !batch.revisions.is_empty() {
-            let mut log = write.open_table(LOG).map_err(storage_error)?;
+        if !batch.revisions.is_empty() || trim.is_some() {
+            let mut table = write.open_table(LOG).map_err(storage_error)?;
             for (rev, changes) in &batch.revisions {
                 let bytes =
                     codec::encode_log_entry(changes.iter().map(|(k, kv)| (k.as_slice(), kv.as_deref())));
-                log.insert(rev_u64(*rev), bytes.as_slice()).map_err(storage_error)?;
+                table.insert(rev_u64(*rev), bytes.as_slice()).map_err(storage_error)?;
+            }
+            if let Some(trim) = trim {
+                table
+                    .retain_in(rev_u64(trim.start)..rev_u64(trim.end), |_, _| false)
+                    .map_err(storage_error)?;
             }
         }
         if !batch.granted.is_empty() || !batch.removed_leases.is_empty() {
@@ -258,20 +410,25 @@ pub(crate) struct Checkpoint {
 }
 
 /// Copies log entries above the checkpointed revision into the MVCC table and records the
-/// new checkpoint, inside `write`: every entry, or whole revisions until at least
-/// `max_records` records moved. Also returns the keys it wrote, in key order.
-fn checkpoint_in(write: &WriteTransaction, max_records: usize) -> StoreResult<(Checkpoint, Vec<Vec<u8>>)> {
+/// new checkpoint, inside `write`, reading the log snapshot `log`: every entry, or whole
+/// revisions until at least `max_records` records moved. Also returns the keys it wrote,
+/// in key order.
+fn checkpoint_in(
+    write: &WriteTransaction,
+    log: &ReadTransaction,
+    max_records: usize,
+) -> StoreResult<(Checkpoint, Vec<Vec<u8>>)> {
     let mut meta = write.open_table(META).map_err(storage_error)?;
-    let revisions = read_meta(&meta)?;
-    let (from, current) = (revisions.checkpointed, revisions.revision);
+    let from = read_meta(&meta)?.checkpointed;
+    let current = log_revision(log)?;
     if current <= from {
         return Ok((Checkpoint { checkpointed: from, moved: false, more: false }, Vec::new()));
     }
-    let log = write.open_table(LOG).map_err(storage_error)?;
+    let table = log.open_table(LOG).map_err(storage_error)?;
     let mut mvcc = write.open_table(MVCC).map_err(storage_error)?;
     let mut records: Vec<(Vec<u8>, u64, Vec<u8>)> = Vec::new();
     let mut to = rev_u64(from);
-    for entry in log.range(rev_u64(from) + 1..=rev_u64(current)).map_err(storage_error)? {
+    for entry in table.range(rev_u64(from) + 1..=rev_u64(current)).map_err(storage_error)? {
         let (rev, changes) = entry.map_err(storage_error)?;
         to = rev.value();
         for (key, record) in codec::decode_log_entry(changes.value())? {
@@ -300,11 +457,10 @@ fn checkpoint_in(write: &WriteTransaction, max_records: usize) -> StoreResult<(C
 }
 
 /// Moves log entries not yet in the MVCC table there, in one durable transaction: whole
-/// revisions until at least `max_records` records moved, so one checkpoint holds the
-/// writer for a bounded time.
+/// revisions until at least `max_records` records moved.
 #[cfg(test)]
-pub(crate) fn checkpoint(db: &Database, max_records: usize) -> StoreResult<Checkpoint> {
-    Ok(maintain(db, max_records, None)?.checkpoint)
+pub(crate) fn checkpoint(files: &Files, max_records: usize) -> StoreResult<Checkpoint> {
+    Ok(maintain(files, max_records, None)?.checkpoint)
 }
 
 /// Automatic compaction, as one maintenance step applies it.
@@ -330,21 +486,24 @@ pub(crate) struct Maintenance {
     pub(crate) cleaned: Revision,
 }
 
-/// One maintenance step, in one durable transaction: a bounded checkpoint, then with
-/// `compaction`:
+/// One maintenance step, in one durable transaction of the MVCC file: a bounded
+/// checkpoint, then with `compaction`:
 /// 1. the compacted revision moves up to the target (never above the checkpoint). Reads
 ///    below it fail from this commit on, so records only they needed may go from now on;
 /// 2. the keys the checkpoint just wrote are cleaned at the compacted revision: their
 ///    leaf pages are dirty already, so this costs no extra page writes;
 /// 3. a bounded step of the cleanup walk, when it trails far enough.
+///
+/// It reads the log through a read transaction, so group commits go on meanwhile.
 pub(crate) fn maintain(
-    db: &Database,
+    files: &Files,
     max_records: usize,
     compaction: Option<Compaction>,
 ) -> StoreResult<Maintenance> {
-    let mut write = db.begin_write().map_err(storage_error)?;
+    let log = files.log.begin_read().map_err(storage_error)?;
+    let mut write = files.mvcc.begin_write().map_err(storage_error)?;
     write.set_durability(Durability::Immediate).map_err(storage_error)?;
-    let (checkpoint, keys) = checkpoint_in(&write, max_records.max(1))?;
+    let (checkpoint, keys) = checkpoint_in(&write, &log, max_records.max(1))?;
     let before = read_meta(&write.open_table(META).map_err(storage_error)?)?;
     let (mut compacted, mut cleaned) = (before.compacted, before.cleaned);
     if let Some(compaction) = compaction {
@@ -360,7 +519,7 @@ pub(crate) fn maintain(
         }
         let walk_to = compacted.saturating_sub(i64::try_from(compaction.walk_lag).unwrap_or(i64::MAX));
         if u64::try_from(walk_to - cleaned).is_ok_and(|behind| behind >= compaction.walk_min.max(1)) {
-            cleaned = walk_in(&write, walk_to, compaction.walk_records.max(1))?;
+            cleaned = walk_in(&write, &log, walk_to, compaction.walk_records.max(1))?;
         }
     }
     if !checkpoint.moved && compacted == before.compacted && cleaned == before.cleaned {
@@ -372,14 +531,16 @@ pub(crate) fn maintain(
 }
 
 /// Checkpoints, then compacts at `revision` and cleans everything below it at once.
-/// Returns what the checkpoint did (it moves everything).
+/// Returns what the checkpoint did (it moves everything the log held when it started,
+/// which includes every revision acknowledged before).
 ///
 /// redb reuses the pages cleaning frees for later writes, so with automatic compaction the
-/// file stops growing at a size set by the retention; nobody ever defragments it by hand.
-pub(crate) fn compact(db: &Database, revision: Revision) -> StoreResult<Checkpoint> {
-    let mut write = db.begin_write().map_err(storage_error)?;
+/// files stop growing at a size set by the retention; nobody ever defragments by hand.
+pub(crate) fn compact(files: &Files, revision: Revision) -> StoreResult<Checkpoint> {
+    let log = files.log.begin_read().map_err(storage_error)?;
+    let mut write = files.mvcc.begin_write().map_err(storage_error)?;
     write.set_durability(Durability::Immediate).map_err(storage_error)?;
-    let (checkpoint, _) = checkpoint_in(&write, usize::MAX)?;
+    let (checkpoint, _) = checkpoint_in(&write, &log, usize::MAX)?;
     let checkpointed = checkpoint.checkpointed;
     if revision > checkpointed {
         // The MVCC table must hold every revision at or below the compacted one before the
@@ -393,7 +554,7 @@ pub(crate) fn compact(db: &Database, revision: Revision) -> StoreResult<Checkpoi
         let compacted = read_meta(&meta)?.compacted.max(revision);
         meta.insert(META_COMPACTED, rev_u64(compacted)).map_err(storage_error)?;
     }
-    walk_in(&write, revision, usize::MAX)?;
+    walk_in(&write, &log, revision, usize::MAX)?;
     write.commit().map_err(storage_error)?;
     Ok(checkpoint)
 }
@@ -424,15 +585,20 @@ fn clean_keys<'k>(
 }
 
 /// One step of the cleanup walk inside `write`, from the cleaned revision towards `to`
-/// (at most the compacted one): reads the log from the cleaned revision on, whole
+/// (at most the compacted one): reads the log snapshot from the cleaned revision on, whole
 /// revisions until at least `max_records` records were read or `to` is reached, cleans
-/// every key it read at the last revision read, drops the log below it, and records it as
-/// cleaned. Returns the cleaned revision after the step.
+/// every key it read at the last revision read, and records it as cleaned. The writer
+/// trims the log below it afterwards. Returns the cleaned revision after the step.
 ///
 /// Invariant (cleaned = C): no key holds a record that reads at or above C do not need.
 /// Only keys changed since C can have records to remove at a later revision, so the work
 /// is proportional to the changes, read from the log, not to the size of the store.
-fn walk_in(write: &WriteTransaction, to: Revision, max_records: usize) -> StoreResult<Revision> {
+fn walk_in(
+    write: &WriteTransaction,
+    log: &ReadTransaction,
+    to: Revision,
+    max_records: usize,
+) -> StoreResult<Revision> {
     let mut meta = write.open_table(META).map_err(storage_error)?;
     let revisions = read_meta(&meta)?;
     let to = to.min(revisions.compacted);
@@ -440,13 +606,13 @@ fn walk_in(write: &WriteTransaction, to: Revision, max_records: usize) -> StoreR
     if to <= from {
         return Ok(from);
     }
-    let mut log = write.open_table(LOG).map_err(storage_error)?;
+    let table = log.open_table(LOG).map_err(storage_error)?;
     let mut changed: BTreeSet<Vec<u8>> = BTreeSet::new();
     let mut read = 0usize;
     let mut at = rev_u64(from);
     // The entry at the cleaned revision itself is read again: harmless, its keys hold
     // nothing to remove at it.
-    for entry in log.range(rev_u64(from)..=rev_u64(to)).map_err(storage_error)? {
+    for entry in table.range(rev_u64(from)..=rev_u64(to)).map_err(storage_error)? {
         let (rev, changes) = entry.map_err(storage_error)?;
         at = rev.value();
         let changes = codec::decode_log_entry(changes.value())?;
@@ -466,7 +632,6 @@ fn walk_in(write: &WriteTransaction, to: Revision, max_records: usize) -> StoreR
     }
     let mut mvcc = write.open_table(MVCC).map_err(storage_error)?;
     clean_keys(&mut mvcc, changed.iter().map(Vec::as_slice), at)?;
-    log.retain_in(..at, |_, _| false).map_err(storage_error)?;
     meta.insert(META_CLEANED, at).map_err(storage_error)?;
     Ok(at as Revision)
 }

@@ -1,24 +1,28 @@
 //! Reads of history from redb: ranges at a past revision and watch catch-up.
 //!
-//! A past revision R is served from one read transaction, so the MVCC table, the log and
-//! the checkpointed revision agree: the MVCC table gives the state at `min(R,
-//! checkpointed)`, and the log entries in `(checkpointed, R]` are laid over it. Watch
-//! catch-up reads the log only: it holds every record of every revision not yet compacted.
+//! A past revision R is served from two read transactions, the log file's first, then the
+//! MVCC file's: the MVCC table gives the state at `min(R, checkpointed)`, and the log
+//! entries in `(checkpointed, R]` are laid over it. In that order the log snapshot holds
+//! every revision the MVCC snapshot lacks: the writer trims the log only below a cleaned
+//! revision the MVCC file had recorded durably before, and the cleaned revision is at most
+//! the checkpointed one, which only grows (see [`crate::disk`]). Watch catch-up reads the
+//! log only: it holds every record of every revision not yet cleaned, so every revision
+//! not yet compacted.
 //!
 //! Every function here is blocking; callers run them on the blocking pool.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use redb::{Database, ReadableDatabase};
+use redb::ReadableDatabase;
 use sb_store::{Event, EventKind, KeyRange, RangeRequest, RangeResponse, Revision, StoreError, StoreResult};
 
 use crate::codec::{self, Record};
-use crate::disk::{self, read_meta, rev_u64, storage_error, MetaRevisions, LOG, META, MVCC};
+use crate::disk::{self, read_meta, rev_u64, storage_error, Files, MetaRevisions, LOG, META, MVCC};
 use crate::state::RangeBuilder;
 
-/// The recorded revisions, failing with `Compacted` when `requested` is below the
-/// compacted one, so a read never races a compaction.
+/// The revisions the MVCC snapshot records, failing with `Compacted` when `requested` is
+/// below the compacted one, so a read never races a compaction.
 fn check_compacted(read: &redb::ReadTransaction, requested: Revision) -> StoreResult<MetaRevisions> {
     let revisions = read_meta(&read.open_table(META).map_err(storage_error)?)?;
     if requested < revisions.compacted {
@@ -32,12 +36,14 @@ type Latest = (u64, Vec<u8>);
 
 /// A range read at a past revision.
 pub(crate) fn read_at(
-    db: &Database,
+    files: &Files,
     request: &RangeRequest,
     revision: Revision,
     current: Revision,
 ) -> StoreResult<RangeResponse> {
-    let read = db.begin_read().map_err(storage_error)?;
+    // The log first: see the module's documentation.
+    let log_read = files.log.begin_read().map_err(storage_error)?;
+    let read = files.mvcc.begin_read().map_err(storage_error)?;
     let revisions = check_compacted(&read, revision)?;
     let mut builder = RangeBuilder::new(request);
     let start = request.range.start();
@@ -50,7 +56,7 @@ pub(crate) fn read_at(
     // Changes in (checkpointed, revision], last one per key: they shadow the MVCC table.
     let mut overlay: BTreeMap<Vec<u8>, Latest> = BTreeMap::new();
     if revision > revisions.checkpointed {
-        let log = read.open_table(LOG).map_err(storage_error)?;
+        let log = log_read.open_table(LOG).map_err(storage_error)?;
         for entry in log.range(rev_u64(revisions.checkpointed) + 1..=at).map_err(storage_error)? {
             let (rev, changes) = entry.map_err(storage_error)?;
             for (key, record) in codec::decode_log_entry(changes.value())? {
@@ -119,15 +125,18 @@ pub(crate) struct History {
 /// Reads the changes of revisions `from..=to` that fall in `range`, stopping after
 /// `max_events` matching events (never inside a revision).
 pub(crate) fn read_history(
-    db: &Database,
+    files: &Files,
     range: &KeyRange,
     from: Revision,
     to: Revision,
     max_events: usize,
 ) -> StoreResult<History> {
-    let read = db.begin_read().map_err(storage_error)?;
-    let compacted = check_compacted(&read, from)?.compacted;
-    let log = read.open_table(LOG).map_err(storage_error)?;
+    // The log first: when `from` is not compacted in the MVCC snapshot, the log snapshot
+    // still holds it (it is trimmed only below the cleaned revision, at most the compacted
+    // one).
+    let log_read = files.log.begin_read().map_err(storage_error)?;
+    let compacted = check_compacted(&files.mvcc.begin_read().map_err(storage_error)?, from)?.compacted;
+    let log = log_read.open_table(LOG).map_err(storage_error)?;
     let mut history = History { batches: Vec::new(), read_to: from - 1 };
     let mut events_read = 0;
     for entry in log.range(rev_u64(from)..=rev_u64(to)).map_err(storage_error)? {

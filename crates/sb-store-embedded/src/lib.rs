@@ -1,13 +1,16 @@
 //! The embedded store adapter, Switchboard's default: the store port ([`sb_store::Store`])
-//! on a single redb file.
+//! on two redb files, the MVCC file at the configured path and its log file next to it
+//! ([`log_path`]).
 //!
 //! - The current state of every live key is held in memory, so reads at the current
 //!   revision never touch redb. Past revisions are read from an MVCC table keyed by
 //!   `(key, revision)`, as etcd's own backend is, plus the log above its checkpoint.
 //! - One writer task owns every mutation and group-commits: it drains every pending
-//!   request into one durable redb transaction that appends to a log, then answers them
-//!   all. Between batches it checkpoints the log into the MVCC table, so the MVCC table's
-//!   random page writes are paid once for many batches ([`disk`]).
+//!   request into one durable redb transaction of the log file, then answers them all.
+//! - A checkpointer task, with the MVCC file's own write lock, copies the log into the MVCC
+//!   table meanwhile, so the MVCC table's random page writes are paid once for many
+//!   batches and group commits never wait for them ([`disk`]). If it falls more than
+//!   `max_log_lag` revisions behind, the writer waits for it (backpressure).
 //! - Lease expiry runs in memory; keep-alives never touch the disk. After a restart every
 //!   lease gets its full TTL again, as etcd does after a leader change.
 //! - Watchers have bounded buffers and catch up from the log when they fall behind.
@@ -20,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod batch;
+mod checkpointer;
 mod codec;
 mod disk;
 mod history;
@@ -35,16 +39,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use redb::Database;
 use sb_store::{Limits, Revision};
 use tokio::sync::{broadcast, Notify};
 
+pub use disk::log_path;
 pub use store::EmbeddedStore;
 
 /// How the embedded store is set up.
 #[derive(Clone, Debug)]
 pub struct EmbeddedOptions {
-    /// The redb file (created with its parent directories if absent).
+    /// The MVCC redb file (created with its parent directories if absent). The log lives
+    /// next to it, in [`log_path`]`(path)`; the two files belong together.
     pub path: PathBuf,
     /// The request limits, etcd's by default so that what works embedded works on etcd.
     pub limits: Limits,
@@ -57,13 +62,18 @@ pub struct EmbeddedOptions {
     pub max_batch_txns: usize,
     /// How many batches a watcher's buffer holds before its task waits for the consumer.
     pub watch_buffer: usize,
-    /// The writer checkpoints the log into the MVCC table once this long has passed since
-    /// the last checkpoint and something is pending (also when idle).
+    /// The checkpointer copies the log into the MVCC table once this long has passed since
+    /// the oldest revision not yet checkpointed was committed (also when idle).
     pub checkpoint_interval: Duration,
     /// ...or as soon as this many revisions are pending, whatever the time. Past-revision
     /// reads above the checkpoint scan the log, so this bounds their cost.
     pub checkpoint_revisions: u64,
-    /// redb's page cache, in bytes. The current state is in memory anyway; the cache only
+    /// Backpressure: before a group commit, the writer waits while more than this many
+    /// revisions are not checkpointed yet (one batch may add up to `max_batch_txns` more).
+    /// This bounds the log, the time to reopen, and the cost of past reads.
+    pub max_log_lag: u64,
+    /// redb's page cache, in bytes, for both files (three quarters for the MVCC file, a
+    /// quarter for the log file). The current state is in memory anyway; the cache only
     /// serves past reads, watch catch-up and the pages the checkpoint and compaction touch,
     /// which compaction keeps to about `retention_revisions` records.
     pub cache_bytes: usize,
@@ -80,6 +90,7 @@ impl EmbeddedOptions {
             watch_buffer: 256,
             checkpoint_interval: Duration::from_millis(50),
             checkpoint_revisions: 10_000,
+            max_log_lag: 100_000,
             cache_bytes: 64 << 20,
         }
     }
@@ -97,6 +108,8 @@ pub struct EmbeddedMetrics {
     pub batched_txns: u64,
     /// Checkpoints that moved the log into the MVCC table (each one redb commit).
     pub checkpoints: u64,
+    /// Times the writer waited for the checkpointer before a group commit (backpressure).
+    pub backpressure_waits: u64,
     /// Automatic compaction steps that moved the compacted or the cleaned revision (each
     /// shares a checkpoint's redb commit).
     pub compaction_steps: u64,
@@ -121,6 +134,7 @@ struct Counters {
     txns_committed: AtomicU64,
     batched_txns: AtomicU64,
     checkpoints: AtomicU64,
+    backpressure_waits: AtomicU64,
     compaction_steps: AtomicU64,
     last_commit_latency_ns: AtomicU64,
     watchers: AtomicU64,
@@ -129,12 +143,19 @@ struct Counters {
 /// What the store's handle, the writer and the background tasks share.
 struct Shared {
     options: EmbeddedOptions,
-    /// `None` once the store is closed, which releases the file.
-    db: RwLock<Option<Arc<Database>>>,
+    /// `None` once the store is closed, which releases the files.
+    files: RwLock<Option<Arc<disk::Files>>>,
     state: RwLock<state::MemState>,
     leases: Mutex<lease::LeaseTable>,
     /// Wakes the expiry timer when a lease is granted (its deadline may be the earliest).
     lease_changed: Notify,
+    /// Wakes the checkpointer: the writer committed revisions.
+    checkpoint_wake: Notify,
+    /// Wakes a writer waiting for the checkpointer (backpressure): it checkpointed.
+    checkpointed: Notify,
+    /// Tests hold the checkpointer back with this: while set, no step is due.
+    #[cfg(test)]
+    checkpoints_paused: AtomicBool,
     /// Every commit's events, for watchers.
     events: broadcast::Sender<Arc<watch::Committed>>,
     metrics: Counters,
@@ -142,8 +163,8 @@ struct Shared {
 }
 
 impl Shared {
-    fn db(&self) -> Option<Arc<Database>> {
-        self.db.read().clone()
+    fn files(&self) -> Option<Arc<disk::Files>> {
+        self.files.read().clone()
     }
 }
 

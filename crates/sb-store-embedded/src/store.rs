@@ -2,6 +2,8 @@
 //! implementation. Reads at the current revision and read-only transactions are answered
 //! here from memory; everything that writes goes to the writer task.
 
+#[cfg(test)]
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use sb_store::{
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
+use crate::checkpointer::{self, CheckpointRequest};
 use crate::lease::{self, LeaseTable};
 use crate::state::View;
 use crate::writer::{self, WriteRequest};
@@ -24,16 +27,20 @@ use crate::{disk, history, Counters, EmbeddedMetrics, EmbeddedOptions, Shared};
 /// then catches up from the log). Tiny in unit tests, so they reach that path.
 const EVENTS_CAPACITY: usize = if cfg!(test) { 4 } else { 1024 };
 
+/// How many compaction requests wait for the checkpointer at most; callers then wait.
+const CHECKPOINTER_QUEUE: usize = 16;
+
 /// The embedded store. Open it with [`EmbeddedStore::open`]; it implements [`Store`].
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
     pub(crate) writer: mpsc::Sender<WriteRequest>,
+    checkpointer: mpsc::Sender<CheckpointRequest>,
     shutdown: watch::Sender<bool>,
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store file, rebuilds the current state in memory, and starts
-    /// the writer, the lease timer and automatic compaction.
+    /// Opens (or creates) the store files, rebuilds the current state in memory, and starts
+    /// the writer, the checkpointer, the lease timer and automatic compaction.
     pub async fn open(options: EmbeddedOptions) -> StoreResult<Arc<EmbeddedStore>> {
         let (path, cache_bytes) = (options.path.clone(), options.cache_bytes);
         let loaded = tokio::task::spawn_blocking(move || disk::open(&path, cache_bytes))
@@ -64,20 +71,31 @@ impl EmbeddedStore {
         let queue = options.max_batch_txns.max(1) * 4;
         let shared = Arc::new(Shared {
             options,
-            db: RwLock::new(Some(Arc::new(loaded.db))),
+            files: RwLock::new(Some(Arc::new(loaded.files))),
             state: RwLock::new(loaded.state),
             leases: Mutex::new(leases),
             lease_changed: Notify::new(),
+            checkpoint_wake: Notify::new(),
+            checkpointed: Notify::new(),
+            #[cfg(test)]
+            checkpoints_paused: AtomicBool::new(false),
             events,
             metrics: Counters::default(),
             closed: Default::default(),
         });
         let (writer_tx, writer_rx) = mpsc::channel(queue);
+        let (checkpointer_tx, checkpointer_rx) = mpsc::channel(CHECKPOINTER_QUEUE);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        tokio::spawn(writer::run_writer(shared.clone(), writer_rx));
+        tokio::spawn(checkpointer::run_checkpointer(shared.clone(), checkpointer_rx));
+        tokio::spawn(writer::run_writer(
+            shared.clone(),
+            writer_rx,
+            checkpointer_tx.clone(),
+            loaded.log_start,
+        ));
         tokio::spawn(lease::run_expiry(shared.clone(), writer_tx.clone(), shutdown_rx.clone()));
-        tokio::spawn(run_compactor(shared.clone(), writer_tx.clone(), shutdown_rx));
-        Ok(Arc::new(EmbeddedStore { shared, writer: writer_tx, shutdown }))
+        tokio::spawn(run_compactor(shared.clone(), checkpointer_tx.clone(), shutdown_rx));
+        Ok(Arc::new(EmbeddedStore { shared, writer: writer_tx, checkpointer: checkpointer_tx, shutdown }))
     }
 
     pub fn metrics(&self) -> EmbeddedMetrics {
@@ -91,6 +109,7 @@ impl EmbeddedStore {
             txns_committed: counters.txns_committed.load(Ordering::Relaxed),
             batched_txns: counters.batched_txns.load(Ordering::Relaxed),
             checkpoints: counters.checkpoints.load(Ordering::Relaxed),
+            backpressure_waits: counters.backpressure_waits.load(Ordering::Relaxed),
             compaction_steps: counters.compaction_steps.load(Ordering::Relaxed),
             last_commit_latency: Duration::from_nanos(
                 counters.last_commit_latency_ns.load(Ordering::Relaxed),
@@ -104,8 +123,8 @@ impl EmbeddedStore {
         }
     }
 
-    /// Stops accepting requests, commits every request already queued, ends watches and
-    /// releases the file. Every later call returns [`StoreError::Closed`].
+    /// Stops accepting requests, commits every request already queued, checkpoints, ends
+    /// watches and releases the files. Every later call returns [`StoreError::Closed`].
     pub async fn close(&self) {
         if self.shared.closed.swap(true, Ordering::SeqCst) {
             return;
@@ -117,13 +136,13 @@ impl EmbeddedStore {
         let _ = self.shutdown.send(true);
         // Wait (bounded) for in-flight history reads to drop their handles, so the file is
         // released when close returns and can be opened again at once.
-        let mut db = self.shared.db.write().take();
+        let mut db = self.shared.files.write().take();
         let deadline = Instant::now() + Duration::from_secs(5);
         while let Some(handle) = db.take() {
             match Arc::try_unwrap(handle) {
                 Ok(database) => drop(database),
                 Err(_) if Instant::now() >= deadline => {
-                    tracing::warn!("store file still in use by a read after close");
+                    tracing::warn!("store files still in use by a read after close");
                 }
                 Err(handle) => {
                     db = Some(handle);
@@ -132,6 +151,13 @@ impl EmbeddedStore {
             }
         }
         tracing::info!(path = %self.shared.options.path.display(), "embedded store closed");
+    }
+
+    /// Holds the checkpointer back (or lets it go), as a slow disk would.
+    #[cfg(test)]
+    pub(crate) fn pause_checkpoints(&self, paused: bool) {
+        self.shared.checkpoints_paused.store(paused, Ordering::SeqCst);
+        self.shared.checkpoint_wake.notify_one();
     }
 
     fn check_open(&self) -> StoreResult<()> {
@@ -218,8 +244,8 @@ impl Store for EmbeddedStore {
                 Some(r) => (r, current),
             }
         };
-        let db = self.shared.db().ok_or(StoreError::Closed)?;
-        tokio::task::spawn_blocking(move || history::read_at(&db, &request, past.0, past.1))
+        let files = self.shared.files().ok_or(StoreError::Closed)?;
+        tokio::task::spawn_blocking(move || history::read_at(&files, &request, past.0, past.1))
             .await
             .map_err(|e| StoreError::Unavailable(format!("past-revision read failed: {e}")))?
     }
@@ -258,17 +284,21 @@ impl Store for EmbeddedStore {
     }
 
     async fn compact(&self, revision: Revision) -> StoreResult<()> {
-        self.request(|reply| WriteRequest::Compact { revision, reply: Some(reply) }).await
+        self.check_open()?;
+        let (reply, answer) = oneshot::channel();
+        let request = CheckpointRequest::Compact { revision, reply: Some(reply) };
+        self.checkpointer.send(request).await.map_err(|_| StoreError::Closed)?;
+        answer.await.unwrap_or(Err(StoreError::Closed))
     }
 }
 
-/// Asks the writer every `compaction_interval` for a bounded compaction step towards
+/// Asks the checkpointer every `compaction_interval` for a bounded compaction step towards
 /// `current - retention_revisions`, when that is above the compacted revision (under load,
-/// every checkpoint compacts already). Freed pages are reused by redb, so the file stays
+/// every checkpoint compacts already). Freed pages are reused by redb, so the files stay
 /// bounded.
 async fn run_compactor(
     shared: Arc<Shared>,
-    writer: mpsc::Sender<WriteRequest>,
+    checkpointer: mpsc::Sender<CheckpointRequest>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let interval = shared.options.compaction_interval.max(Duration::from_millis(1));
@@ -286,7 +316,7 @@ async fn run_compactor(
         };
         let target = current.saturating_sub(retention);
         if target > compacted
-            && writer.send(WriteRequest::Compact { revision: target, reply: None }).await.is_err()
+            && checkpointer.send(CheckpointRequest::Compact { revision: target, reply: None }).await.is_err()
         {
             return;
         }

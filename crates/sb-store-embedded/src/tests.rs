@@ -140,3 +140,125 @@ async fn a_watcher_that_lags_the_broadcast_catches_up_from_the_log() {
     watch.request_progress();
     assert_eq!(watch.next().await.unwrap().unwrap(), sb_store::WatchBatch { revision: 122, events: vec![] });
 }
+
+/// Options under which the checkpointer runs only when the writer is held back.
+fn lagging(dir: &tempfile::TempDir, max_log_lag: u64) -> EmbeddedOptions {
+    let mut options = EmbeddedOptions::new(dir.path().join("store.redb"));
+    options.checkpoint_interval = std::time::Duration::from_secs(3600);
+    options.checkpoint_revisions = u64::MAX;
+    options.max_log_lag = max_log_lag;
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_waits_for_a_checkpointer_that_falls_too_far_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(lagging(&dir, 8)).await.unwrap();
+    store.pause_checkpoints(true);
+    // Sequential writes against a stalled checkpointer: the writer commits until the lag
+    // passes the limit (by at most the one batch), then holds the next request back.
+    let writes = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..20 {
+                store.put(format!("k/{}", i % 5).as_bytes(), format!("v{i}").as_bytes(), None).await.unwrap();
+            }
+        })
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.metrics().backpressure_waits == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the writer never waited: {:?}", store.metrics());
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let metrics = store.metrics();
+    assert_eq!(
+        (metrics.current_revision, metrics.checkpointed_revision),
+        (10, 1),
+        "held at 8 + 1: {metrics:?}"
+    );
+    assert!(!writes.is_finished());
+    store.pause_checkpoints(false);
+    writes.await.unwrap();
+    let metrics = store.metrics();
+    assert!(metrics.checkpoints > 0 && metrics.current_revision == 21, "{metrics:?}");
+    // Concurrent writers: batches, and the lag stays within the limit plus one batch.
+    let max_batch = EmbeddedOptions::new("unused").max_batch_txns as i64;
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for j in 0..5 {
+                    store.put(format!("c/{i}").as_bytes(), format!("{j}").as_bytes(), None).await.unwrap();
+                    let metrics = store.metrics();
+                    let lag = metrics.current_revision - metrics.checkpointed_revision;
+                    assert!(lag <= 8 + max_batch, "{metrics:?}");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(store.range(sb_store::RangeRequest::prefix("c/")).await.unwrap().count, 64);
+    assert_eq!(store.get(b"c/7").await.unwrap().unwrap().value, b"4");
+    store.close().await;
+}
+
+/// With the checkpointer far behind, past reads are served from the log laid over the
+/// MVCC table, while the writer goes on committing; after close they read the same from
+/// the MVCC table alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_reads_overlay_the_log_while_the_checkpointer_lags() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(lagging(&dir, 1_000)).await.unwrap();
+    let mut revisions = Vec::new();
+    for i in 0..30 {
+        revisions.push(
+            store.put(format!("k/{}", i % 4).as_bytes(), format!("v{i}").as_bytes(), None).await.unwrap(),
+        );
+        if i == 9 {
+            // A checkpoint in the middle: reads straddle it from then on.
+            store.compact(2).await.unwrap();
+        }
+    }
+    let metrics = store.metrics();
+    assert_eq!((metrics.checkpointed_revision, metrics.current_revision), (revisions[9], revisions[29]));
+    let expect = |rev: sb_store::Revision| -> Vec<(String, String)> {
+        let mut state = std::collections::BTreeMap::new();
+        for (i, r) in revisions.iter().enumerate() {
+            if *r <= rev {
+                state.insert(format!("k/{}", i % 4), format!("v{i}"));
+            }
+        }
+        state.into_iter().collect()
+    };
+    let read = |store: Arc<EmbeddedStore>, rev| async move {
+        let response = store.range(sb_store::RangeRequest::prefix("k/").at_revision(rev)).await.unwrap();
+        response
+            .kvs
+            .into_iter()
+            .map(|kv| (String::from_utf8(kv.key).unwrap(), String::from_utf8(kv.value).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    // Readers race a writer that keeps committing elsewhere.
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..50 {
+                store.put(b"other", format!("{i}").as_bytes(), None).await.unwrap();
+            }
+        })
+    };
+    for rev in revisions.iter().copied() {
+        assert_eq!(read(store.clone(), rev).await, expect(rev), "at {rev}");
+    }
+    writer.await.unwrap();
+    store.close().await;
+    let store = EmbeddedStore::open(lagging(&dir, 1_000)).await.unwrap();
+    assert_eq!(store.metrics().checkpointed_revision, store.metrics().current_revision, "close checkpoints");
+    for rev in revisions.iter().copied().filter(|r| *r >= 2) {
+        assert_eq!(read(store.clone(), rev).await, expect(rev), "from the MVCC table at {rev}");
+    }
+    store.close().await;
+}

@@ -112,10 +112,10 @@ impl WatchTask {
             if self.next < compacted {
                 return Err(StoreError::Compacted { requested: self.next, compacted: Some(compacted) });
             }
-            let db = self.shared.db().ok_or(StoreError::Closed)?;
+            let files = self.shared.files().ok_or(StoreError::Closed)?;
             let (range, from) = (self.range.clone(), self.next);
             let history = tokio::task::spawn_blocking(move || {
-                history::read_history(&db, &range, from, current, CATCH_UP_EVENTS)
+                history::read_history(&files, &range, from, current, CATCH_UP_EVENTS)
             })
             .await
             .map_err(|e| StoreError::Unavailable(format!("watch catch-up failed: {e}")))??;

@@ -6,7 +6,7 @@ use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 use sb_store::{EventKind, KeyRange, KeyValue, RangeRequest, Revision, StoreError, StoreResult};
 
 use super::{read_at, read_history};
-use crate::disk::{self, checkpoint, commit, compact, open, Checkpoint, DiskBatch, Loaded, LOG, MVCC};
+use crate::disk::{self, checkpoint, commit, compact, open, Checkpoint, DiskBatch, Files, Loaded, LOG, MVCC};
 
 type Change = (Vec<u8>, Revision, Option<Arc<KeyValue>>);
 
@@ -29,7 +29,7 @@ fn delete(key: &str, rev: Revision) -> Change {
 }
 
 /// Commits one batch (log only, as the writer does), grouping the changes by revision.
-fn write(db: &Database, changes: Vec<Change>) {
+fn write(db: &Files, changes: Vec<Change>) {
     let revision = changes.iter().map(|c| c.1).max().unwrap();
     let mut batch = DiskBatch { revision, ..DiskBatch::default() };
     for (key, rev, kv) in changes {
@@ -38,24 +38,23 @@ fn write(db: &Database, changes: Vec<Change>) {
             _ => batch.revisions.push((rev, vec![(key, kv)])),
         }
     }
-    commit(db, &batch).unwrap();
+    commit(&db.log, &batch, None).unwrap();
 }
 
-fn values_at(db: &Database, rev: Revision) -> StoreResult<Vec<String>> {
+fn values_at(db: &Files, rev: Revision) -> StoreResult<Vec<String>> {
     let response = read_at(db, &RangeRequest::prefix(""), rev, 9)?;
     Ok(response.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()).collect())
 }
 
-fn table_len(db: &Database, mvcc: bool) -> u64 {
-    let read = db.begin_read().unwrap();
+fn table_len(db: &Files, mvcc: bool) -> u64 {
     match mvcc {
-        true => read.open_table(MVCC).unwrap().len().unwrap(),
-        false => read.open_table(LOG).unwrap().len().unwrap(),
+        true => db.mvcc.begin_read().unwrap().open_table(MVCC).unwrap().len().unwrap(),
+        false => db.log.begin_read().unwrap().open_table(LOG).unwrap().len().unwrap(),
     }
 }
 
 /// a: put 2, put 3, deleted 4, put 6; b: put 5, put 7.
-fn seven_revisions(db: &Database) {
+fn seven_revisions(db: &Files) {
     write(db, vec![put("a", 2, 2, 1)]);
     write(db, vec![put("a", 3, 2, 2)]);
     write(db, vec![delete("a", 4)]);
@@ -67,7 +66,7 @@ fn seven_revisions(db: &Database) {
 #[test]
 fn commits_write_only_the_log_and_the_checkpoint_moves_it() {
     let dir = tempfile::tempdir().unwrap();
-    let Loaded { db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
+    let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
     seven_revisions(&db);
     assert_eq!((table_len(&db, true), table_len(&db, false)), (0, 6));
     let expected: [&[&str]; 6] = [&["a@2"], &["a@3"], &[], &["b@5"], &["a@6", "b@5"], &["a@6", "b@7"]];
@@ -86,7 +85,7 @@ fn commits_write_only_the_log_and_the_checkpoint_moves_it() {
 #[test]
 fn a_bounded_checkpoint_moves_whole_revisions_and_reads_stay_exact_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
-    let Loaded { db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
+    let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
     write(&db, vec![put("a", 2, 2, 1), put("b", 2, 2, 1), put("c", 2, 2, 1)]);
     three_more_revisions(&db);
     let expected: [&[&str]; 4] =
@@ -103,7 +102,7 @@ fn a_bounded_checkpoint_moves_whole_revisions_and_reads_stay_exact_meanwhile() {
 }
 
 /// a: put 3, deleted 4; b: put 5.
-fn three_more_revisions(db: &Database) {
+fn three_more_revisions(db: &Files) {
     write(db, vec![put("a", 3, 2, 2)]);
     write(db, vec![delete("a", 4)]);
     write(db, vec![put("b", 5, 2, 2)]);
@@ -112,7 +111,7 @@ fn three_more_revisions(db: &Database) {
 #[test]
 fn past_reads_straddling_the_checkpoint_merge_mvcc_and_log() {
     let dir = tempfile::tempdir().unwrap();
-    let Loaded { db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
+    let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
     write(&db, vec![put("a", 2, 2, 1), put("c", 2, 2, 1)]);
     write(&db, vec![put("b", 3, 3, 1), put("d", 3, 3, 1)]);
     checkpoint(&db, 100).unwrap();
@@ -134,7 +133,7 @@ fn past_reads_straddling_the_checkpoint_merge_mvcc_and_log() {
 #[test]
 fn catch_up_reads_values_from_the_log_across_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let Loaded { db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
+    let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
     write(&db, vec![put("a", 2, 2, 1)]);
     write(&db, vec![delete("a", 3)]);
     checkpoint(&db, 100).unwrap();
@@ -161,7 +160,7 @@ fn catch_up_reads_values_from_the_log_across_the_checkpoint() {
 #[test]
 fn compaction_checkpoints_then_keeps_exactly_what_reads_at_or_above_it_need() {
     let dir = tempfile::tempdir().unwrap();
-    let Loaded { db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
+    let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
     seven_revisions(&db);
     assert_eq!(values_at(&db, 3).unwrap(), ["a@3"]);
 
@@ -169,7 +168,7 @@ fn compaction_checkpoints_then_keeps_exactly_what_reads_at_or_above_it_need() {
     assert_eq!(checkpoint, Checkpoint { checkpointed: 7, moved: true, more: false }, "it checkpoints first");
     // a: 2, 3 and the tombstone at 4 are gone; b keeps 5 (latest at or below 5).
     assert_eq!(table_len(&db, true), 3);
-    assert_eq!(table_len(&db, false), 3, "log entries 5, 6 and 7 remain");
+    assert_eq!(table_len(&db, false), 6, "the log stays until the writer trims it");
     assert!(matches!(values_at(&db, 4), Err(StoreError::Compacted { requested: 4, compacted: Some(5) })));
     assert_eq!(values_at(&db, 5).unwrap(), ["b@5"]);
     assert_eq!(values_at(&db, 6).unwrap(), ["a@6", "b@5"]);
@@ -178,8 +177,12 @@ fn compaction_checkpoints_then_keeps_exactly_what_reads_at_or_above_it_need() {
     assert_eq!(history.batches.iter().map(|b| b.0).collect::<Vec<_>>(), [5, 6, 7]);
     assert!(read_history(&db, &KeyRange::prefix(""), 4, 7, 100).is_err());
 
-    // After compaction, new revisions go to the log again and reads merge them.
-    write(&db, vec![delete("b", 8)]);
+    // After compaction, new revisions go to the log again and reads merge them; the writer
+    // trims the log below the cleaned revision in the same commit.
+    let batch =
+        DiskBatch { revisions: vec![(8, vec![(b"b".to_vec(), None)])], revision: 8, ..Default::default() };
+    commit(&db.log, &batch, Some(2..5)).unwrap();
+    assert_eq!(table_len(&db, false), 4, "log entries 5 to 8 remain");
     assert_eq!(values_at(&db, 8).unwrap(), ["a@6"]);
     assert_eq!(compact(&db, 8).unwrap().checkpointed, 8);
     // The tombstone at the compacted revision goes, and so does its event.
@@ -192,14 +195,14 @@ fn compaction_checkpoints_then_keeps_exactly_what_reads_at_or_above_it_need() {
 fn reopening_replays_the_log_above_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
-    let Loaded { db, state, .. } = open(&path, CACHE).unwrap();
+    let Loaded { files: db, state, .. } = open(&path, CACHE).unwrap();
     assert_eq!((state.revision, state.checkpointed, state.compacted, state.kvs.len()), (1, 1, 0, 0));
     write(&db, vec![put("a", 2, 2, 1), put("b", 2, 2, 1), put("c", 2, 2, 1)]);
     checkpoint(&db, 100).unwrap();
     write(&db, vec![delete("a", 3)]);
     write(&db, vec![put("b", 4, 2, 2), put("d", 4, 4, 1)]);
     drop(db);
-    let Loaded { db, state, .. } = open(&path, CACHE).unwrap();
+    let Loaded { files: db, state, .. } = open(&path, CACHE).unwrap();
     assert_eq!((state.revision, state.checkpointed), (4, 2));
     let keys: Vec<_> = state.kvs.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
     assert_eq!(keys, ["b", "c", "d"]);
@@ -220,5 +223,210 @@ fn a_file_of_another_format_is_refused_with_a_clear_error() {
     }
     let Err(error) = open(&path, CACHE) else { panic!("a version 1 file must be refused") };
     let message = error.to_string();
-    assert!(message.contains("file format version 1") && message.contains("version 2"), "{message}");
+    assert!(message.contains("file format version 1") && message.contains("version 3"), "{message}");
+}
+
+#[test]
+fn a_crash_between_the_checkpoint_and_the_log_trim_is_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let Loaded { files: db, .. } = open(&path, CACHE).unwrap();
+    seven_revisions(&db);
+    // The checkpoint and compaction committed in the MVCC file; the writer never trimmed.
+    compact(&db, 5).unwrap();
+    assert_eq!(table_len(&db, false), 6);
+    drop(db);
+    let Loaded { files: db, state, log_start, .. } = open(&path, CACHE).unwrap();
+    assert_eq!((state.revision, state.checkpointed, state.compacted, state.cleaned), (7, 7, 5, 5));
+    assert_eq!(log_start, 2, "entries at or below the checkpoint are kept, and skipped by replay");
+    let keys: Vec<_> = state.kvs.iter().map(|(k, kv)| (k.clone(), kv.mod_revision)).collect();
+    assert_eq!(keys, [(b"a".to_vec(), 6), (b"b".to_vec(), 7)]);
+    assert_eq!(values_at(&db, 5).unwrap(), ["b@5"]);
+    assert_eq!(values_at(&db, 7).unwrap(), ["a@6", "b@7"]);
+    // Above the checkpoint, reopen after reopen: the same state (replay is by revision).
+    write(&db, vec![put("c", 8, 8, 1)]);
+    drop(db);
+    for _ in 0..2 {
+        let Loaded { files: db, state, .. } = open(&path, CACHE).unwrap();
+        assert_eq!((state.revision, state.checkpointed, state.kvs.len()), (8, 7, 3));
+        assert_eq!(values_at(&db, 8).unwrap(), ["a@6", "b@7", "c@8"]);
+    }
+}
+
+#[test]
+fn a_log_that_lacks_revisions_above_the_checkpoint_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let Loaded { files: db, .. } = open(&path, CACHE).unwrap();
+    seven_revisions(&db);
+    checkpoint(&db, 1).unwrap();
+    // A trim that goes above the checkpoint (which the writer never does).
+    let batch = DiskBatch { revision: 7, ..Default::default() };
+    commit(&db.log, &batch, Some(2..4)).unwrap();
+    drop(db);
+    let Err(error) = open(&path, CACHE) else { panic!("a gap above the checkpoint must be refused") };
+    assert!(matches!(error, StoreError::Corrupt(_)), "{error}");
+}
+
+#[test]
+fn a_one_file_store_of_format_2_is_migrated() {
+    use redb::TableDefinition;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    {
+        let db = Database::create(&path).unwrap();
+        let write = db.begin_write().unwrap();
+        {
+            let kv = |key: &str, rev| KeyValue {
+                key: key.into(),
+                value: format!("{key}@{rev}").into_bytes(),
+                create_revision: rev,
+                mod_revision: rev,
+                version: 1,
+                lease: None,
+            };
+            let a = kv("a", 2);
+            let mut mvcc = write.open_table(MVCC).unwrap();
+            mvcc.insert((&b"a"[..], 2u64), crate::codec::encode_kv(Some(&a)).as_slice()).unwrap();
+            let mut log = write.open_table(LOG).unwrap();
+            for (rev, key) in [(2u64, "a"), (3, "b")] {
+                let kv = kv(key, rev as Revision);
+                let entry = crate::codec::encode_log_entry([(key.as_bytes(), Some(&kv))]);
+                log.insert(rev, entry.as_slice()).unwrap();
+            }
+            let leases: TableDefinition<u64, u64> = TableDefinition::new("leases");
+            write.open_table(leases).unwrap().insert(9, 30).unwrap();
+            let mut meta = write.open_table(disk::META).unwrap();
+            for (name, value) in [("schema_version", 2), ("revision", 3), ("checkpointed_revision", 2)] {
+                meta.insert(name, value).unwrap();
+            }
+        }
+        write.commit().unwrap();
+    }
+    for _ in 0..2 {
+        let Loaded { files: db, state, leases, .. } = open(&path, CACHE).unwrap();
+        assert_eq!((state.revision, state.checkpointed, state.kvs.len()), (3, 2, 2));
+        assert_eq!(leases, [(sb_store::LeaseId(9), 30)]);
+        assert_eq!(values_at(&db, 2).unwrap(), ["a@2"]);
+        assert_eq!(values_at(&db, 3).unwrap(), ["a@2", "b@3"]);
+        let read = db.mvcc.begin_read().unwrap();
+        assert!(read.open_table(LOG).is_err(), "the MVCC file no longer holds the log");
+    }
+}
+
+/// The log overlay while the checkpointer lags, races and compacts: one thread commits
+/// to the log (trimming below the cleaned revision, as the writer does), one checkpoints
+/// and compacts in tiny steps, and readers check every past read and watch catch-up
+/// against a model. A read sees each revision exactly once, from the MVCC table or the
+/// log, however the two snapshots interleave with the checkpoints and trims.
+#[test]
+fn past_reads_stay_exact_while_the_checkpointer_and_the_trim_race_them() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+    use std::sync::Mutex;
+
+    let dir = tempfile::tempdir().unwrap();
+    let Loaded { files, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
+    let files = Arc::new(files);
+    // The state after each revision: key -> value.
+    let model: Arc<Mutex<Vec<BTreeMap<String, String>>>> = Arc::new(Mutex::new(vec![BTreeMap::new(); 2]));
+    let current = Arc::new(AtomicI64::new(1));
+    let cleaned = Arc::new(AtomicI64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    const REVISIONS: i64 = 400;
+
+    let writer = {
+        let (files, model, current, cleaned) =
+            (files.clone(), model.clone(), current.clone(), cleaned.clone());
+        std::thread::spawn(move || {
+            let mut log_start = 2;
+            let mut state = BTreeMap::new();
+            for rev in 2..=REVISIONS + 1 {
+                let key = format!("k{}", rev % 7);
+                let change = if rev % 5 == 0 && state.contains_key(&key) {
+                    state.remove(&key);
+                    delete(&key, rev)
+                } else {
+                    state.insert(key.clone(), format!("{key}@{rev}"));
+                    put(&key, rev, rev, 1)
+                };
+                let (key, _, kv) = change;
+                let batch = DiskBatch {
+                    revisions: vec![(rev, vec![(key, kv)])],
+                    revision: rev,
+                    ..Default::default()
+                };
+                let clean = cleaned.load(Ordering::SeqCst);
+                let trim = (clean > log_start).then_some(log_start..clean);
+                commit(&files.log, &batch, trim.clone()).unwrap();
+                if let Some(trim) = trim {
+                    log_start = trim.end;
+                }
+                model.lock().unwrap().push(state.clone());
+                current.store(rev, Ordering::SeqCst);
+            }
+        })
+    };
+    let checkpointer = {
+        let (files, current, cleaned, done) = (files.clone(), current.clone(), cleaned.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                let step = disk::Compaction {
+                    target: current.load(Ordering::SeqCst) - 30,
+                    walk_lag: 10,
+                    walk_min: 1,
+                    walk_records: 3,
+                };
+                let done = disk::maintain(&files, 3, Some(step)).unwrap();
+                cleaned.store(done.cleaned, Ordering::SeqCst);
+            }
+        })
+    };
+    let readers: Vec<_> = (0..2)
+        .map(|seed| {
+            let (files, model, current, done) = (files.clone(), model.clone(), current.clone(), done.clone());
+            std::thread::spawn(move || {
+                let (mut exact, mut compacted) = (0, 0);
+                let mut i = seed;
+                while !done.load(Ordering::SeqCst) {
+                    i += 1;
+                    let now = current.load(Ordering::SeqCst);
+                    let rev = (now - (i * 7919) % 45).max(1);
+                    let expected: Vec<String> =
+                        model.lock().unwrap()[rev as usize].values().cloned().collect();
+                    match values_at(&files, rev) {
+                        Ok(values) => {
+                            assert_eq!(values, expected, "at {rev}, current {now}");
+                            exact += 1;
+                        }
+                        Err(StoreError::Compacted { .. }) => compacted += 1,
+                        Err(error) => panic!("{error}"),
+                    }
+                    match read_history(&files, &KeyRange::prefix(""), rev, now, usize::MAX) {
+                        Ok(history) => {
+                            let revs: Vec<Revision> = history.batches.iter().map(|b| b.0).collect();
+                            let want: Vec<Revision> = (rev..=now).filter(|r| *r >= 2).collect();
+                            // Only a tombstone at exactly the compacted revision drops out.
+                            assert!(
+                                revs.len() + 1 >= want.len() && revs.iter().all(|r| want.contains(r)),
+                                "{revs:?}"
+                            );
+                        }
+                        Err(StoreError::Compacted { .. }) => {}
+                        Err(error) => panic!("{error}"),
+                    }
+                }
+                (exact, compacted)
+            })
+        })
+        .collect();
+    writer.join().unwrap();
+    done.store(true, Ordering::SeqCst);
+    checkpointer.join().unwrap();
+    let mut exact = 0;
+    for reader in readers {
+        exact += reader.join().unwrap().0;
+    }
+    assert!(exact > 0, "some reads were served");
+    assert!(cleaned.load(Ordering::SeqCst) > 100, "the checkpointer compacted and cleaned as it went");
 }
