@@ -11,7 +11,7 @@ use axum::http::{header::AUTHORIZATION, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
-use tracing::{info, Instrument};
+use tracing::{debug, info, Instrument};
 
 use crate::auth;
 use crate::error::{ApiError, ErrorKind};
@@ -22,6 +22,9 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// A client's request id is honoured only if it is short and printable.
 const MAX_REQUEST_ID_CHARS: usize = 128;
 /// Query parameters whose values never reach a log.
+/// Requests at least this slow are logged at INFO even when they succeed.
+const SLOW_REQUEST: std::time::Duration = std::time::Duration::from_secs(1);
+
 const REDACTED_PARAMS: &[&str] = &["accessToken", "password"];
 
 /// What every handler may know about its request.
@@ -57,17 +60,19 @@ pub async fn per_request(State(state): State<ApiState>, mut request: Request, ne
     let elapsed = start.elapsed();
     let route_label = route.as_deref().unwrap_or("unmatched");
     state.metrics.observe_request(route_label, method.as_str(), status, elapsed.as_secs_f64());
-    info!(
-        target: "switchboard::access",
-        request_id = %request_id,
-        method = %method,
-        path = %path,
-        route = route_label,
-        status,
-        duration_us = elapsed.as_micros() as u64,
-        client = %client.map(|c| c.to_string()).unwrap_or_default(),
-        "request"
-    );
+    // Every request is counted in the metrics; the access log keeps failures and slow
+    // requests at INFO and the rest at DEBUG, so the default level does not spend a log
+    // line on each of thousands of reads a second (`SWITCHBOARD_LOG=info,switchboard::access=debug`
+    // logs them all).
+    let client = client.map(|c| c.to_string()).unwrap_or_default();
+    let duration_us = elapsed.as_micros() as u64;
+    if status >= 400 || elapsed >= SLOW_REQUEST {
+        info!(target: "switchboard::access", request_id = %request_id, method = %method, path = %path,
+            route = route_label, status, duration_us, client = %client, "request");
+    } else {
+        debug!(target: "switchboard::access", request_id = %request_id, method = %method, path = %path,
+            route = route_label, status, duration_us, client = %client, "request");
+    }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }

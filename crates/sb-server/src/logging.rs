@@ -15,6 +15,8 @@ pub const LOG_ENV: &str = "SWITCHBOARD_LOG";
 pub struct LogControl {
     handle: reload::Handle<EnvFilter, Registry>,
     current: Mutex<String>,
+    /// Flushes the background log writer when the last holder drops it.
+    _writer: tracing_appender::non_blocking::WorkerGuard,
 }
 
 impl LogLevelControl for LogControl {
@@ -39,7 +41,11 @@ pub fn init_json_logging() -> Option<Arc<LogControl>> {
         Err(_) => ("info".to_owned(), EnvFilter::new("info")),
     };
     let (filter_layer, handle) = reload::Layer::new(filter);
-    let format = tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr);
+    // One access-log line per request must not cost a write syscall on the request path:
+    // lines go through a bounded queue (lossy when full, counted by the appender) to a
+    // writer thread.
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let format = tracing_subscriber::fmt::layer().json().with_writer(writer);
     tracing_subscriber::registry().with(filter_layer).with(format).try_init().ok()?;
-    Some(Arc::new(LogControl { handle, current: Mutex::new(directive) }))
+    Some(Arc::new(LogControl { handle, current: Mutex::new(directive), _writer: guard }))
 }
