@@ -58,7 +58,19 @@ pub type TokenView = View<DecodedMap<TokenRecord>>;
 
 /// The store key of a token: its SHA-256 in hex under [`TOKENS_PREFIX`].
 pub fn token_key(token: &str) -> String {
-    format!("{TOKENS_PREFIX}{}", hex::encode(Sha256::digest(token.as_bytes())))
+    String::from_utf8_lossy(&token_key_bytes(token)).into_owned()
+}
+
+/// The store key of a token, built without per-character formatting: it runs on every
+/// authenticated request.
+fn token_key_bytes(token: &str) -> Vec<u8> {
+    let mut hex_digest = [0u8; 64];
+    // 32 digest bytes always fill 64 hex characters, so this cannot fail.
+    let _ = hex::encode_to_slice(Sha256::digest(token.as_bytes()), &mut hex_digest);
+    let mut key = Vec::with_capacity(TOKENS_PREFIX.len() + hex_digest.len());
+    key.extend_from_slice(TOKENS_PREFIX.as_bytes());
+    key.extend_from_slice(&hex_digest);
+    key
 }
 
 /// A fresh admin token: 32 random bytes, hex, with a recognisable prefix.
@@ -72,7 +84,7 @@ pub fn generate_token() -> String {
 /// Resolves a bearer token through the token view.
 pub fn resolve(tokens: &TokenView, token: &str) -> Option<Subject> {
     let snapshot = tokens.snapshot();
-    let entry = snapshot.entries.get(token_key(token).as_bytes())?;
+    let entry = snapshot.entries.get(&token_key_bytes(token))?;
     Some(Subject { name: entry.value.subject.clone(), roles: entry.value.roles.clone().into() })
 }
 

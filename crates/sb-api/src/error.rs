@@ -48,6 +48,17 @@ impl ErrorKind {
         self.entry().0
     }
 
+    /// The same table's Nacos 1.x column, for paths under `/nacos/`: the status a Nacos
+    /// server answers with, and the fixed plain-text body it sends where it has one (an
+    /// authentication failure is a 403 `unknown user!`, as in Nacos 1.x).
+    pub fn nacos(self) -> (StatusCode, Option<&'static str>) {
+        match self {
+            ErrorKind::Unauthenticated => (StatusCode::FORBIDDEN, Some("unknown user!")),
+            ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, Some("authorization failed!")),
+            other => (other.status(), None),
+        }
+    }
+
     pub fn code(self) -> &'static str {
         self.entry().1
     }
@@ -93,6 +104,19 @@ struct Body<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'static str>,
+}
+
+impl ApiError {
+    /// The error as a Nacos 1.x server answers it: a plain-text body.
+    pub fn into_nacos_response(self) -> Response {
+        let (status, fixed) = self.kind.nacos();
+        let body = fixed.map_or(self.message, str::to_owned);
+        let mut response = (status, body).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain;charset=UTF-8"));
+        response
+    }
 }
 
 impl IntoResponse for ApiError {

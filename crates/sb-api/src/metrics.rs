@@ -13,8 +13,9 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
-    pub method: String,
-    pub status_class: String,
+    /// A static string: labels are built on every request, so only the route allocates.
+    pub method: &'static str,
+    pub status_class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -102,8 +103,8 @@ impl ApiMetrics {
     pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
         let labels = RouteLabels {
             route: route.to_owned(),
-            method: method.to_owned(),
-            status_class: format!("{}xx", status / 100),
+            method: method_label(method),
+            status_class: status_class(status),
         };
         self.requests.get_or_create(&labels).inc();
         self.request_duration.get_or_create(&labels).observe(seconds);
@@ -121,5 +122,30 @@ impl ApiMetrics {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+}
+
+/// The method as a label; anything outside the methods the API routes is `other`, so a
+/// client cannot grow the label set.
+fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "PUT" => "PUT",
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
     }
 }

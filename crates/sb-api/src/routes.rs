@@ -261,8 +261,28 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::not_found(format!("no route for {}", uri.path()))
+/// Paths under `/nacos/` answer as Nacos 1.x does (plain text; a missing or unknown
+/// `accessToken` is a 403), everything else with the JSON error body.
+async fn not_found(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !uri.path().starts_with("/nacos/") {
+        return ApiError::not_found(format!("no route for {}", uri.path())).into_response();
+    }
+    let query_token = uri.query().and_then(|query| {
+        query.split('&').find_map(|pair| pair.strip_prefix("accessToken=")).filter(|t| !t.is_empty())
+    });
+    let token = query_token.or_else(|| crate::auth::bearer(headers.get(axum::http::header::AUTHORIZATION)));
+    let known = token.is_some_and(|token| crate::auth::resolve(&state.tokens, token).is_some());
+    let error = if known {
+        ApiError::not_found(format!("no such api: {}", uri.path()))
+    } else {
+        ApiError::new(ErrorKind::Unauthenticated, "unknown user!")
+    };
+    error.into_nacos_response()
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {

@@ -104,6 +104,33 @@ async fn requests_without_a_valid_token_get_a_401_json_error() {
     server.terminate();
 }
 
+/// Under `/nacos/` the answers are Nacos 1.x's: plain text, and a 403 `unknown user!` for a
+/// missing or unknown `accessToken`.
+#[tokio::test]
+async fn nacos_paths_answer_as_nacos_does() {
+    let (_dir, server, token) = start();
+    let http = client();
+    for url in [
+        server.url("/nacos/v1/cs/configs?dataId=a&group=g"),
+        server.url("/nacos/v1/cs/configs?dataId=a&group=g&accessToken=sbt_not-a-real-token"),
+    ] {
+        let response = http.get(url).send().await.expect("get");
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+        assert_eq!(response.text().await.unwrap(), "unknown user!");
+    }
+    let url = server.url(&format!("/nacos/v1/cs/configs?dataId=a&group=g&accessToken={token}"));
+    let response = http.get(url).send().await.expect("get");
+    assert_eq!(
+        response.status(),
+        StatusCode::NOT_FOUND,
+        "an authenticated Nacos path that does not exist yet"
+    );
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    server.terminate();
+}
+
 #[tokio::test]
 async fn kv_put_get_cas_conflict_delete_and_watch_over_sse() {
     let (_dir, server, token) = start();
