@@ -147,7 +147,26 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
         get_body.len()
     );
 
+    // The same reads straight to etcd, for reference (etcd serves them from its own
+    // store; Switchboard from a view).
     let etcd = etcd_client::Client::connect([args.etcd.as_str()], None).await?;
+    for i in 0..1000 {
+        etcd.kv_client().put(format!("bench/k{i:04}"), value.clone(), None).await?;
+    }
+    let mut totals = [0.0f64; 2];
+    for _ in 0..2 {
+        let get = http_load(&base, args.clients, secs, &token, |_, i| {
+            (format!("/api/v1/kv/bench/k{:04}", i % 1000), None)
+        })
+        .await?;
+        get.print("kv-get", "switchboard");
+        totals[0] += get.ops_per_sec();
+        let etcd_get = etcd_get_load(&etcd, args.clients, secs).await?;
+        etcd_get.print("kv-get", "etcd");
+        totals[1] += etcd_get.ops_per_sec();
+    }
+    println!("kv-get         ratio     switchboard/etcd = {:.2}x\n", totals[0] / totals[1]);
+
     let mut totals = [0.0f64; 2];
     for _ in 0..2 {
         let put = http_load(&base, args.clients, secs, &token, |task, i| {
@@ -316,6 +335,37 @@ async fn etcd_load(
             while Instant::now() < deadline {
                 let began = Instant::now();
                 match kv.put(format!("bench/p{task:02}/{:04}", i % 1000), value.clone(), None).await {
+                    Ok(_) => samples.record(began.elapsed()),
+                    Err(_) => samples.errors += 1,
+                }
+                i += 1;
+            }
+            samples
+        }));
+    }
+    let mut all = Samples::default();
+    for handle in handles {
+        all.merge(handle.await?);
+    }
+    Ok(Outcome::from_samples(all, start.elapsed()))
+}
+
+async fn etcd_get_load(
+    client: &etcd_client::Client,
+    clients: usize,
+    secs: Duration,
+) -> anyhow::Result<Outcome> {
+    let start = Instant::now();
+    let deadline = start + secs;
+    let mut handles = Vec::new();
+    for task in 0..clients {
+        let mut kv = client.kv_client();
+        handles.push(tokio::spawn(async move {
+            let mut samples = Samples::default();
+            let mut i = task * 7919;
+            while Instant::now() < deadline {
+                let began = Instant::now();
+                match kv.get(format!("bench/k{:04}", i % 1000), None).await {
                     Ok(_) => samples.record(began.elapsed()),
                     Err(_) => samples.errors += 1,
                 }
