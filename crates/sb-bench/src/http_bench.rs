@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::report::{Outcome, Samples};
+use crate::report::{run_clients, Outcome};
 
 /// The token the benchmarked server is started with (the bench sets it; never a default).
 fn bench_token() -> String {
@@ -290,32 +290,18 @@ where
     for _ in 0..clients {
         conns.push(connect(addr).await?);
     }
-    let start = Instant::now();
-    let deadline = start + secs;
-    let mut handles = Vec::new();
-    for (task, mut conn) in conns.into_iter().enumerate() {
-        let (op, token) = (op.clone(), token.to_owned());
-        handles.push(tokio::spawn(async move {
-            let mut samples = Samples::default();
-            let mut i = task * 7919;
-            while Instant::now() < deadline {
-                let (path, body) = op(task, i);
-                let method = if body.is_some() { "PUT" } else { "GET" };
-                let began = Instant::now();
-                match request(&mut conn, method, &path, &token, body.unwrap_or_default()).await {
-                    Ok(_) => samples.record(began.elapsed()),
-                    Err(_) => samples.errors += 1,
-                }
-                i += 1;
-            }
-            samples
-        }));
-    }
-    let mut all = Samples::default();
-    for handle in handles {
-        all.merge(handle.await?);
-    }
-    Ok(Outcome::from_samples(all, start.elapsed()))
+    let token = token.to_owned();
+    run_clients(conns, secs, move |mut conn: SendRequest<Full<Bytes>>, task, i| {
+        let (path, body) = op(task, i + task * 7919);
+        let token = token.clone();
+        async move {
+            let method = if body.is_some() { "PUT" } else { "GET" };
+            let result =
+                request(&mut conn, method, &path, &token, body.unwrap_or_default()).await.map(|_| ());
+            (conn, result)
+        }
+    })
+    .await
 }
 
 async fn etcd_load(
@@ -324,30 +310,15 @@ async fn etcd_load(
     secs: Duration,
     value: &[u8],
 ) -> anyhow::Result<Outcome> {
-    let start = Instant::now();
-    let deadline = start + secs;
-    let mut handles = Vec::new();
-    for task in 0..clients {
-        let (mut kv, value) = (client.kv_client(), value.to_vec());
-        handles.push(tokio::spawn(async move {
-            let mut samples = Samples::default();
-            let mut i = 0;
-            while Instant::now() < deadline {
-                let began = Instant::now();
-                match kv.put(format!("bench/p{task:02}/{:04}", i % 1000), value.clone(), None).await {
-                    Ok(_) => samples.record(began.elapsed()),
-                    Err(_) => samples.errors += 1,
-                }
-                i += 1;
-            }
-            samples
-        }));
-    }
-    let mut all = Samples::default();
-    for handle in handles {
-        all.merge(handle.await?);
-    }
-    Ok(Outcome::from_samples(all, start.elapsed()))
+    let value = value.to_vec();
+    run_clients(vec![client.kv_client(); clients], secs, move |mut kv: etcd_client::KvClient, task, i| {
+        let value = value.clone();
+        async move {
+            let result = kv.put(format!("bench/p{task:02}/{:04}", i % 1000), value, None).await;
+            (kv, result.map(|_| ()).map_err(Into::into))
+        }
+    })
+    .await
 }
 
 async fn etcd_get_load(
@@ -355,30 +326,15 @@ async fn etcd_get_load(
     clients: usize,
     secs: Duration,
 ) -> anyhow::Result<Outcome> {
-    let start = Instant::now();
-    let deadline = start + secs;
-    let mut handles = Vec::new();
-    for task in 0..clients {
-        let mut kv = client.kv_client();
-        handles.push(tokio::spawn(async move {
-            let mut samples = Samples::default();
-            let mut i = task * 7919;
-            while Instant::now() < deadline {
-                let began = Instant::now();
-                match kv.get(format!("bench/k{:04}", i % 1000), None).await {
-                    Ok(_) => samples.record(began.elapsed()),
-                    Err(_) => samples.errors += 1,
-                }
-                i += 1;
-            }
-            samples
-        }));
-    }
-    let mut all = Samples::default();
-    for handle in handles {
-        all.merge(handle.await?);
-    }
-    Ok(Outcome::from_samples(all, start.elapsed()))
+    run_clients(
+        vec![client.kv_client(); clients],
+        secs,
+        move |mut kv: etcd_client::KvClient, task, i| async move {
+            let result = kv.get(format!("bench/k{:04}", (task * 7919 + i) % 1000), None).await;
+            (kv, result.map(|_| ()).map_err(Into::into))
+        },
+    )
+    .await
 }
 
 fn proc_kib(pid: u32, field: &str) -> Option<u64> {

@@ -72,3 +72,46 @@ pub fn peak_rss_kib() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Runs one loop per client state for `secs`, each calling `op(state, task, i)` back to
+/// back, and measures every call. The state (a connection, a client) is handed to `op` and
+/// given back with the result, so each loop keeps its own.
+pub async fn run_clients<S, F, Fut>(
+    states: Vec<S>,
+    secs: std::time::Duration,
+    op: F,
+) -> anyhow::Result<Outcome>
+where
+    S: Send + 'static,
+    F: Fn(S, usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = (S, anyhow::Result<()>)> + Send,
+{
+    let start = tokio::time::Instant::now();
+    let deadline = start + secs;
+    let mut handles = Vec::new();
+    for (task, state) in states.into_iter().enumerate() {
+        let op = op.clone();
+        handles.push(tokio::spawn(async move {
+            let mut samples = Samples::default();
+            let mut state = Some(state);
+            let mut i = 0;
+            while tokio::time::Instant::now() < deadline {
+                let Some(current) = state.take() else { break };
+                let began = tokio::time::Instant::now();
+                let (back, result) = op(current, task, i).await;
+                match result {
+                    Ok(()) => samples.record(began.elapsed()),
+                    Err(_) => samples.errors += 1,
+                }
+                state = Some(back);
+                i += 1;
+            }
+            samples
+        }));
+    }
+    let mut all = Samples::default();
+    for handle in handles {
+        all.merge(handle.await?);
+    }
+    Ok(Outcome::from_samples(all, start.elapsed()))
+}

@@ -12,7 +12,7 @@ use sb_store::{KeyRange, RangeRequest, Store, WatchRequest};
 use sb_store_embedded::{EmbeddedOptions, EmbeddedStore};
 use tokio::time::Instant;
 
-use crate::report::{peak_rss_kib, Outcome, Samples};
+use crate::report::{peak_rss_kib, run_clients, Outcome, Samples};
 
 #[derive(clap::Args)]
 pub struct StoreArgs {
@@ -197,30 +197,15 @@ where
     F: Fn(Target, usize, usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
-    let start = Instant::now();
-    let deadline = start + secs;
-    let mut handles = Vec::new();
-    for task in 0..tasks {
-        let (target, op) = (target.clone(), op.clone());
-        handles.push(tokio::spawn(async move {
-            let mut samples = Samples::default();
-            let mut i = 0;
-            while Instant::now() < deadline {
-                let began = Instant::now();
-                match op(target.clone(), task, i).await {
-                    Ok(()) => samples.record(began.elapsed()),
-                    Err(_) => samples.errors += 1,
-                }
-                i += 1;
-            }
-            samples
-        }));
-    }
-    let mut all = Samples::default();
-    for handle in handles {
-        all.merge(handle.await?);
-    }
-    Ok(Outcome::from_samples(all, start.elapsed()))
+    let targets = vec![target; tasks];
+    run_clients(targets, secs, move |target: Target, task, i| {
+        let op = op.clone();
+        async move {
+            let result = op(target.clone(), task, i).await;
+            (target, result)
+        }
+    })
+    .await
 }
 
 /// One writer puts `puts` keys; `watchers` watches on the prefix each receive every event.
