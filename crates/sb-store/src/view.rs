@@ -186,51 +186,57 @@ async fn follow<S: ViewState>(
                 continue;
             }
         };
-        loop {
-            tokio::select! {
-                item = stream.next() => match item {
-                    Some(Ok(batch)) => {
-                        // Apply whatever else is already here in one snapshot swap.
-                        let mut batches = vec![batch];
-                        let mut ended_with = None;
-                        while batches.len() < 256 {
-                            match stream.try_next() {
-                                Some(Ok(batch)) => batches.push(batch),
-                                Some(Err(error)) => {
-                                    ended_with = Some(error);
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                        apply(&shared, batches);
-                        if let Some(error) = ended_with {
-                            if !matches!(error, StoreError::Compacted { .. }) {
-                                tokio::time::sleep(RELOAD_BACKOFF).await;
-                            }
-                            warn!(view = shared.name, %error, "view watch ended, reloading");
-                            break;
-                        }
-                        if stream.is_ended() {
-                            tokio::time::sleep(RELOAD_BACKOFF).await;
-                            break;
-                        }
-                    }
-                    Some(Err(error)) => {
-                        if !matches!(error, StoreError::Compacted { .. }) {
-                            tokio::time::sleep(RELOAD_BACKOFF).await;
-                        }
-                        warn!(view = shared.name, %error, "view watch ended, reloading");
-                        break;
-                    }
-                    None => {
-                        warn!(view = shared.name, "view watch closed, reloading");
-                        tokio::time::sleep(RELOAD_BACKOFF).await;
-                        break;
-                    }
-                },
-                Some(()) = progress_rx.recv() => stream.request_progress(),
+        let ended_with = follow_stream(&shared, &mut stream, &mut progress_rx).await;
+        // Compaction means "reload now"; anything else may be the store failing, so the
+        // reload waits a little rather than hammer it.
+        match &ended_with {
+            Some(error @ StoreError::Compacted { .. }) => {
+                warn!(view = shared.name, %error, "view watch ended, reloading");
             }
+            Some(error) => {
+                warn!(view = shared.name, %error, "view watch ended, reloading");
+                tokio::time::sleep(RELOAD_BACKOFF).await;
+            }
+            None => {
+                warn!(view = shared.name, "view watch closed, reloading");
+                tokio::time::sleep(RELOAD_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Applies a watch's batches until it ends; returns the error that ended it, if any.
+async fn follow_stream<S: ViewState>(
+    shared: &Shared<S>,
+    stream: &mut crate::watch::WatchStream,
+    progress_rx: &mut mpsc::Receiver<()>,
+) -> Option<StoreError> {
+    loop {
+        tokio::select! {
+            item = stream.next() => {
+                let batch = match item? {
+                    Ok(batch) => batch,
+                    Err(error) => return Some(error),
+                };
+                // Apply whatever else is already here in one snapshot swap.
+                let mut batches = vec![batch];
+                let mut ended_with = None;
+                while batches.len() < 256 {
+                    match stream.try_next() {
+                        Some(Ok(batch)) => batches.push(batch),
+                        Some(Err(error)) => {
+                            ended_with = Some(error);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                apply(shared, batches);
+                if ended_with.is_some() || stream.is_ended() {
+                    return ended_with;
+                }
+            }
+            Some(()) = progress_rx.recv() => stream.request_progress(),
         }
     }
 }
