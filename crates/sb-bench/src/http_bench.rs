@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::report::{run_clients, Outcome};
+use crate::report::{compare_ab, run_clients, Outcome, PeerArgs};
 
 /// The token the benchmarked server is started with (the bench sets it; never a default).
 fn bench_token() -> String {
@@ -28,6 +28,8 @@ fn bench_token() -> String {
 
 #[derive(clap::Args)]
 pub struct HttpArgs {
+    #[command(flatten)]
+    peer: PeerArgs,
     /// The switchboard binary to benchmark (a release build).
     #[arg(long, default_value = "target/release/switchboard")]
     switchboard_bin: PathBuf,
@@ -37,21 +39,9 @@ pub struct HttpArgs {
     /// The etcd binary, for the start-up comparison.
     #[arg(long, default_value = "etcd")]
     etcd_bin: PathBuf,
-    /// A running single-member etcd for the put comparison.
-    #[arg(long, env = "SB_BENCH_ETCD")]
-    etcd: String,
-    /// Where temp data dirs go (the same disk as the etcd's data dir).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Seconds per run.
-    #[arg(long, default_value_t = 5)]
-    secs: u64,
     /// Concurrent clients (connections).
     #[arg(long, default_value_t = 64)]
     clients: usize,
-    /// Value size in bytes.
-    #[arg(long, default_value_t = 256)]
-    value_bytes: usize,
 }
 
 struct Killed(Child);
@@ -68,15 +58,12 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
-    let scratch = match &args.data_dir {
-        Some(dir) => tempfile::tempdir_in(dir)?,
-        None => tempfile::tempdir()?,
-    };
+    let scratch = args.peer.scratch()?;
     println!(
         "sb-bench http: {} clients, value {} B, {} s per run, A B A B, nproc {}",
         args.clients,
-        args.value_bytes,
-        args.secs,
+        args.peer.value_bytes,
+        args.peer.secs,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
@@ -109,7 +96,7 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
     );
 
     let token = bench_token();
-    let value = vec![b'v'; args.value_bytes];
+    let value = vec![b'v'; args.peer.value_bytes];
     // Seed 1,000 keys and learn the size of a typical GET response for the ceiling.
     let mut seed = connect(&base).await?;
     for i in 0..1000 {
@@ -127,59 +114,34 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
     );
     let ceiling = format!("127.0.0.1:{ceiling_port}");
     wait_until_answers(&ceiling, "/").await?;
-    let secs = Duration::from_secs(args.secs);
+    let secs = Duration::from_secs(args.peer.secs);
 
-    let mut totals = [0.0f64; 2];
-    for _ in 0..2 {
-        let get = http_load(&base, args.clients, secs, &token, |_, i| {
+    let kv_get = || {
+        http_load(&base, args.clients, secs, &token, |_, i| {
             (format!("/api/v1/kv/bench/k{:04}", i % 1000), None)
         })
-        .await?;
-        get.print("kv-get", "switchboard");
-        totals[0] += get.ops_per_sec();
-        let bare = http_load(&ceiling, args.clients, secs, &token, |_, _| ("/".to_owned(), None)).await?;
-        bare.print("kv-get", "hyper");
-        totals[1] += bare.ops_per_sec();
-    }
-    println!(
-        "kv-get         ratio     switchboard/bare hyper = {:.2}x (body {} B)\n",
-        totals[0] / totals[1],
-        get_body.len()
-    );
+    };
+    let ceiling_get = || http_load(&ceiling, args.clients, secs, &token, |_, _| ("/".to_owned(), None));
+    compare_ab("kv-get", ["switchboard", "hyper"], kv_get, ceiling_get).await?;
+    println!("(the ceiling answers a body of {} B, the size of a KV GET answer)\n", get_body.len());
 
     // The same reads straight to etcd, for reference (etcd serves them from its own
     // store; Switchboard from a view).
-    let etcd = etcd_client::Client::connect([args.etcd.as_str()], None).await?;
+    let etcd = etcd_client::Client::connect([args.peer.etcd.as_str()], None).await?;
     for i in 0..1000 {
         etcd.kv_client().put(format!("bench/k{i:04}"), value.clone(), None).await?;
     }
-    let mut totals = [0.0f64; 2];
-    for _ in 0..2 {
-        let get = http_load(&base, args.clients, secs, &token, |_, i| {
-            (format!("/api/v1/kv/bench/k{:04}", i % 1000), None)
-        })
+    compare_ab("kv-get", ["switchboard", "etcd"], kv_get, || etcd_get_load(&etcd, args.clients, secs))
         .await?;
-        get.print("kv-get", "switchboard");
-        totals[0] += get.ops_per_sec();
-        let etcd_get = etcd_get_load(&etcd, args.clients, secs).await?;
-        etcd_get.print("kv-get", "etcd");
-        totals[1] += etcd_get.ops_per_sec();
-    }
-    println!("kv-get         ratio     switchboard/etcd = {:.2}x\n", totals[0] / totals[1]);
 
-    let mut totals = [0.0f64; 2];
-    for _ in 0..2 {
-        let put = http_load(&base, args.clients, secs, &token, |task, i| {
-            (format!("/api/v1/kv/bench/p{task:02}/{:04}", i % 1000), Some(vec![b'v'; 256]))
+    let kv_put = || {
+        let value = value.clone();
+        http_load(&base, args.clients, secs, &token, move |task, i| {
+            (format!("/api/v1/kv/bench/p{task:02}/{:04}", i % 1000), Some(value.clone()))
         })
+    };
+    compare_ab("kv-put", ["switchboard", "etcd"], kv_put, || etcd_load(&etcd, args.clients, secs, &value))
         .await?;
-        put.print("kv-put", "switchboard");
-        totals[0] += put.ops_per_sec();
-        let etcd_put = etcd_load(&etcd, args.clients, secs, &value).await?;
-        etcd_put.print("kv-put", "etcd");
-        totals[1] += etcd_put.ops_per_sec();
-    }
-    println!("kv-put         ratio     switchboard/etcd = {:.2}x\n", totals[0] / totals[1]);
     println!("peak RSS       switchboard {} KiB (VmHWM)", proc_kib(pid, "VmHWM:").unwrap_or(0));
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Latency recording and the one report line every scenario prints.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Latencies of one scenario run, in microseconds.
@@ -28,6 +29,8 @@ pub struct Outcome {
     pub p99_us: u32,
     pub p999_us: u32,
     pub errors: u64,
+    /// One more line printed under the result (for example group-commit batch sizes).
+    pub note: Option<String>,
 }
 
 impl Outcome {
@@ -47,6 +50,7 @@ impl Outcome {
             p99_us: pct(0.99),
             p999_us: pct(0.999),
             errors: samples.errors,
+            note: None,
         }
     }
 
@@ -63,7 +67,38 @@ impl Outcome {
             self.p999_us,
             self.errors
         );
+        if let Some(note) = &self.note {
+            println!("{:<24} {note}", "");
+        }
     }
+}
+
+/// The common shape of every comparison: `a` and `b` run A B A B, each run is printed, and
+/// the ratio of their mean throughputs closes the scenario.
+pub async fn compare_ab<FA, FutA, FB, FutB>(
+    scenario: &str,
+    names: [&str; 2],
+    mut a: FA,
+    mut b: FB,
+) -> anyhow::Result<f64>
+where
+    FA: FnMut() -> FutA,
+    FutA: std::future::Future<Output = anyhow::Result<Outcome>>,
+    FB: FnMut() -> FutB,
+    FutB: std::future::Future<Output = anyhow::Result<Outcome>>,
+{
+    let mut totals = [0.0f64; 2];
+    for _round in 0..2 {
+        let outcome = a().await?;
+        outcome.print(scenario, names[0]);
+        totals[0] += outcome.ops_per_sec();
+        let outcome = b().await?;
+        outcome.print(scenario, names[1]);
+        totals[1] += outcome.ops_per_sec();
+    }
+    let ratio = totals[0] / totals[1].max(1e-9);
+    println!("{scenario:<14} ratio     {}/{} = {ratio:.2}x\n", names[0], names[1]);
+    Ok(ratio)
 }
 
 /// Peak resident memory of this process (VmHWM), in KiB.
@@ -114,4 +149,31 @@ where
         all.merge(handle.await?);
     }
     Ok(Outcome::from_samples(all, start.elapsed()))
+}
+
+/// What every scenario against etcd takes: the peer, where data goes, how long and how big.
+#[derive(clap::Args)]
+pub struct PeerArgs {
+    /// A running single-member etcd to compare against (scripts/bench starts one).
+    #[arg(long, env = "SB_BENCH_ETCD")]
+    pub etcd: String,
+    /// Where temp data dirs go; use the same disk as etcd's data dir.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 5)]
+    pub secs: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub value_bytes: usize,
+}
+
+impl PeerArgs {
+    /// A temp dir under `--data-dir` (or the system's), removed when dropped.
+    pub fn scratch(&self) -> std::io::Result<tempfile::TempDir> {
+        match &self.data_dir {
+            Some(dir) => tempfile::tempdir_in(dir),
+            None => tempfile::tempdir(),
+        }
+    }
 }

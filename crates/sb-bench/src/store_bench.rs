@@ -2,7 +2,6 @@
 //! durable puts (1 and 64 writers), point gets, prefix ranges and watch fan-out.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,22 +11,12 @@ use sb_store::{KeyRange, RangeRequest, Store, WatchRequest};
 use sb_store_embedded::{EmbeddedOptions, EmbeddedStore};
 use tokio::time::Instant;
 
-use crate::report::{peak_rss_kib, run_clients, Outcome, Samples};
+use crate::report::{compare_ab, peak_rss_kib, run_clients, Outcome, PeerArgs, Samples};
 
 #[derive(clap::Args)]
 pub struct StoreArgs {
-    /// The single-member etcd to compare against (scripts/bench-store starts one).
-    #[arg(long, env = "SB_BENCH_ETCD")]
-    etcd: String,
-    /// Where the embedded store's file goes; use the same disk as etcd's data dir.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Seconds per scenario run.
-    #[arg(long, default_value_t = 5)]
-    secs: u64,
-    /// Value size in bytes.
-    #[arg(long, default_value_t = 256)]
-    value_bytes: usize,
+    #[command(flatten)]
+    peer: PeerArgs,
     /// Watchers in the fan-out scenario.
     #[arg(long, default_value_t = 100)]
     watchers: usize,
@@ -80,27 +69,24 @@ impl Target {
 }
 
 pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
-    let scratch = match &args.data_dir {
-        Some(dir) => tempfile::tempdir_in(dir)?,
-        None => tempfile::tempdir()?,
-    };
+    let scratch = args.peer.scratch()?;
     let embedded = EmbeddedStore::open(EmbeddedOptions::new(scratch.path().join("bench.redb")))
         .await
         .context("opening the embedded store")?;
-    let etcd = etcd_client::Client::connect([args.etcd.as_str()], None)
+    let etcd = etcd_client::Client::connect([args.peer.etcd.as_str()], None)
         .await
-        .with_context(|| format!("connecting to etcd at {}", args.etcd))?;
+        .with_context(|| format!("connecting to etcd at {}", args.peer.etcd))?;
     let version = etcd.clone().status().await.map(|s| s.version().to_owned()).unwrap_or_default();
     println!(
         "sb-bench store: value {} B, {} s per run, A B A B, nproc {}, etcd {version}",
-        args.value_bytes,
-        args.secs,
+        args.peer.value_bytes,
+        args.peer.secs,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let targets = [Target::Embedded(embedded), Target::Etcd(Box::new(etcd))];
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
-    let value = vec![b'x'; args.value_bytes];
-    let secs = Duration::from_secs(args.secs);
+    let value = vec![b'x'; args.peer.value_bytes];
+    let secs = Duration::from_secs(args.peer.secs);
 
     for target in &targets {
         seed(target, &value).await?;
@@ -146,33 +132,31 @@ async fn seed(target: &Target, value: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a scenario A B A B on both targets and prints each run and the ratio of means.
-async fn compare<F, Fut>(scenario: &str, targets: &[Target; 2], mut run: F) -> anyhow::Result<()>
+/// Runs a scenario A B A B on the embedded store and etcd; the embedded runs also report
+/// their group-commit batch sizes.
+async fn compare<F, Fut>(scenario: &str, targets: &[Target; 2], run: F) -> anyhow::Result<()>
 where
-    F: FnMut(Target) -> Fut,
+    F: Fn(Target) -> Fut,
     Fut: Future<Output = anyhow::Result<Outcome>>,
 {
-    let mut totals = [0.0f64; 2];
-    for _round in 0..2 {
-        for (i, target) in targets.iter().enumerate() {
-            let before = embedded_metrics(target);
-            let outcome = run(target.clone()).await?;
-            outcome.print(scenario, target.name());
-            totals[i] += outcome.ops_per_sec();
-            if let (Some(before), Some(after)) = (before, embedded_metrics(target)) {
-                let commits = after.commits - before.commits;
-                if commits > 0 {
-                    println!(
-                        "{:<24} group commits {commits}, mean batch {:.1} txns, last commit {} us",
-                        "",
-                        (after.batched_txns - before.batched_txns) as f64 / commits as f64,
-                        after.last_commit_latency.as_micros()
-                    );
-                }
+    let [embedded, etcd] = targets;
+    let run = &run;
+    let with_batches = || async move {
+        let before = embedded_metrics(embedded);
+        let mut outcome = run(embedded.clone()).await?;
+        if let (Some(before), Some(after)) = (before, embedded_metrics(embedded)) {
+            let commits = after.commits - before.commits;
+            if commits > 0 {
+                outcome.note = Some(format!(
+                    "group commits {commits}, mean batch {:.1} txns, last commit {} us",
+                    (after.batched_txns - before.batched_txns) as f64 / commits as f64,
+                    after.last_commit_latency.as_micros()
+                ));
             }
         }
-    }
-    println!("{scenario:<14} ratio     embedded/etcd = {:.2}x\n", totals[0] / totals[1].max(1e-9));
+        Ok(outcome)
+    };
+    compare_ab(scenario, [embedded.name(), etcd.name()], with_batches, || run(etcd.clone())).await?;
     Ok(())
 }
 
