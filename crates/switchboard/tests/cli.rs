@@ -3,24 +3,13 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
+mod common;
+
+use common::{etcd_endpoint, switchboard, terminate};
 use sb_store::backup::read_backup_file;
 use sb_store::{Store, Txn, TxnOp};
 use sb_store_embedded::{EmbeddedOptions, EmbeddedStore};
-
-fn switchboard() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-    command.env("SWITCHBOARD_LOG", "warn");
-    command
-}
-
-fn etcd_endpoint() -> String {
-    let endpoints = std::env::var("SB_TEST_ETCD_ENDPOINTS")
-        .expect("SB_TEST_ETCD_ENDPOINTS is not set: run scripts/test, which starts etcd and sets it");
-    let first = endpoints.split(',').next().unwrap_or_default();
-    first.trim_start_matches("http://").to_owned()
-}
 
 fn run_ok(command: &mut Command) -> String {
     let output = command.output().expect("the binary runs");
@@ -48,20 +37,6 @@ fn start_serve(data_dir: &Path) -> (Child, String) {
     assert!(second.contains("1 live node"), "the node sees itself in the membership view: {second}");
     std::thread::spawn(move || for _ in lines {});
     (child, first)
-}
-
-fn terminate(child: &mut Child) {
-    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill runs");
-    assert!(status.success());
-    for _ in 0..100 {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "serve exits cleanly on SIGTERM: {status}");
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    panic!("serve did not stop within 10 s of SIGTERM");
 }
 
 #[test]

@@ -172,19 +172,8 @@ fn kv_watch_prints_one_line_per_event() {
 
     // A stopping server ends the stream; the CLI says so and fails.
     server.terminate();
-    let status = wait_with_timeout(&mut watch, Duration::from_secs(10));
+    let status = common::wait_with_timeout(&mut watch, Duration::from_secs(10));
     assert!(!status.success(), "a watch the server ended is an error: {status}");
-}
-
-fn wait_with_timeout(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
-    for _ in 0..(timeout.as_millis() / 50) {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    panic!("the process did not end within {timeout:?}");
 }
 
 /// Issue 3's acceptance: a backup of a *running* embedded server, restored into an empty

@@ -94,16 +94,26 @@ impl Server {
 
     /// SIGTERM, and the exit status must be a success within 10 s.
     pub fn terminate(mut self) {
-        let status =
-            Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("kill runs");
-        assert!(status.success());
-        for _ in 0..100 {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(status.success(), "serve exits cleanly on SIGTERM: {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("serve did not stop within 10 s of SIGTERM");
+        terminate(&mut self.child);
     }
+}
+
+/// Sends SIGTERM to a `serve`; its exit status must be a success within 10 s.
+pub fn terminate(child: &mut Child) {
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill runs");
+    assert!(status.success());
+    let status = wait_with_timeout(child, Duration::from_secs(10));
+    assert!(status.success(), "serve exits cleanly on SIGTERM: {status}");
+}
+
+/// Waits for a child to exit; kills it and fails the test after `timeout`.
+pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    for _ in 0..(timeout.as_millis() / 50) {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("the process did not end within {timeout:?}");
 }
