@@ -87,28 +87,78 @@ pub struct RouteContext {
     pub state: ApiState,
 }
 
-pub async fn per_route(State(context): State<RouteContext>, mut request: Request, next: Next) -> Response {
-    if context.route.authenticated {
-        let Some(token) = auth::bearer(request.headers().get(AUTHORIZATION)) else {
-            return ApiError::new(
-                ErrorKind::Unauthenticated,
-                "missing bearer token: send Authorization: Bearer <token> (a first start writes one to <data-dir>/admin-token)",
-            )
-            .with_field("Authorization")
-            .into_response();
-        };
-        match auth::resolve(&context.state.tokens, token) {
-            Some(subject) => {
-                request.extensions_mut().insert(subject);
-            }
-            None => {
-                return ApiError::new(ErrorKind::Unauthenticated, "the bearer token is unknown or revoked")
-                    .with_field("Authorization")
-                    .into_response();
-            }
+pub async fn per_route(State(context): State<RouteContext>, request: Request, next: Next) -> Response {
+    let nacos = context.route.path.starts_with("/nacos/");
+    let request = if context.route.authenticated {
+        match authenticate(&context, request, nacos).await {
+            Ok(request) => request,
+            Err(error) if nacos => return error.into_nacos_response(),
+            Err(error) => return error.into_response(),
+        }
+    } else {
+        request
+    };
+    next.run(request).await
+}
+
+/// The largest form body searched for a Nacos `accessToken` (a config publish carries the
+/// content in the same body, up to the config size limit).
+const MAX_NACOS_FORM_BYTES: usize = 16 * 1024 * 1024;
+
+/// Resolves the request's credential to a [`Subject`] and attaches it. Native paths take a
+/// bearer token; `/nacos/` paths also take Nacos's `accessToken`, as a query parameter, a
+/// header, or a field of a form body (Nacos 1.x Java SDKs post their parameters as forms).
+async fn authenticate(context: &RouteContext, request: Request, nacos: bool) -> Result<Request, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let mut body = axum::body::Body::new(body);
+    let mut token = auth::bearer(parts.headers.get(AUTHORIZATION)).map(str::to_owned);
+    if nacos && token.is_none() {
+        token = nacos_token_from(parts.uri.query(), &parts.headers);
+        if token.is_none() && is_form(&parts.headers) {
+            let bytes = axum::body::to_bytes(body, MAX_NACOS_FORM_BYTES).await.map_err(|_| {
+                ApiError::new(
+                    ErrorKind::PayloadTooLarge,
+                    format!("the form body is over {MAX_NACOS_FORM_BYTES} bytes"),
+                )
+            })?;
+            token = form_value(&bytes, "accessToken");
+            body = axum::body::Body::from(bytes);
         }
     }
-    next.run(request).await
+    let Some(token) = token else {
+        let message = if nacos {
+            "unknown user!"
+        } else {
+            "missing bearer token: send Authorization: Bearer <token> (a first start writes one to <data-dir>/admin-token)"
+        };
+        return Err(ApiError::new(ErrorKind::Unauthenticated, message).with_field("Authorization"));
+    };
+    let Some(subject) = auth::resolve(&context.state.tokens, &token) else {
+        return Err(ApiError::new(ErrorKind::Unauthenticated, "the bearer token is unknown or revoked")
+            .with_field("Authorization"));
+    };
+    parts.extensions.insert(subject);
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Nacos's `accessToken`, from the query string or a header of that name.
+pub fn nacos_token_from(query: Option<&str>, headers: &axum::http::HeaderMap) -> Option<String> {
+    query
+        .and_then(|query| form_value(query.as_bytes(), "accessToken"))
+        .or_else(|| headers.get("accessToken").and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .filter(|token| !token.is_empty())
+}
+
+fn is_form(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
+/// The first value of `name` in a URL-encoded form or query string.
+fn form_value(encoded: &[u8], name: &str) -> Option<String> {
+    form_urlencoded::parse(encoded).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
 }
 
 fn new_request_id() -> String {
@@ -179,6 +229,16 @@ mod tests {
             "/nacos/v1/cs/configs?accessToken=***&dataId=x&password=***"
         );
         assert_eq!(redact_query("/healthz", None), "/healthz");
+    }
+
+    #[test]
+    fn nacos_access_token_comes_from_query_or_header() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(nacos_token_from(Some("a=1&accessToken=t%2Bx"), &headers).as_deref(), Some("t+x"));
+        assert_eq!(nacos_token_from(Some("accessToken="), &headers), None);
+        headers.insert("accessToken", "h".parse().unwrap());
+        assert_eq!(nacos_token_from(Some("a=1"), &headers).as_deref(), Some("h"));
+        assert_eq!(form_value(b"dataId=x&accessToken=f", "accessToken").as_deref(), Some("f"));
     }
 
     #[test]

@@ -272,11 +272,10 @@ async fn not_found(
     if !uri.path().starts_with("/nacos/") {
         return ApiError::not_found(format!("no route for {}", uri.path())).into_response();
     }
-    let query_token = uri.query().and_then(|query| {
-        query.split('&').find_map(|pair| pair.strip_prefix("accessToken=")).filter(|t| !t.is_empty())
+    let token = crate::middleware::nacos_token_from(uri.query(), &headers).or_else(|| {
+        crate::auth::bearer(headers.get(axum::http::header::AUTHORIZATION)).map(str::to_owned)
     });
-    let token = query_token.or_else(|| crate::auth::bearer(headers.get(axum::http::header::AUTHORIZATION)));
-    let known = token.is_some_and(|token| crate::auth::resolve(&state.tokens, token).is_some());
+    let known = token.is_some_and(|token| crate::auth::resolve(&state.tokens, &token).is_some());
     let error = if known {
         ApiError::not_found(format!("no such api: {}", uri.path()))
     } else {
