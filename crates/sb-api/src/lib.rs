@@ -17,6 +17,7 @@ mod kv;
 mod leases;
 pub mod metrics;
 pub mod middleware;
+pub mod nacos;
 mod openapi;
 mod ops;
 pub mod routes;
