@@ -13,6 +13,7 @@ pub mod auth;
 mod backup;
 pub mod error;
 mod extract;
+pub mod ids;
 mod kv;
 mod leases;
 pub mod metrics;
@@ -32,6 +33,7 @@ use sb_store::{SharedStore, View};
 
 pub use auth::{Subject, TokenView};
 pub use error::{ApiError, ErrorKind};
+pub use ids::IdServices;
 pub use leases::SystemLeases;
 pub use metrics::ApiMetrics;
 pub use middleware::RequestContext;
@@ -80,6 +82,8 @@ pub struct Api {
     pub tokens: TokenView,
     pub system_leases: Arc<SystemLeases>,
     pub metrics: ApiMetrics,
+    /// Snowflake and segment IDs.
+    pub ids: IdServices,
     pub log_level: Option<Arc<dyn LogLevelControl>>,
     /// Turns true when the server stops; long-lived streams end on it.
     pub shutdown: tokio::sync::watch::Receiver<bool>,

@@ -10,7 +10,7 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 
 use crate::error::{ApiError, ErrorKind};
-use crate::{backup, kv, leases, middleware, ops, watch, ApiState};
+use crate::{backup, ids, kv, leases, middleware, ops, watch, ApiState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -79,6 +79,11 @@ pub enum RouteId {
     Watch,
     LogLevel,
     Backup,
+    SnowflakeNext,
+    SnowflakeDecode,
+    SegmentNext,
+    SegmentTagCreate,
+    SegmentTagList,
 }
 
 #[derive(Debug)]
@@ -211,6 +216,52 @@ pub static ROUTES: &[Route] = &[
         true,
         "Stream a backup of every key not on a lease (the `switchboard backup` file format)",
     ),
+    // ID allocation is a GET (as Leaf's), not audited: it is a metric, not a change.
+    route(
+        RouteId::SnowflakeNext,
+        M::Get,
+        "/api/v1/ids/snowflake",
+        "ids",
+        A::Write,
+        false,
+        "Allocate `count` (1 to 10000) Snowflake IDs, as decimal strings",
+    ),
+    route(
+        RouteId::SnowflakeDecode,
+        M::Get,
+        "/api/v1/ids/snowflake/{id}/decode",
+        "ids",
+        A::Read,
+        false,
+        "Decode a Snowflake ID into its timestamp, worker and sequence",
+    ),
+    route(
+        RouteId::SegmentNext,
+        M::Get,
+        "/api/v1/ids/segment/{tag}",
+        "ids",
+        A::Write,
+        false,
+        "Allocate `count` (1 to 10000) IDs of a segment tag in `namespace` (default public)",
+    ),
+    route(
+        RouteId::SegmentTagCreate,
+        M::Post,
+        "/api/v1/ids/segments",
+        "ids",
+        A::Write,
+        true,
+        "Create a segment tag in `namespace` with its first ID (start) and step",
+    ),
+    route(
+        RouteId::SegmentTagList,
+        M::Get,
+        "/api/v1/ids/segments",
+        "ids",
+        A::Read,
+        false,
+        "List the segment tags of `namespace`, with this node's buffers",
+    ),
 ];
 
 /// The handler of each route, exhaustively, so a route without a handler cannot compile.
@@ -231,6 +282,11 @@ fn handler(route: &Route) -> MethodRouter<ApiState> {
         RouteId::Watch => on(filter, watch::watch),
         RouteId::LogLevel => on(filter, ops::set_log_level),
         RouteId::Backup => on(filter, backup::backup),
+        RouteId::SnowflakeNext => on(filter, ids::snowflake_next),
+        RouteId::SnowflakeDecode => on(filter, ids::snowflake_decode),
+        RouteId::SegmentNext => on(filter, ids::segment_next),
+        RouteId::SegmentTagCreate => on(filter, ids::segment_create),
+        RouteId::SegmentTagList => on(filter, ids::segment_list),
     }
 }
 

@@ -47,6 +47,44 @@ pub struct ServeArgs {
     /// On SIGTERM, how long in-flight requests may take before they are cut.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    #[command(flatten)]
+    pub ids: IdArgs,
+}
+
+/// Unique IDs: Snowflake and segments.
+#[derive(clap::Args, Clone, Debug)]
+pub struct IdArgs {
+    /// Snowflake: the layout's epoch in Unix ms (every node of a store must use the same;
+    /// the first node records it).
+    #[arg(long, env = "SWITCHBOARD_IDS_EPOCH_MS", default_value_t = sb_ids::snowflake::DEFAULT_EPOCH_MS)]
+    pub ids_epoch_ms: u64,
+    /// Snowflake: worker ids 0..N are leased by nodes (1 to 1024).
+    #[arg(long, env = "SWITCHBOARD_IDS_WORKERS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub ids_workers: u16,
+    /// Snowflake: TTL of a node's worker-id lease; issuing stops before it could expire
+    /// unnoticed (after about 3/4 of it without a confirmed keep-alive).
+    #[arg(long, env = "SWITCHBOARD_IDS_WORKER_TTL_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(i64).range(2..=3600))]
+    pub ids_worker_ttl_secs: i64,
+    /// Snowflake: how far ahead of the clock a worker's high-water mark is persisted (it is
+    /// renewed when the clock comes within half of this).
+    #[arg(long, env = "SWITCHBOARD_IDS_WATERMARK_AHEAD_MS", default_value_t = 3_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub ids_watermark_ahead_ms: u64,
+    /// Segments: the step of a tag created without one (on first use or by POST).
+    #[arg(long, env = "SWITCHBOARD_IDS_SEGMENT_STEP", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub ids_segment_step: u64,
+    /// Segments: the adaptive step never grows past this.
+    #[arg(long, env = "SWITCHBOARD_IDS_SEGMENT_MAX_STEP", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub ids_segment_max_step: u64,
+    /// Segments: whether a request for an unknown tag creates it (start 1, the default
+    /// step); with false it is a 404 until the tag is created.
+    #[arg(long, env = "SWITCHBOARD_IDS_SEGMENT_AUTO_CREATE", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub ids_segment_auto_create: bool,
 }
 
 fn parse_cidr(text: &str) -> Result<IpNet, String> {

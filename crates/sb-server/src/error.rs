@@ -10,6 +10,8 @@ pub enum ServerError {
     #[error("{context}: {cause}")]
     Store { context: String, cause: StoreError },
     #[error("{context}: {cause}")]
+    Ids { context: String, cause: sb_ids::IdError },
+    #[error("{context}: {cause}")]
     Io { context: String, cause: std::io::Error },
 }
 
@@ -17,6 +19,11 @@ impl ServerError {
     pub fn store(context: impl Into<String>) -> impl FnOnce(StoreError) -> ServerError {
         let context = context.into();
         move |cause| ServerError::Store { context, cause }
+    }
+
+    pub fn ids(context: impl Into<String>) -> impl FnOnce(sb_ids::IdError) -> ServerError {
+        let context = context.into();
+        move |cause| ServerError::Ids { context, cause }
     }
 
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {

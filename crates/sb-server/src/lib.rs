@@ -8,13 +8,14 @@
 mod bootstrap;
 mod config;
 mod error;
+mod ids;
 pub mod logging;
 mod node_metrics;
 mod serve;
 mod store_args;
 
 pub use bootstrap::{ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE};
-pub use config::{config_file_args, ServeArgs};
+pub use config::{config_file_args, IdArgs, ServeArgs};
 pub use error::{ServerError, ServerResult};
 pub use serve::run;
 pub use store_args::{OpenStore, StoreArgs, EMBEDDED_FILE};

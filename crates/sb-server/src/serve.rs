@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sb_api::auth::TOKENS_PREFIX;
-use sb_api::{Api, ApiConfig, ApiMetrics, LogLevelControl, SystemLeases, KV_PREFIX};
+use sb_api::{Api, ApiConfig, ApiMetrics, IdServices, LogLevelControl, SystemLeases, KV_PREFIX};
+use sb_ids::{SegmentService, SnowflakeService};
 use sb_store::{put_request_bytes, KeyRange, Membership, NodeId, NodeRecord, View};
 use sb_store_etcd::{EtcdCompactor, EtcdCompactorOptions};
 use tokio::net::TcpListener;
@@ -19,6 +20,7 @@ use tracing::{info, warn};
 use crate::bootstrap::{bootstrap_admin, first_start_banner, Bootstrap, ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE};
 use crate::config::ServeArgs;
 use crate::error::{ServerError, ServerResult};
+use crate::ids;
 use crate::node_metrics;
 
 /// How long start-up waits for the membership view to show this node.
@@ -75,8 +77,19 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         let membership = Arc::downgrade(&membership);
         system_leases.register(move || membership.upgrade().map(|m| m.lease()));
     }
+    let snowflake = Arc::new(
+        SnowflakeService::start(
+            store.clone(),
+            ids::snowflake_options(&args.ids, node_id.as_str()),
+            ids::wall_clock(),
+        )
+        .await
+        .map_err(ServerError::ids("starting the Snowflake service"))?,
+    );
+    let segments = SegmentService::new(store.clone(), ids::segment_options(&args.ids));
     let mut metrics = ApiMetrics::new();
     node_metrics::register(&mut metrics, Arc::downgrade(&membership), open.embedded.clone());
+    ids::register_metrics(&mut metrics, Arc::downgrade(&snowflake));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let api = Arc::new(Api {
         config: ApiConfig {
@@ -90,6 +103,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         tokens,
         system_leases,
         metrics,
+        ids: IdServices { snowflake: snowflake.clone(), segments },
         log_level: log_control,
         shutdown: stop_rx.clone(),
     });
@@ -138,6 +152,8 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         server.abort();
     }
     drop(api);
+    // Give the Snowflake worker id back at once (its high-water mark stays).
+    snowflake.stop().await;
     // Revoke the membership lease (other nodes see this one leave at once).
     match Arc::try_unwrap(membership) {
         Ok(membership) => membership.leave().await.map_err(ServerError::store("leaving the membership"))?,

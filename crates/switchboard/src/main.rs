@@ -1,9 +1,10 @@
-//! The `switchboard` binary: `serve` runs a node (through `sb-server`); `kv` and `lease`
-//! are HTTP clients of a running node; `backup` asks a running node (or, `--offline`,
+//! The `switchboard` binary: `serve` runs a node (through `sb-server`); `kv`, `lease` and
+//! `id` are HTTP clients of a running node; `backup` asks a running node (or, `--offline`,
 //! reads a store), and `restore` writes into an empty store.
 #![forbid(unsafe_code)]
 
 mod client;
+mod id;
 mod kv;
 mod lease;
 mod snapshot;
@@ -34,6 +35,8 @@ enum Command {
     Kv(kv::KvArgs),
     /// Grant, renew and revoke leases on a running node.
     Lease(lease::LeaseArgs),
+    /// Unique IDs from a running node: Snowflake (`next`, `decode`) and segments.
+    Id(id::IdArgs),
     /// Write a consistent snapshot of every key (at one revision) to a file, from a
     /// running node (or, with --offline, from a stopped embedded store or an etcd).
     Backup(snapshot::BackupArgs),
@@ -93,6 +96,7 @@ fn run() -> anyhow::Result<()> {
             }
             Command::Kv(args) => kv::run(args).await,
             Command::Lease(args) => lease::run(args).await,
+            Command::Id(args) => id::run(args).await,
             Command::Backup(args) => snapshot::backup(args).await,
             Command::Restore(args) => snapshot::restore(args).await,
         }

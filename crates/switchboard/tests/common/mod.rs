@@ -121,6 +121,7 @@ pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::
 /// The Python interpreter of the venv that `scripts/test` fills with nacos-sdk-python 2.0.x,
 /// whose legacy `nacos.NacosClient` is a real Nacos 1.x HTTP SDK.
 pub fn nacos_python() -> String {
-    std::env::var("SB_TEST_NACOS_PYTHON")
-        .expect("SB_TEST_NACOS_PYTHON is not set: run scripts/test, which installs nacos-sdk-python and sets it")
+    std::env::var("SB_TEST_NACOS_PYTHON").expect(
+        "SB_TEST_NACOS_PYTHON is not set: run scripts/test, which installs nacos-sdk-python and sets it",
+    )
 }
