@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::report::{compare_ab, run_clients, Outcome, PeerArgs};
 
 /// The token the benchmarked server is started with (the bench sets it; never a default).
-fn bench_token() -> String {
+pub(crate) fn bench_token() -> String {
     format!("sb-bench-{:032x}", std::process::id() as u128 * 0x9e37_79b9_7f4a_7c15)
 }
 
@@ -44,7 +44,7 @@ pub struct HttpArgs {
     clients: usize,
 }
 
-struct Killed(Child);
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -53,7 +53,7 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -196,7 +196,7 @@ async fn start_etcd(args: &HttpArgs, data_dir: &std::path::Path) -> anyhow::Resu
     bail!("etcd did not become ready")
 }
 
-async fn wait_until_answers(addr: &str, path: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_until_answers(addr: &str, path: &str) -> anyhow::Result<()> {
     for _ in 0..5000 {
         if let Ok(mut conn) = connect(addr).await {
             if request(&mut conn, "GET", path, "", Vec::new()).await.is_ok() {
@@ -208,7 +208,7 @@ async fn wait_until_answers(addr: &str, path: &str) -> anyhow::Result<()> {
     bail!("{addr}{path} did not answer 200 within 5 s")
 }
 
-async fn connect(addr: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+pub(crate) async fn connect(addr: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -217,7 +217,7 @@ async fn connect(addr: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
 }
 
 /// One request; the body on a 2xx, an error otherwise.
-async fn request(
+pub(crate) async fn request(
     conn: &mut SendRequest<Full<Bytes>>,
     method: &str,
     path: &str,
@@ -238,7 +238,7 @@ async fn request(
     Ok(body)
 }
 
-async fn http_load<F>(
+pub(crate) async fn http_load<F>(
     addr: &str,
     clients: usize,
     secs: Duration,

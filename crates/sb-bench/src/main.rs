@@ -6,11 +6,14 @@
 //!   raw `etcd-client` (the ceiling the etcd adapter is measured by);
 //! - `sb-bench http`: the server's KV API against the bare-hyper ceiling and etcd, with
 //!   start-up time and idle RSS;
+//! - `sb-bench ids`: Snowflake and segment IDs in-process against their ceilings, the HTTP
+//!   batch endpoint in IDs/s, single-ID HTTP against the bare-hyper ceiling;
 //! - `sb-bench ceiling`: the bare-hyper server itself.
 #![forbid(unsafe_code)]
 
 mod ceiling;
 mod http_bench;
+mod ids_bench;
 mod report;
 mod store_bench;
 
@@ -31,6 +34,9 @@ enum Command {
     Http(http_bench::HttpArgs),
     /// A bare hyper server answering a fixed body: the HTTP ceiling.
     Ceiling(ceiling::CeilingArgs),
+    /// Unique IDs: Snowflake and segments in-process against their ceilings; the HTTP
+    /// batch endpoint in IDs/s; single-ID HTTP vs. the bare-hyper ceiling.
+    Ids(ids_bench::IdsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Command::Store(args) => runtime.block_on(store_bench::run(args)),
         Command::Http(args) => runtime.block_on(http_bench::run(args)),
         Command::Ceiling(args) => runtime.block_on(ceiling::run(args)),
+        Command::Ids(args) => runtime.block_on(ids_bench::run(args)),
     }
 }
