@@ -11,11 +11,13 @@
 
 pub mod auth;
 mod backup;
+mod elections;
 pub mod error;
 mod extract;
 pub mod ids;
 mod kv;
 mod leases;
+mod locks;
 pub mod metrics;
 pub mod middleware;
 pub mod nacos;
@@ -81,6 +83,8 @@ pub struct Api {
     pub kv: KvView,
     pub tokens: TokenView,
     pub system_leases: Arc<SystemLeases>,
+    /// Locks and elections (always the store, never a view).
+    pub coord: Arc<sb_coord::Coord>,
     pub metrics: ApiMetrics,
     /// Snowflake and segment IDs.
     pub ids: IdServices,

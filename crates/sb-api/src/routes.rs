@@ -10,7 +10,7 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 
 use crate::error::{ApiError, ErrorKind};
-use crate::{backup, ids, kv, leases, middleware, ops, watch, ApiState};
+use crate::{backup, elections, ids, kv, leases, locks, middleware, ops, watch, ApiState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -84,6 +84,17 @@ pub enum RouteId {
     SegmentNext,
     SegmentTagCreate,
     SegmentTagList,
+    LockAcquire,
+    LockRelease,
+    LockRenew,
+    LockStatus,
+    LockGuardedPut,
+    ElectionCampaign,
+    ElectionProclaim,
+    ElectionLeader,
+    ElectionObserve,
+    ElectionResign,
+    ElectionRenew,
 }
 
 #[derive(Debug)]
@@ -262,6 +273,105 @@ pub static ROUTES: &[Route] = &[
         false,
         "List the segment tags of `namespace`, with this node's buffers",
     ),
+    route(
+        RouteId::LockAcquire,
+        M::Post,
+        "/api/v1/locks/{name}/acquire",
+        "lock",
+        A::Write,
+        false,
+        "Acquire a lock (long-poll up to wait_ms); answers the fencing token and the owner token",
+    ),
+    route(
+        RouteId::LockRelease,
+        M::Post,
+        "/api/v1/locks/{name}/release",
+        "lock",
+        A::Write,
+        false,
+        "Release a lock with its owner token",
+    ),
+    route(
+        RouteId::LockRenew,
+        M::Post,
+        "/api/v1/locks/{name}/renew",
+        "lock",
+        A::Write,
+        false,
+        "Renew a held lock's lease with its owner token",
+    ),
+    route(
+        RouteId::LockStatus,
+        M::Get,
+        "/api/v1/locks/{name}",
+        "lock",
+        A::Read,
+        false,
+        "A lock's holder and queue length",
+    ),
+    route(
+        RouteId::LockGuardedPut,
+        M::Post,
+        "/api/v1/locks/{name}/put",
+        "kv",
+        A::Write,
+        true,
+        "Put a KV key only while the owner token still holds the lock (one transaction)",
+    ),
+    route(
+        RouteId::ElectionCampaign,
+        M::Post,
+        "/api/v1/elections/{name}/campaign",
+        "election",
+        A::Write,
+        false,
+        "Campaign for leadership (long-poll up to wait_ms); answers the owner token when elected",
+    ),
+    route(
+        RouteId::ElectionProclaim,
+        M::Post,
+        "/api/v1/elections/{name}/proclaim",
+        "election",
+        A::Write,
+        true,
+        "Change the leader's value (leader's owner token only)",
+    ),
+    route(
+        RouteId::ElectionLeader,
+        M::Get,
+        "/api/v1/elections/{name}",
+        "election",
+        A::Read,
+        false,
+        "The current leader and the number of candidates waiting",
+    ),
+    route(
+        RouteId::ElectionObserve,
+        M::Get,
+        "/api/v1/elections/{name}/observe",
+        "election",
+        A::Watch,
+        false,
+        "The leader now and at every change (Server-Sent Events)",
+    ),
+    route(
+        RouteId::ElectionResign,
+        M::Post,
+        "/api/v1/elections/{name}/resign",
+        "election",
+        A::Write,
+        false,
+        "Give up leadership with the owner token",
+    ),
+    route(
+        RouteId::ElectionRenew,
+        M::Post,
+        "/api/v1/elections/{name}/renew",
+        "election",
+        A::Write,
+        false,
+        "Renew the leader's lease with its owner token",
+    ),
 ];
 
 /// The handler of each route, exhaustively, so a route without a handler cannot compile.
@@ -287,6 +397,17 @@ fn handler(route: &Route) -> MethodRouter<ApiState> {
         RouteId::SegmentNext => on(filter, ids::segment_next),
         RouteId::SegmentTagCreate => on(filter, ids::segment_create),
         RouteId::SegmentTagList => on(filter, ids::segment_list),
+        RouteId::LockAcquire => on(filter, locks::acquire),
+        RouteId::LockRelease => on(filter, locks::release),
+        RouteId::LockRenew => on(filter, locks::renew),
+        RouteId::LockStatus => on(filter, locks::status),
+        RouteId::LockGuardedPut => on(filter, locks::guarded_put),
+        RouteId::ElectionCampaign => on(filter, elections::campaign),
+        RouteId::ElectionProclaim => on(filter, elections::proclaim),
+        RouteId::ElectionLeader => on(filter, elections::leader),
+        RouteId::ElectionObserve => on(filter, elections::observe),
+        RouteId::ElectionResign => on(filter, elections::resign),
+        RouteId::ElectionRenew => on(filter, elections::renew),
     }
 }
 
@@ -370,7 +491,17 @@ mod tests {
     /// beats, ID allocation, rate checks, and lock acquire and release are metrics, not
     /// changes an operator investigates. Reads sent as POST (for example Nacos's
     /// listener long-poll) belong here too. Everything else that mutates is audited.
-    const UNAUDITED_MUTATIONS: &[RouteId] = &[RouteId::LeaseKeepAlive];
+    const UNAUDITED_MUTATIONS: &[RouteId] = &[
+        RouteId::LeaseKeepAlive,
+        RouteId::LockAcquire,
+        RouteId::LockRelease,
+        RouteId::LockRenew,
+        // Campaign, resign and renew are an election's acquire, release and keep-alive;
+        // proclaim changes what every observer sees, so it is audited.
+        RouteId::ElectionCampaign,
+        RouteId::ElectionResign,
+        RouteId::ElectionRenew,
+    ];
 
     #[test]
     fn every_mutation_and_admin_action_is_audited_unless_listed() {

@@ -43,7 +43,8 @@ pub trait LockClient: Send + Sync + 'static {
 pub struct Acquired {
     pub token: Revision,
     pub owner: String,
-    /// No later than the lease's last renewal: it lives at least until this + TTL.
+    /// No later than the lease's last renewal: it lives at least until this + TTL. (The
+    /// checker takes the moment the acquire returned as the latest the renewal can be.)
     pub renewed_at: Instant,
 }
 
@@ -124,7 +125,10 @@ struct GuardedWrite {
     token: Revision,
     sent: Instant,
     returned: Instant,
+    /// The lease lives at least until `renewed_at + TTL`...
     renewed_at: Instant,
+    /// ...and at most until `acquired_at + TTL + slack` (it is never renewed after).
+    acquired_at: Instant,
     /// Whether this client's lease had been fenced off by the resource before it was sent.
     fenced_off: bool,
     /// Whether the client had already released (or sent a release for) this acquisition.
@@ -202,11 +206,12 @@ pub async fn run<C: LockClient>(clients: Vec<Arc<C>>, config: CheckerConfig) -> 
                     }
                 };
                 let token = acquired.token;
+                let acquired_at = Instant::now();
                 history.lock().unwrap().acquisitions.push(Acquisition {
                     client: index,
                     token,
                     started,
-                    returned: Instant::now(),
+                    returned: acquired_at,
                 });
                 let ttl = Duration::from_secs(config.ttl_secs as u64);
                 let write = |phase: &'static str, fenced_off: bool, released: bool| {
@@ -236,6 +241,7 @@ pub async fn run<C: LockClient>(clients: Vec<Arc<C>>, config: CheckerConfig) -> 
                             sent,
                             returned: Instant::now(),
                             renewed_at,
+                            acquired_at,
                             fenced_off,
                             released,
                             result,
@@ -260,7 +266,7 @@ pub async fn run<C: LockClient>(clients: Vec<Arc<C>>, config: CheckerConfig) -> 
                 }
                 write("exit", !accepted, false).await;
                 // Releases: on time, duplicated, delayed, or never (the lease expires).
-                let expires_for_sure = acquired.renewed_at + ttl + config.expiry_slack;
+                let expires_for_sure = acquired_at + ttl + config.expiry_slack;
                 let choice = rng.random_range(0..10);
                 let release = |kind: &'static str| {
                     let client = client.clone();
@@ -375,7 +381,7 @@ fn check(config: &CheckerConfig, history: &History, resource: &FencedResource) -
     // 3. Guarded writes: never after a certain expiry, never after the release, never
     // inside another holder's window.
     for write in &history.writes {
-        let certainly_expired = write.sent > write.renewed_at + ttl + config.expiry_slack;
+        let certainly_expired = write.sent > write.acquired_at + ttl + config.expiry_slack;
         let certainly_alive = write.returned + Duration::from_millis(200) < write.renewed_at + ttl;
         match &write.result {
             Ok(revision) if certainly_expired => violations.push(format!(

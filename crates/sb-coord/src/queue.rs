@@ -304,7 +304,7 @@ async fn absent(ctx: &Ctx, name: &QueueName) -> CoordError {
         Ok(_) => CoordError::WrongOwner {
             kind: name.kind,
             name: name.name.clone(),
-            reason: " (it expired or was released; another owner holds or waits for it now)",
+            reason: " (it is not the current holder's: it expired, was released, or was never issued for it)",
         },
         Err(error) => error.into(),
     }

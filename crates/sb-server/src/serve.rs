@@ -102,6 +102,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         kv,
         tokens,
         system_leases,
+        coord: sb_coord::Coord::new(store.clone()),
         metrics,
         ids: IdServices { snowflake: snowflake.clone(), segments },
         log_level: log_control,

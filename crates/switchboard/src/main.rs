@@ -1,12 +1,14 @@
-//! The `switchboard` binary: `serve` runs a node (through `sb-server`); `kv`, `lease` and
-//! `id` are HTTP clients of a running node; `backup` asks a running node (or, `--offline`,
+//! The `switchboard` binary: `serve` runs a node (through `sb-server`); `kv`, `lease`,
+//! `id`, `lock` and `elect` are HTTP clients of a running node; `backup` asks a running node (or, `--offline`,
 //! reads a store), and `restore` writes into an empty store.
 #![forbid(unsafe_code)]
 
 mod client;
+mod elect;
 mod id;
 mod kv;
 mod lease;
+mod lock;
 mod snapshot;
 mod sse;
 mod table;
@@ -37,6 +39,10 @@ enum Command {
     Lease(lease::LeaseArgs),
     /// Unique IDs from a running node: Snowflake (`next`, `decode`) and segments.
     Id(id::IdArgs),
+    /// Acquire, release and renew locks; run a command while holding one.
+    Lock(lock::LockArgs),
+    /// Campaign in a leader election (or observe one with --listen).
+    Elect(elect::ElectArgs),
     /// Write a consistent snapshot of every key (at one revision) to a file, from a
     /// running node (or, with --offline, from a stopped embedded store or an etcd).
     Backup(snapshot::BackupArgs),
@@ -97,6 +103,8 @@ fn run() -> anyhow::Result<()> {
             Command::Kv(args) => kv::run(args).await,
             Command::Lease(args) => lease::run(args).await,
             Command::Id(args) => id::run(args).await,
+            Command::Lock(args) => lock::run(args).await,
+            Command::Elect(args) => elect::run(args).await,
             Command::Backup(args) => snapshot::backup(args).await,
             Command::Restore(args) => snapshot::restore(args).await,
         }
