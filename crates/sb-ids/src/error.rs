@@ -1,6 +1,9 @@
 //! The errors callers of this crate match on.
 
-use sb_store::StoreError;
+use std::future::Future;
+use std::time::Duration;
+
+use sb_store::{StoreError, StoreResult};
 
 pub type IdResult<T> = Result<T, IdError>;
 
@@ -29,5 +32,21 @@ pub enum IdError {
 impl IdError {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         IdError::InvalidArgument { field, message: message.into() }
+    }
+}
+
+/// How long one store call of this crate may take. A store that does not answer is
+/// treated as unavailable, so no request and no keeper round hangs on it; an unknown
+/// outcome is always safe here (a lost segment is a gap, a mark written but not used only
+/// holds issuing lower, a worker taken but unknown is released at the next take).
+pub(crate) const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub(crate) async fn bounded<T>(what: &str, call: impl Future<Output = StoreResult<T>>) -> IdResult<T> {
+    match tokio::time::timeout(STORE_CALL_TIMEOUT, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(IdError::Store(StoreError::Unavailable(format!(
+            "the store did not answer {what} within {} ms",
+            STORE_CALL_TIMEOUT.as_millis()
+        )))),
     }
 }

@@ -18,6 +18,8 @@ mod error;
 mod names;
 pub mod segment;
 pub mod snowflake;
+#[cfg(test)]
+mod test_store;
 
 pub use clock::{OffsetClock, SystemClock, WallClock};
 pub use error::{IdError, IdResult};

@@ -182,6 +182,9 @@ async fn metric(client: &Client, server: &Server, name: &str) -> f64 {
 /// The clock guard against the real binary: the debug-only test clock steps it back.
 #[tokio::test]
 async fn ids_clock_steps_back_wait_switch_worker_or_refuse() {
+    if cfg!(not(debug_assertions)) {
+        panic!("the test clock exists in debug builds only: run this test without --release");
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let clock_file = dir.path().join("clock-offset");
     std::fs::write(&clock_file, "0").unwrap();

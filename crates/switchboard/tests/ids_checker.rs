@@ -226,6 +226,9 @@ async fn client_loop(
 
 #[test]
 fn ids_uniqueness_checker_etcd() {
+    if cfg!(not(debug_assertions)) {
+        panic!("the test clock exists in debug builds only: run this test without --release");
+    }
     let target = env_number("SB_IDS_CHECK_IDS", 1_000_000);
     let min_cycles = env_number("SB_IDS_CHECK_CYCLES", 1);
     let seed = env_number("SB_IDS_CHECK_SEED", rand::rng().random());

@@ -21,7 +21,7 @@ use sb_store::codec::{decode, encode, StoredValue};
 use sb_store::{Compare, CompareOp, KeyRange, SharedStore, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{IdError, IdResult};
+use crate::error::{bounded, IdError, IdResult};
 use crate::names::{check_name, MAX_COUNT};
 use buffer::{Segment, TagBuffer, Take};
 
@@ -46,6 +46,9 @@ pub struct SegmentOptions {
     pub target_segment_ms: u64,
     /// How long a request waits for a segment when both buffers are empty.
     pub fetch_wait_ms: u64,
+    /// How many tags one node buffers at most (memory stays bounded whatever clients
+    /// ask for); a request for one more tag is refused.
+    pub max_buffered_tags: usize,
 }
 
 impl Default for SegmentOptions {
@@ -56,6 +59,7 @@ impl Default for SegmentOptions {
             auto_create: true,
             target_segment_ms: 60_000,
             fetch_wait_ms: 3_000,
+            max_buffered_tags: 10_000,
         }
     }
 }
@@ -198,7 +202,13 @@ impl SegmentService {
         }
         check_name("namespace", namespace)?;
         check_name("tag", tag)?;
-        let existing = self.store.get(&tag_key(namespace, tag)).await?;
+        let buffered = self.buffers.read().len();
+        if buffered >= self.options.max_buffered_tags {
+            return Err(IdError::Refused(format!(
+                "this node already buffers {buffered} segment tags, the limit; tag {tag:?} in namespace {namespace:?} cannot be served here"
+            )));
+        }
+        let existing = bounded("the tag read", self.store.get(&tag_key(namespace, tag))).await?;
         let base_step = match existing {
             Some(kv) => decode::<TagRecord>(&kv.value).map_err(corrupt)?.step,
             None if self.options.auto_create => {
@@ -219,7 +229,7 @@ impl SegmentService {
     async fn allocate(&self, namespace: &str, tag: &str, step: u64) -> IdResult<(Segment, u64)> {
         let key = tag_key(namespace, tag);
         for attempt in 0..MAX_CAS_ATTEMPTS {
-            let Some(kv) = self.store.get(&key).await? else {
+            let Some(kv) = bounded("the tag read", self.store.get(&key)).await? else {
                 return Err(IdError::UnknownTag { namespace: namespace.into(), tag: tag.into() });
             };
             let mut record: TagRecord = decode(&kv.value).map_err(corrupt)?;
@@ -234,7 +244,7 @@ impl SegmentService {
             let txn = Txn::new()
                 .when([Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision)])
                 .and_then([TxnOp::put(key.clone(), encode(&record).map_err(corrupt)?)]);
-            if self.store.txn(txn).await?.succeeded {
+            if bounded("the segment allocation", self.store.txn(txn)).await?.succeeded {
                 return Ok((Segment::new(start, end), record.step));
             }
             // Another node allocated meanwhile: retry after a short, spread-out pause.
@@ -267,7 +277,7 @@ impl SegmentService {
         let txn = Txn::new()
             .when([Compare::absent(key.clone())])
             .and_then([TxnOp::put(key, encode(&record).map_err(corrupt)?)]);
-        if !self.store.txn(txn).await?.succeeded {
+        if !bounded("the tag creation", self.store.txn(txn)).await?.succeeded {
             return Err(IdError::TagExists { namespace: namespace.into(), tag: tag.into() });
         }
         Ok(TagStatus { namespace: namespace.into(), tag: tag.into(), max: start, step, node_buffer: None })
@@ -277,8 +287,11 @@ impl SegmentService {
     pub async fn list_tags(&self, namespace: &str) -> IdResult<Vec<TagStatus>> {
         check_name("namespace", namespace)?;
         let prefix = format!("{SEGMENTS_PREFIX}{namespace}/");
-        let (kvs, _) =
-            sb_store::range_all(self.store.as_ref(), KeyRange::prefix(prefix.clone()), None).await?;
+        let (kvs, _) = bounded(
+            "the tag list",
+            sb_store::range_all(self.store.as_ref(), KeyRange::prefix(prefix.clone()), None),
+        )
+        .await?;
         let buffers = self.buffers.read();
         kvs.iter()
             .map(|kv| {

@@ -1,77 +1,10 @@
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use async_trait::async_trait;
-use sb_store::{
-    LeaseGrant, LeaseId, LeaseInfo, Limits, RangeRequest, RangeResponse, Revision, SharedStore, Store,
-    StoreError, StoreResult, TxnResponse, WatchRequest, WatchStream,
-};
+use sb_store::SharedStore;
 
 use super::*;
-
-/// The embedded store, with a switch that makes every call fail as an unreachable store.
-struct Flaky {
-    inner: SharedStore,
-    down: AtomicBool,
-}
-
-impl Flaky {
-    fn check(&self) -> StoreResult<()> {
-        if self.down.load(Ordering::Acquire) {
-            return Err(StoreError::Unavailable("test: store is down".into()));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Store for Flaky {
-    fn kind(&self) -> &'static str {
-        "flaky"
-    }
-    fn limits(&self) -> Limits {
-        self.inner.limits()
-    }
-    async fn range(&self, request: RangeRequest) -> StoreResult<RangeResponse> {
-        self.check()?;
-        self.inner.range(request).await
-    }
-    async fn txn(&self, txn: Txn) -> StoreResult<TxnResponse> {
-        self.check()?;
-        self.inner.txn(txn).await
-    }
-    async fn lease_grant(&self, ttl_secs: i64) -> StoreResult<LeaseGrant> {
-        self.check()?;
-        self.inner.lease_grant(ttl_secs).await
-    }
-    async fn lease_keep_alive(&self, id: LeaseId) -> StoreResult<i64> {
-        self.check()?;
-        self.inner.lease_keep_alive(id).await
-    }
-    async fn lease_revoke(&self, id: LeaseId) -> StoreResult<()> {
-        self.check()?;
-        self.inner.lease_revoke(id).await
-    }
-    async fn lease_time_to_live(&self, id: LeaseId, with_keys: bool) -> StoreResult<LeaseInfo> {
-        self.check()?;
-        self.inner.lease_time_to_live(id, with_keys).await
-    }
-    async fn watch(&self, request: WatchRequest) -> StoreResult<WatchStream> {
-        self.check()?;
-        self.inner.watch(request).await
-    }
-    async fn compact(&self, revision: Revision) -> StoreResult<()> {
-        self.check()?;
-        self.inner.compact(revision).await
-    }
-}
-
-async fn flaky(dir: &tempfile::TempDir) -> Arc<Flaky> {
-    let options = sb_store_embedded::EmbeddedOptions::new(dir.path().join("store.redb"));
-    let inner = sb_store_embedded::EmbeddedStore::open(options).await.expect("open");
-    Arc::new(Flaky { inner, down: AtomicBool::new(false) })
-}
+use crate::test_store::flaky;
 
 #[tokio::test]
 async fn nodes_share_a_tag_without_overlap_and_each_increases() {
@@ -158,4 +91,17 @@ async fn the_step_grows_under_fast_consumption_within_its_bound() {
     let status = node.list_tags("public").await.unwrap().remove(0);
     assert_eq!(status.node_buffer.unwrap().current_step, 8_000);
     assert_eq!(status.step, 1_000, "the tag's base step is unchanged");
+}
+
+#[tokio::test]
+async fn the_number_of_buffered_tags_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: SharedStore = flaky(&dir).await;
+    let node =
+        SegmentService::new(store, SegmentOptions { max_buffered_tags: 2, ..SegmentOptions::default() });
+    node.next_ids("public", "a", 1).await.unwrap();
+    node.next_ids("public", "b", 1).await.unwrap();
+    let refused = node.next_ids("public", "c", 1).await.unwrap_err();
+    assert!(refused.to_string().contains("the limit"), "{refused}");
+    node.next_ids("public", "a", 1).await.unwrap();
 }

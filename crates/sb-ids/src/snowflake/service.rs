@@ -26,7 +26,7 @@ use super::generator::{Generator, Stop};
 use super::layout::{Layout, MAX_WORKERS};
 use super::workers::{self, WorkerRecord};
 use crate::clock::WallClock;
-use crate::error::{IdError, IdResult};
+use crate::error::{bounded, IdError, IdResult, STORE_CALL_TIMEOUT};
 use crate::names::MAX_COUNT;
 
 /// A clock step backwards up to this is waited out; a larger one takes a fresh worker.
@@ -206,11 +206,11 @@ impl SnowflakeService {
                     inner.counters.clock_waits.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(by_ms)).await;
                 }
-                Stop::Behind { by_ms } => inner.clock_stepped_back(by_ms).await?,
-                Stop::LimitReached => inner.renew(true).await?,
-                Stop::NoWorker => inner.ensure_worker().await?,
+                Stop::Behind { by_ms } => slow_path(inner.clock_stepped_back(by_ms)).await?,
+                Stop::LimitReached => slow_path(inner.renew(true)).await?,
+                Stop::NoWorker => slow_path(inner.ensure_worker()).await?,
                 Stop::LeaseUnconfirmed { .. } if inner.generator.held().is_none() => {
-                    inner.ensure_worker().await?
+                    slow_path(inner.ensure_worker()).await?
                 }
                 Stop::LeaseUnconfirmed { since_confirmed_ms } => {
                     inner.counters.refused_lease_unconfirmed.fetch_add(1, Ordering::Relaxed);
@@ -257,7 +257,7 @@ impl SnowflakeService {
         slow.stopped = true;
         self.inner.generator.revoke();
         if let Some(lease) = slow.lease.take() {
-            if let Err(error) = self.inner.store.lease_revoke(lease).await {
+            if let Err(error) = bounded("the lease revoke", self.inner.store.lease_revoke(lease)).await {
                 warn!(%error, "the Snowflake worker lease could not be revoked; it expires by itself");
             }
         }
@@ -291,7 +291,7 @@ impl Inner {
             return Ok(lease);
         }
         let sent = self.generator.monotonic_ms();
-        let grant = self.store.lease_grant(self.options.worker_ttl_secs).await?;
+        let grant = bounded("the lease grant", self.store.lease_grant(self.options.worker_ttl_secs)).await?;
         self.generator.reset_lease_deadline();
         self.generator.confirm_lease_until(sent + self.confirmed_window_ms());
         slow.lease = Some(grant.id);
@@ -312,6 +312,14 @@ impl Inner {
         let epoch = self.options.layout.epoch_ms;
         for _round in 0..3 {
             let pool = workers::read_pool(&self.store).await?;
+            // A take whose answer was lost (a timeout) may have succeeded: give back any
+            // worker id on this node's lease that it does not use.
+            for (n, holder) in &pool.held_by {
+                if *holder == lease && Some(*n) != slow.worker {
+                    warn!(worker = *n, "releasing a worker id this node took without knowing");
+                    workers::release(&self.store, *n, lease).await?;
+                }
+            }
             let now = self.generator.now_ms();
             let free: Vec<u16> = (0..self.options.workers)
                 .filter(|n| !pool.taken.contains(n) && Some(*n) != exclude && pool.mark_of(*n).0 <= now)
@@ -422,9 +430,9 @@ impl Inner {
             let mut slow = self.slow.lock().await;
             if let Some(lease) = slow.lease {
                 let sent = self.generator.monotonic_ms();
-                match self.store.lease_keep_alive(lease).await {
+                match bounded("the lease keep-alive", self.store.lease_keep_alive(lease)).await {
                     Ok(_) => self.generator.confirm_lease_until(sent + self.confirmed_window_ms()),
-                    Err(StoreError::LeaseNotFound(_)) => {
+                    Err(IdError::Store(StoreError::LeaseNotFound(_))) => {
                         warn!(lease = lease.0, worker = ?slow.worker, "the Snowflake worker lease expired; issuing stopped");
                         self.generator.revoke();
                         slow.lease = None;
@@ -444,6 +452,18 @@ impl Inner {
             warn!(%error, "renewing the Snowflake high-water mark failed");
         }
     }
+}
+
+/// A request waits this long for the slow path (which may queue behind the keeper).
+const SLOW_PATH_TIMEOUT: Duration = Duration::from_millis(2 * STORE_CALL_TIMEOUT.as_millis() as u64 + 500);
+
+async fn slow_path(step: impl std::future::Future<Output = IdResult<()>>) -> IdResult<()> {
+    tokio::time::timeout(SLOW_PATH_TIMEOUT, step).await.unwrap_or_else(|_| {
+        Err(IdError::Refused(format!(
+            "the Snowflake slow path (taking a worker id or persisting a high-water mark) did not finish within {} ms; is the store reachable?",
+            SLOW_PATH_TIMEOUT.as_millis()
+        )))
+    })
 }
 
 async fn keep(inner: std::sync::Weak<Inner>) {

@@ -16,7 +16,7 @@ use sb_store::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::error::{IdError, IdResult};
+use crate::error::{bounded, IdError, IdResult};
 
 pub const WORKERS_PREFIX: &str = "ids/workers/";
 pub const WATERMARKS_PREFIX: &str = "ids/watermarks/";
@@ -83,7 +83,7 @@ pub(crate) async fn check_epoch(store: &SharedStore, epoch_ms: u64) -> IdResult<
         .when([Compare::absent(EPOCH_KEY)])
         .and_then([TxnOp::put(EPOCH_KEY, value)])
         .or_else([TxnOp::get(EPOCH_KEY)]);
-    let response = store.txn(txn).await?;
+    let response = bounded("the epoch check", store.txn(txn)).await?;
     if response.succeeded {
         return Ok(());
     }
@@ -107,6 +107,8 @@ pub(crate) async fn check_epoch(store: &SharedStore, epoch_ms: u64) -> IdResult<
 /// What the store says about the worker pool right now.
 pub(crate) struct PoolState {
     pub taken: BTreeSet<u16>,
+    /// Worker → the lease its key is on.
+    pub held_by: BTreeMap<u16, LeaseId>,
     /// Worker → (mark in Unix ms, the mark key's mod revision).
     pub marks: BTreeMap<u16, (u64, i64)>,
 }
@@ -118,9 +120,15 @@ impl PoolState {
 }
 
 pub(crate) async fn read_pool(store: &SharedStore) -> IdResult<PoolState> {
-    let workers = store.range(RangeRequest::prefix(WORKERS_PREFIX).keys_only()).await?;
-    let marks = store.range(RangeRequest::prefix(WATERMARKS_PREFIX)).await?;
+    let workers =
+        bounded("the worker read", store.range(RangeRequest::prefix(WORKERS_PREFIX).keys_only())).await?;
+    let marks = bounded("the mark read", store.range(RangeRequest::prefix(WATERMARKS_PREFIX))).await?;
     let taken = workers.kvs.iter().filter_map(|kv| number_after(WORKERS_PREFIX, &kv.key)).collect();
+    let held_by = workers
+        .kvs
+        .iter()
+        .filter_map(|kv| Some((number_after(WORKERS_PREFIX, &kv.key)?, kv.lease?)))
+        .collect();
     let mut by_worker = BTreeMap::new();
     for kv in &marks.kvs {
         if let Some(n) = number_after(WATERMARKS_PREFIX, &kv.key) {
@@ -128,7 +136,7 @@ pub(crate) async fn read_pool(store: &SharedStore) -> IdResult<PoolState> {
             by_worker.insert(n, (mark.ts_ms, kv.mod_revision));
         }
     }
-    Ok(PoolState { taken, marks: by_worker })
+    Ok(PoolState { taken, held_by, marks: by_worker })
 }
 
 /// Takes worker `n` if it is still free and its mark unchanged, writing the new mark.
@@ -149,7 +157,7 @@ pub(crate) async fn try_take(
             TxnOp::put_with_lease(worker_key(n), encode_value(record)?, lease),
             TxnOp::put(watermark_key(n), encode_value(&Watermark { ts_ms: new_mark_ms })?),
         ]);
-    Ok(store.txn(txn).await?.succeeded)
+    Ok(bounded("taking a worker id", store.txn(txn)).await?.succeeded)
 }
 
 /// Writes a higher mark for worker `n`, only while `lease` still holds it. `false` means
@@ -158,7 +166,7 @@ pub(crate) async fn renew_mark(store: &SharedStore, n: u16, lease: LeaseId, mark
     let txn = Txn::new()
         .when([Compare::new(worker_key(n), CompareOp::Equal, CompareTarget::Lease(Some(lease)))])
         .and_then([TxnOp::put(watermark_key(n), encode_value(&Watermark { ts_ms: mark_ms })?)]);
-    Ok(store.txn(txn).await?.succeeded)
+    Ok(bounded("the mark renewal", store.txn(txn)).await?.succeeded)
 }
 
 /// Gives worker `n` back (its mark stays).
@@ -166,6 +174,6 @@ pub(crate) async fn release(store: &SharedStore, n: u16, lease: LeaseId) -> IdRe
     let txn = Txn::new()
         .when([Compare::new(worker_key(n), CompareOp::Equal, CompareTarget::Lease(Some(lease)))])
         .and_then([TxnOp::Delete(KeyRange::key(worker_key(n)))]);
-    store.txn(txn).await?;
+    bounded("releasing a worker id", store.txn(txn)).await?;
     Ok(())
 }

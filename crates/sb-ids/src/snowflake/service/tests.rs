@@ -166,3 +166,44 @@ async fn another_epoch_is_refused() {
     let error = SnowflakeService::start(store.clone(), other, Arc::new(clock)).await.err().unwrap();
     assert!(error.to_string().contains("same epoch"), "{error}");
 }
+
+#[tokio::test]
+async fn issuing_stops_before_an_unconfirmed_lease_could_expire_and_resumes_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::test_store::flaky(&dir).await;
+    let shared: SharedStore = store.clone();
+    let clock = OffsetClock::new();
+    let mut options = options(4);
+    options.watermark_ahead_ms = 60_000; // the mark is not what stops it here
+    let node = SnowflakeService::start(shared, options, Arc::new(clock)).await.unwrap();
+    let mut seen = HashSet::new();
+    insert_all(&mut seen, node.next_ids(100).await.unwrap());
+    store.down.store(true, std::sync::atomic::Ordering::Release);
+    // The lease TTL is 2 s: issuing stops within 1.5 s of the last confirmed keep-alive.
+    let mut refused = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match node.next_ids(100).await {
+            Ok(ids) => insert_all(&mut seen, ids),
+            Err(error) => {
+                refused = Some(error);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("issuing stopped while the store was down");
+    assert!(refused.to_string().contains("lease has not been confirmed"), "{refused}");
+    assert!(node.stats().refused_lease_unconfirmed >= 1);
+    store.down.store(false, std::sync::atomic::Ordering::Release);
+    // The keeper finds the lease expired (or confirms it) and issuing resumes.
+    let mut resumed = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(ids) = node.next_ids(100).await {
+            insert_all(&mut seen, ids);
+            resumed = true;
+            break;
+        }
+    }
+    assert!(resumed, "issuing resumed once the store came back");
+}
