@@ -8,10 +8,13 @@
 //!   start-up time and idle RSS;
 //! - `sb-bench ids`: Snowflake and segment IDs in-process against their ceilings, the HTTP
 //!   batch endpoint in IDs/s, single-ID HTTP against the bare-hyper ceiling;
+//! - `sb-bench coord`: lock acquire + release against a single commit, and the contended
+//!   handoff against a watch notification, on the embedded store and etcd;
 //! - `sb-bench ceiling`: the bare-hyper server itself.
 #![forbid(unsafe_code)]
 
 mod ceiling;
+mod coord_bench;
 mod http_bench;
 mod ids_bench;
 mod report;
@@ -37,6 +40,9 @@ enum Command {
     /// Unique IDs: Snowflake and segments in-process against their ceilings; the HTTP
     /// batch endpoint in IDs/s; single-ID HTTP vs. the bare-hyper ceiling.
     Ids(ids_bench::IdsArgs),
+    /// Locks: uncontended acquire + release vs. a single commit; contended handoff vs. a
+    /// watch notification; on the embedded store and etcd.
+    Coord(coord_bench::CoordArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +53,6 @@ fn main() -> anyhow::Result<()> {
         Command::Http(args) => runtime.block_on(http_bench::run(args)),
         Command::Ceiling(args) => runtime.block_on(ceiling::run(args)),
         Command::Ids(args) => runtime.block_on(ids_bench::run(args)),
+        Command::Coord(args) => runtime.block_on(coord_bench::run(args)),
     }
 }

@@ -145,6 +145,7 @@ pub(crate) async fn acquire(
     };
     let mut seen = response.revision;
     let mut waited = false;
+    let mut renewed_at = start;
     loop {
         let predecessor = members
             .iter()
@@ -160,29 +161,30 @@ pub(crate) async fn acquire(
             WaitEnd::Changed => {}
             WaitEnd::TimedOut => return Err(give_up(ctx, name, &mut guard, start).await),
         }
-        let range = ctx.store.range(RangeRequest::prefix(name.prefix()).keys_only()).await?;
-        seen = range.revision;
-        members = range.kvs;
-        if !members.iter().any(|kv| kv.key == key) {
-            return Err(CoordError::LeaseLost { kind: name.kind, name: name.name.clone() });
-        }
-    }
-    let mut renewed_at = start;
-    if waited {
-        // The lease re-check: renew, then confirm the key is still ours. A lease that
-        // expired during the wait took the key with it; claiming now would be unsafe.
+        // The lease re-check after the wait, in one round trip: renew the lease while a
+        // transaction confirms the key is still ours (same create revision: the lease did
+        // not expire and take it) and reads the queue. Claiming without it would be unsafe.
         renewed_at = Instant::now();
-        match ctx.store.lease_keep_alive(lease).await {
+        let check = Txn::new()
+            .when([Compare::new(key.clone(), CompareOp::Equal, CompareTarget::CreateRevision(mine))])
+            .and_then([TxnOp::Range(RangeRequest::prefix(name.prefix()).keys_only())]);
+        let (checked, renewed) = tokio::join!(ctx.store.txn(check), ctx.store.lease_keep_alive(lease));
+        match renewed {
             Ok(_) => {}
             Err(StoreError::LeaseNotFound(_)) => {
                 return Err(CoordError::LeaseLost { kind: name.kind, name: name.name.clone() })
             }
             Err(error) => return Err(error.into()),
         }
-        let current = ctx.store.get(&key).await?;
-        if !current.is_some_and(|kv| kv.create_revision == mine && kv.lease == Some(lease)) {
+        let checked = checked?;
+        if !checked.succeeded {
             return Err(CoordError::LeaseLost { kind: name.kind, name: name.name.clone() });
         }
+        seen = checked.revision;
+        members = match checked.responses.first() {
+            Some(OpResponse::Range(range)) => range.kvs.clone(),
+            other => return Err(corrupt(format!("the queue read answered {other:?}"))),
+        };
     }
     guard.lease = None;
     debug_assert!(renewed_at >= start);
