@@ -24,7 +24,7 @@ mod test_store;
 pub use clock::{OffsetClock, SystemClock, WallClock};
 pub use error::{IdError, IdResult};
 pub use names::{check_count, check_name, DEFAULT_NAMESPACE, MAX_COUNT, MAX_NAME_LEN};
-pub use segment::{SegmentOptions, SegmentService, TagStatus};
+pub use segment::{SegmentOptions, SegmentService, SegmentStats, TagStatus};
 pub use snowflake::{DecodedId, Layout, SnowflakeOptions, SnowflakeService, SnowflakeStats};
 
 /// Where every key of this crate lives, below the root prefix.

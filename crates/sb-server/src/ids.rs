@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use sb_api::ApiMetrics;
 use sb_ids::snowflake::Layout;
-use sb_ids::{SegmentOptions, SnowflakeOptions, SnowflakeService, WallClock};
+use sb_ids::{SegmentOptions, SegmentService, SnowflakeOptions, SnowflakeService, WallClock};
 
 use crate::config::IdArgs;
 
@@ -66,8 +66,12 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
-/// Snowflake counters, read from the service at each scrape.
-pub fn register_metrics(metrics: &mut ApiMetrics, snowflake: Weak<SnowflakeService>) {
+/// Snowflake and segment counters, read from the services at each scrape.
+pub fn register_metrics(
+    metrics: &mut ApiMetrics,
+    snowflake: Weak<SnowflakeService>,
+    segments: Weak<SegmentService>,
+) {
     let registry = metrics.registry_mut();
     let issued = Counter::<u64>::default();
     registry.register(
@@ -105,7 +109,39 @@ pub fn register_metrics(metrics: &mut ApiMetrics, snowflake: Weak<SnowflakeServi
         "The worker id this node holds (-1: none)",
         worker.clone(),
     );
+    let segment_issued = Counter::<u64>::default();
+    registry.register(
+        "switchboard_ids_segment_issued",
+        "Segment IDs issued by this node",
+        segment_issued.clone(),
+    );
+    let allocations = Counter::<u64>::default();
+    registry.register(
+        "switchboard_ids_segment_allocations",
+        "Segments allocated by this node (compare-and-swap transactions that won)",
+        allocations.clone(),
+    );
+    let conflicts = Counter::<u64>::default();
+    registry.register(
+        "switchboard_ids_segment_allocation_conflicts",
+        "Segment allocations that lost to another node and were retried",
+        conflicts.clone(),
+    );
+    let tags = Gauge::<i64>::default();
+    registry.register(
+        "switchboard_ids_segment_buffered_tags",
+        "Segment tags this node buffers",
+        tags.clone(),
+    );
     metrics.add_scrape_hook(Box::new(move || {
+        if let Some(segments) = segments.upgrade() {
+            let now = segments.stats();
+            let follow = |counter: &Counter, value: u64| counter.inc_by(value.saturating_sub(counter.get()));
+            follow(&segment_issued, now.issued);
+            follow(&allocations, now.allocations);
+            follow(&conflicts, now.allocation_conflicts);
+            tags.set(now.buffered_tags as i64);
+        }
         let Some(snowflake) = snowflake.upgrade() else { return };
         let now = snowflake.stats();
         let follow = |counter: &Counter, value: u64| counter.inc_by(value.saturating_sub(counter.get()));

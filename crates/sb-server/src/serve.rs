@@ -89,7 +89,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     let segments = SegmentService::new(store.clone(), ids::segment_options(&args.ids));
     let mut metrics = ApiMetrics::new();
     node_metrics::register(&mut metrics, Arc::downgrade(&membership), open.embedded.clone());
-    ids::register_metrics(&mut metrics, Arc::downgrade(&snowflake));
+    ids::register_metrics(&mut metrics, Arc::downgrade(&snowflake), Arc::downgrade(&segments));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let api = Arc::new(Api {
         config: ApiConfig {

@@ -3,6 +3,8 @@
 //! await happens under it.
 
 use parking_lot::Mutex;
+#[cfg(test)]
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -163,5 +165,31 @@ impl TagBuffer {
             rate_per_sec: state.rate_per_sec,
             seconds_left: (state.rate_per_sec > 0.0).then(|| remaining as f64 / state.rate_per_sec),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_status_says_how_long_the_buffers_last_at_the_measured_rate() {
+        let buffer = TagBuffer::new("public", "t", (Segment::new(1, 10_001), 10_000));
+        let mut out = Vec::new();
+        let take = buffer.take(&mut out, 500, 1_000_000, 60_000);
+        assert!(take.done && !take.prefetch, "under 10% used");
+        assert_eq!(buffer.status().seconds_left, None, "no rate measured yet");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let take = buffer.take(&mut out, 1_000, 1_000_000, 60_000);
+        assert!(take.done && take.prefetch, "10% used: fetch the next segment");
+        buffer.refill(Ok((Segment::new(20_001, 30_001), 10_000)));
+        let status = buffer.status();
+        assert!((status.rate_per_sec - 1_000.0).abs() < 1.0, "{status:?}");
+        assert_eq!(status.remaining, 9_000 + 10_000);
+        assert!((status.seconds_left.unwrap() - 19.0).abs() < 0.1, "{status:?}");
+        // The next take runs into the second segment, strictly increasing.
+        let mut more = Vec::new();
+        assert!(buffer.take(&mut more, 10_000, 1_000_000, 60_000).done);
+        assert_eq!((more[8_999], more[9_000]), (10_000, 20_001));
     }
 }

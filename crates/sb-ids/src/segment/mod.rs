@@ -12,6 +12,7 @@
 mod buffer;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -108,6 +109,20 @@ pub struct SegmentService {
     store: SharedStore,
     options: SegmentOptions,
     buffers: RwLock<HashMap<(String, String), Arc<TagBuffer>>>,
+    allocations: AtomicU64,
+    allocation_conflicts: AtomicU64,
+    issued: AtomicU64,
+}
+
+/// Counters for metrics, read at each scrape.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SegmentStats {
+    pub issued: u64,
+    /// Segments allocated by this node.
+    pub allocations: u64,
+    /// Allocations that lost a compare-and-swap to another node and were retried.
+    pub allocation_conflicts: u64,
+    pub buffered_tags: u64,
 }
 
 fn tag_key(namespace: &str, tag: &str) -> Vec<u8> {
@@ -126,7 +141,23 @@ impl SegmentService {
     pub fn new(store: SharedStore, mut options: SegmentOptions) -> Arc<Self> {
         options.default_step = options.default_step.clamp(1, MAX_TAG_STEP);
         options.max_step = options.max_step.max(options.default_step);
-        Arc::new(SegmentService { store, options, buffers: RwLock::new(HashMap::new()) })
+        Arc::new(SegmentService {
+            store,
+            options,
+            buffers: RwLock::new(HashMap::new()),
+            allocations: AtomicU64::new(0),
+            allocation_conflicts: AtomicU64::new(0),
+            issued: AtomicU64::new(0),
+        })
+    }
+
+    pub fn stats(&self) -> SegmentStats {
+        SegmentStats {
+            issued: self.issued.load(Ordering::Relaxed),
+            allocations: self.allocations.load(Ordering::Relaxed),
+            allocation_conflicts: self.allocation_conflicts.load(Ordering::Relaxed),
+            buffered_tags: self.buffers.read().len() as u64,
+        }
     }
 
     /// The step of a tag created without one.
@@ -166,6 +197,7 @@ impl SegmentService {
                     if prefetch {
                         self.spawn_fetch(&buffer);
                     }
+                    self.issued.fetch_add(count as u64, Ordering::Relaxed);
                     return Ok(());
                 }
                 Take { failed: Some(error), .. } => return Err(error),
@@ -245,8 +277,10 @@ impl SegmentService {
                 .when([Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision)])
                 .and_then([TxnOp::put(key.clone(), encode(&record).map_err(corrupt)?)]);
             if bounded("the segment allocation", self.store.txn(txn)).await?.succeeded {
+                self.allocations.fetch_add(1, Ordering::Relaxed);
                 return Ok((Segment::new(start, end), record.step));
             }
+            self.allocation_conflicts.fetch_add(1, Ordering::Relaxed);
             // Another node allocated meanwhile: retry after a short, spread-out pause.
             let pause = rand::rng().random_range(0..=(attempt as u64 + 1).min(10));
             tokio::time::sleep(Duration::from_millis(pause)).await;
