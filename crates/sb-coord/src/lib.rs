@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod lease_pool;
 mod names;
 mod owner;
 mod queue;

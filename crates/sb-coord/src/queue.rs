@@ -83,6 +83,7 @@ pub struct Released {
 pub(crate) struct Ctx {
     pub store: SharedStore,
     pub cleanup: mpsc::Sender<LeaseId>,
+    pub leases: std::sync::Arc<crate::lease_pool::LeasePool>,
 }
 
 /// Revokes a waiter's lease (and with it its key) unless disarmed: dropping the acquire
@@ -122,30 +123,9 @@ pub(crate) async fn acquire(
 ) -> CoordResult<Grant> {
     let start = Instant::now();
     let deadline = start + wait;
-    let granted = ctx.store.lease_grant(ttl_secs).await?;
-    let lease = granted.id;
-    let mut guard = WaiterGuard { cleanup: ctx.cleanup.clone(), lease: Some(lease) };
-    let owner = owner::generate(lease);
-    let key = name.member_key(lease);
-    let record = MemberRecord { subject: subject.to_owned(), owner_sha256: owner::digest(&owner), value };
-    let bytes = encode(&record).map_err(|e| corrupt(e.to_string()))?;
-    // Enqueue and read the queue at the same revision.
-    let txn = Txn::new().when([Compare::absent(key.clone())]).and_then([
-        TxnOp::put_with_lease(key.clone(), bytes, lease),
-        TxnOp::Range(RangeRequest::prefix(name.prefix()).keys_only()),
-    ]);
-    let response = ctx.store.txn(txn).await?;
-    if !response.succeeded {
-        return Err(corrupt(format!("the key of fresh lease {lease} already exists")));
-    }
-    let mine = response.revision;
-    let mut members = match response.responses.get(1) {
-        Some(OpResponse::Range(range)) => range.kvs.clone(),
-        other => return Err(corrupt(format!("the enqueue's range answered {other:?}"))),
-    };
-    let mut seen = response.revision;
+    let Enqueued { lease, ttl_secs, owner, key, mine, mut members, mut seen, mut renewed_at, mut guard } =
+        enqueue(ctx, name, subject, ttl_secs, value).await?;
     let mut waited = false;
-    let mut renewed_at = start;
     loop {
         let predecessor = members
             .iter()
@@ -157,7 +137,7 @@ pub(crate) async fn acquire(
         }
         waited = true;
         let predecessor = predecessor.key.clone();
-        match wait_for_delete(ctx, name, &predecessor, seen + 1, deadline, lease, granted.ttl_secs).await? {
+        match wait_for_delete(ctx, name, &predecessor, seen + 1, deadline, lease, ttl_secs).await? {
             WaitEnd::Changed => {}
             WaitEnd::TimedOut => return Err(give_up(ctx, name, &mut guard, start).await),
         }
@@ -188,15 +168,93 @@ pub(crate) async fn acquire(
     }
     guard.lease = None;
     debug_assert!(renewed_at >= start);
-    Ok(Grant {
-        name: name.clone(),
-        fencing_token: mine,
-        owner,
-        lease,
-        ttl_secs: granted.ttl_secs,
-        renewed_at,
-        waited,
-    })
+    Ok(Grant { name: name.clone(), fencing_token: mine, owner, lease, ttl_secs, renewed_at, waited })
+}
+
+/// A contender's key, written, and the queue as the same transaction read it.
+struct Enqueued {
+    lease: LeaseId,
+    ttl_secs: i64,
+    owner: String,
+    key: Vec<u8>,
+    /// The key's create revision.
+    mine: Revision,
+    members: Vec<KeyValue>,
+    seen: Revision,
+    renewed_at: Instant,
+    guard: WaiterGuard,
+}
+
+/// Puts the contender's key on a lease of its own (a pooled one when ready, renewed
+/// alongside the put), in one transaction with a read of the queue.
+async fn enqueue(
+    ctx: &Ctx,
+    name: &QueueName,
+    subject: &str,
+    ttl_secs: i64,
+    value: String,
+) -> CoordResult<Enqueued> {
+    let mut use_pool = true;
+    loop {
+        let renewed_at = Instant::now();
+        let pooled = if use_pool { ctx.leases.take(ttl_secs) } else { None };
+        let (lease, granted_ttl) = match pooled {
+            Some(pooled) => (pooled.id, pooled.ttl_secs),
+            None => {
+                let granted = ctx.store.lease_grant(ttl_secs).await?;
+                (granted.id, granted.ttl_secs)
+            }
+        };
+        let guard = WaiterGuard { cleanup: ctx.cleanup.clone(), lease: Some(lease) };
+        let owner = owner::generate(lease);
+        let key = name.member_key(lease);
+        let record = MemberRecord {
+            subject: subject.to_owned(),
+            owner_sha256: owner::digest(&owner),
+            value: value.clone(),
+        };
+        let bytes = encode(&record).map_err(|e| corrupt(e.to_string()))?;
+        let txn = Txn::new().when([Compare::absent(key.clone())]).and_then([
+            TxnOp::put_with_lease(key.clone(), bytes, lease),
+            TxnOp::Range(RangeRequest::prefix(name.prefix()).keys_only()),
+        ]);
+        let (response, renewed) = if pooled.is_some() {
+            let (response, renewed) = tokio::join!(ctx.store.txn(txn), ctx.store.lease_keep_alive(lease));
+            (response, renewed.map(|_| ()))
+        } else {
+            (ctx.store.txn(txn).await, Ok(()))
+        };
+        match (response, renewed) {
+            // A pooled lease that expired after all: take a fresh one (the guard cleans up).
+            (Err(StoreError::LeaseNotFound(_)), _) | (_, Err(StoreError::LeaseNotFound(_)))
+                if pooled.is_some() =>
+            {
+                use_pool = false;
+                continue;
+            }
+            (Err(error), _) | (_, Err(error)) => return Err(error.into()),
+            (Ok(response), Ok(())) => {
+                if !response.succeeded {
+                    return Err(corrupt(format!("the key of fresh lease {lease} already exists")));
+                }
+                let members = match response.responses.get(1) {
+                    Some(OpResponse::Range(range)) => range.kvs.clone(),
+                    other => return Err(corrupt(format!("the enqueue's range answered {other:?}"))),
+                };
+                return Ok(Enqueued {
+                    lease,
+                    ttl_secs: granted_ttl,
+                    owner,
+                    key,
+                    mine: response.revision,
+                    members,
+                    seen: response.revision,
+                    renewed_at,
+                    guard,
+                });
+            }
+        }
+    }
 }
 
 /// Removes the waiter now (so the queue no longer shows it) and reports the timeout.

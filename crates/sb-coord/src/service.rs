@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::error::{CoordError, CoordResult};
+use crate::lease_pool::LeasePool;
 use crate::names::{QueueKind, QueueName};
 use crate::queue::{self, Ctx, Grant, Holder, QueueStatus, Released};
 
@@ -80,7 +81,8 @@ impl Coord {
                 }
             }
         });
-        Arc::new(Coord { ctx: Ctx { store, cleanup } })
+        let leases = LeasePool::new(store.clone());
+        Arc::new(Coord { ctx: Ctx { store, cleanup, leases } })
     }
 
     /// Acquires a lock or campaigns in an election: queues, waits at most `wait_ms`, and
