@@ -71,7 +71,10 @@ async fn only_the_owner_token_of_the_caller_releases() {
     let (_dir, _store, coord) = open().await;
     let name = lock("owner");
     let grant = coord.acquire(&name, "alice", 30, 0, String::new()).await.unwrap();
-    let forged = format!("{}0", &grant.owner[..grant.owner.len() - 1]);
+    // The same lease part, a different secret (the last hex digit changed).
+    let last = if grant.owner.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &grant.owner[..grant.owner.len() - 1]);
+    assert_ne!(forged, grant.owner);
     for (subject, owner) in [("alice", "nonsense"), ("alice", forged.as_str()), ("bob", grant.owner.as_str())]
     {
         let error = coord.release(&name, subject, owner).await.unwrap_err();
