@@ -21,8 +21,11 @@ mod locks;
 pub mod metrics;
 pub mod middleware;
 pub mod nacos;
+pub mod nacos_naming;
+pub mod nacos_push;
 mod openapi;
 mod ops;
+mod registry;
 pub mod routes;
 mod watch;
 
@@ -85,6 +88,10 @@ pub struct Api {
     pub system_leases: Arc<SystemLeases>,
     /// Locks and elections (always the store, never a view).
     pub coord: Arc<sb_coord::Coord>,
+    /// The service registry (native and Nacos naming APIs).
+    pub registry: Arc<sb_registry::Registry>,
+    /// Nacos 1.x UDP pushes to subscribers.
+    pub naming_push: Arc<nacos_push::NamingPush>,
     pub metrics: ApiMetrics,
     /// Snowflake and segment IDs.
     pub ids: IdServices,

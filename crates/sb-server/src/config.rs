@@ -44,6 +44,18 @@ pub struct ServeArgs {
     /// The longest KV key accepted, in bytes.
     #[arg(long, env = "SWITCHBOARD_MAX_KEY_BYTES", default_value_t = 1024)]
     pub max_key_bytes: usize,
+    /// Registry: an ephemeral instance with no beat for this long is marked unhealthy
+    /// (an instance's `preserved.heart.beat.timeout` metadata overrides it).
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub heartbeat_timeout_ms: u64,
+    /// Registry: an ephemeral instance with no beat for this long is deleted
+    /// (`preserved.ip.delete.timeout` overrides it).
+    #[arg(long, env = "SWITCHBOARD_IP_DELETE_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub ip_delete_timeout_ms: u64,
+    /// Registry: the TTL of this node's session lease, which its ephemeral instances hang
+    /// on; after a crash they disappear this long after the last keep-alive.
+    #[arg(long, env = "SWITCHBOARD_SESSION_TTL_SECS", default_value_t = 20, value_parser = clap::value_parser!(i64).range(2..=3600))]
+    pub session_ttl_secs: i64,
     /// On SIGTERM, how long in-flight requests may take before they are cut.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,

@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sb_api::auth::TOKENS_PREFIX;
 use sb_api::{Api, ApiConfig, ApiMetrics, IdServices, LogLevelControl, SystemLeases, KV_PREFIX};
 use sb_ids::{SegmentService, SnowflakeService};
+use sb_registry::{Registry, RegistryOptions};
+use sb_store::LeaseId;
 use sb_store::{put_request_bytes, KeyRange, Membership, NodeId, NodeRecord, View};
 use sb_store_etcd::{EtcdCompactor, EtcdCompactorOptions};
 use tokio::net::TcpListener;
@@ -22,6 +24,9 @@ use crate::config::ServeArgs;
 use crate::error::{ServerError, ServerResult};
 use crate::ids;
 use crate::node_metrics;
+
+/// Where a node records its registry session lease, to re-adopt it after a restart.
+const SESSION_LEASE_FILE: &str = "session-lease";
 
 /// How long start-up waits for the membership view to show this node.
 const MEMBERSHIP_SETTLE: Duration = Duration::from_secs(2);
@@ -72,10 +77,13 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     let tokens = View::start(store.clone(), KeyRange::prefix(TOKENS_PREFIX), "tokens")
         .await
         .map_err(ServerError::store("loading the token view"))?;
+    let registry = Arc::new(start_registry(&args, &store, node_id.as_str()).await?);
     let system_leases = Arc::new(SystemLeases::new());
     {
         let membership = Arc::downgrade(&membership);
         system_leases.register(move || membership.upgrade().map(|m| m.lease()));
+        let registry = Arc::downgrade(&registry);
+        system_leases.register(move || registry.upgrade().map(|r| r.session_lease()));
     }
     let snowflake = Arc::new(
         SnowflakeService::start(
@@ -91,6 +99,9 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     node_metrics::register(&mut metrics, Arc::downgrade(&membership), open.embedded.clone());
     ids::register_metrics(&mut metrics, Arc::downgrade(&snowflake), Arc::downgrade(&segments));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let naming_push = sb_api::nacos_push::NamingPush::start(registry.clone(), stop_rx.clone())
+        .await
+        .map_err(ServerError::io("binding the Nacos UDP push socket"))?;
     let api = Arc::new(Api {
         config: ApiConfig {
             max_value_bytes: args.max_value_bytes,
@@ -103,6 +114,8 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         tokens,
         system_leases,
         coord: sb_coord::Coord::new(store.clone()),
+        registry: registry.clone(),
+        naming_push,
         metrics,
         ids: IdServices { snowflake: snowflake.clone(), segments },
         log_level: log_control,
@@ -155,6 +168,11 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     drop(api);
     // Give the Snowflake worker id back at once (its high-water mark stays).
     snowflake.stop().await;
+    // Keep the session lease (and record it): the next start re-adopts it, so a rolling
+    // restart drops no instance.
+    registry.stop();
+    write_session_lease(data_dir, registry.session_lease());
+    drop(registry);
     // Revoke the membership lease (other nodes see this one leave at once).
     match Arc::try_unwrap(membership) {
         Ok(membership) => membership.leave().await.map_err(ServerError::store("leaving the membership"))?,
@@ -172,6 +190,39 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     }
     println!("switchboard: node {node_id} left the membership and stopped");
     Ok(())
+}
+
+async fn start_registry(
+    args: &ServeArgs,
+    store: &sb_store::SharedStore,
+    node_id: &str,
+) -> ServerResult<Registry> {
+    let data_dir = &args.store.data_dir;
+    let mut options = RegistryOptions::new(
+        node_id,
+        Duration::from_millis(args.heartbeat_timeout_ms),
+        Duration::from_millis(args.ip_delete_timeout_ms.max(args.heartbeat_timeout_ms)),
+    );
+    options.session_ttl_secs = args.session_ttl_secs;
+    options.previous_session_opt = std::fs::read_to_string(data_dir.join(SESSION_LEASE_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .map(LeaseId);
+    let registry = Registry::start(store.clone(), options).await.map_err(|error| match error {
+        sb_registry::RegistryError::Store(cause) => {
+            ServerError::Store { context: "starting the registry".into(), cause }
+        }
+        other => ServerError::Config(format!("starting the registry: {other}")),
+    })?;
+    write_session_lease(data_dir, registry.session_lease());
+    Ok(registry)
+}
+
+fn write_session_lease(data_dir: &std::path::Path, lease: LeaseId) {
+    if let Err(error) = std::fs::write(data_dir.join(SESSION_LEASE_FILE), lease.0.to_string()) {
+        warn!(%error, "could not record the session lease; a restart will not re-adopt it");
+    }
 }
 
 /// The store refuses requests over its limit (etcd's 1.5 MiB): refuse value and key limits

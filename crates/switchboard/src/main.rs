@@ -1,5 +1,5 @@
 //! The `switchboard` binary: `serve` runs a node (through `sb-server`); `kv`, `lease`,
-//! `id`, `lock` and `elect` are HTTP clients of a running node; `backup` asks a running node (or, `--offline`,
+//! `id`, `lock`, `elect` and `svc` are HTTP clients of a running node; `backup` asks a running node (or, `--offline`,
 //! reads a store), and `restore` writes into an empty store.
 #![forbid(unsafe_code)]
 
@@ -11,6 +11,7 @@ mod lease;
 mod lock;
 mod snapshot;
 mod sse;
+mod svc;
 mod table;
 
 use std::process::ExitCode;
@@ -43,6 +44,8 @@ enum Command {
     Lock(lock::LockArgs),
     /// Campaign in a leader election (or observe one with --listen).
     Elect(elect::ElectArgs),
+    /// Register, list, watch and drain service instances on a running node.
+    Svc(svc::SvcArgs),
     /// Write a consistent snapshot of every key (at one revision) to a file, from a
     /// running node (or, with --offline, from a stopped embedded store or an etcd).
     Backup(snapshot::BackupArgs),
@@ -105,6 +108,7 @@ fn run() -> anyhow::Result<()> {
             Command::Id(args) => id::run(args).await,
             Command::Lock(args) => lock::run(args).await,
             Command::Elect(args) => elect::run(args).await,
+            Command::Svc(args) => svc::run(args).await,
             Command::Backup(args) => snapshot::backup(args).await,
             Command::Restore(args) => snapshot::restore(args).await,
         }

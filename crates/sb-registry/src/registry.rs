@@ -1,0 +1,432 @@
+//! The registry service: every write and query of services and instances, used by the
+//! native API and the Nacos compat layer alike.
+//!
+//! Writes are store transactions that answer once this node's view has applied them
+//! (read-your-writes); queries read the view. Ephemeral instances hang on this node's
+//! session lease; their beats go to the [`HeartbeatTable`], and the liveness task
+//! (`liveness.rs`) writes only health changes and deletions.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sb_store::codec::encode;
+use sb_store::{
+    Compare, CompareOp, KeyRange, LeaseId, Revision, SharedStore, StoreError, Txn, TxnOp, TxnResponse, View,
+};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::info;
+
+use crate::error::{RegistryError, RegistryResult};
+use crate::heartbeat::HeartbeatTable;
+use crate::model::{
+    check_metadata, check_threshold, check_weight, BeatTimeouts, InstanceRecord, InstanceSpec, Metadata,
+    ServiceRecord,
+};
+use crate::names::{InstanceAddr, ServiceId, REGISTRY_PREFIX};
+use crate::query::{select, InstanceQuery, Selection};
+use crate::state::{InstanceEntry, RegistryState};
+
+pub type RegistryView = View<RegistryState>;
+
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    /// This node's id, recorded as the owner of what it registers.
+    pub node_id: String,
+    /// The defaults; instances override them with `preserved.*` metadata.
+    pub timeouts: BeatTimeouts,
+    /// The session lease's TTL: how long a stopped node's instances outlive it.
+    pub session_ttl_secs: i64,
+    /// A session lease a previous run of this node held: adopted if it is still alive.
+    pub previous_session_opt: Option<LeaseId>,
+    pub read_your_writes_timeout: Duration,
+    /// How often beats are checked against the timeouts.
+    pub check_interval: Duration,
+}
+
+impl RegistryOptions {
+    pub fn new(node_id: impl Into<String>, unhealthy_after: Duration, delete_after: Duration) -> Self {
+        RegistryOptions {
+            node_id: node_id.into(),
+            timeouts: BeatTimeouts { interval: Duration::from_secs(5), unhealthy_after, delete_after },
+            session_ttl_secs: 30,
+            previous_session_opt: None,
+            read_your_writes_timeout: Duration::from_secs(5),
+            check_interval: (unhealthy_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)),
+        }
+    }
+}
+
+/// A change to an instance's settings; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct InstancePatch {
+    pub weight: Option<f64>,
+    pub enabled: Option<bool>,
+    pub metadata: Option<Metadata>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: SharedStore,
+    pub(crate) view: RegistryView,
+    pub(crate) options: RegistryOptions,
+    pub(crate) session: AtomicI64,
+    pub(crate) beats: HeartbeatTable,
+}
+
+impl Shared {
+    pub(crate) fn session(&self) -> LeaseId {
+        LeaseId(self.session.load(Ordering::Acquire))
+    }
+}
+
+pub struct Registry {
+    shared: Arc<Shared>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Registry {
+    /// Loads the view, takes (or re-adopts) the session lease and starts the liveness
+    /// tasks. Instances already on the session lease are tracked as if they had just beaten.
+    pub async fn start(store: SharedStore, options: RegistryOptions) -> RegistryResult<Registry> {
+        let view = View::start(store.clone(), KeyRange::prefix(REGISTRY_PREFIX), "registry").await?;
+        let session = crate::liveness::open_session(&store, &options).await?;
+        let shared = Arc::new(Shared {
+            store,
+            view,
+            options,
+            session: AtomicI64::new(session.0),
+            beats: HeartbeatTable::default(),
+        });
+        let tasks = vec![
+            tokio::spawn(crate::liveness::keep_session(shared.clone())),
+            tokio::spawn(crate::liveness::check_beats(shared.clone())),
+        ];
+        Ok(Registry { shared, tasks: Mutex::new(tasks) })
+    }
+
+    /// Stops the background tasks. The session lease is *not* revoked: a restarted node
+    /// re-adopts it, so a rolling restart drops no instance.
+    pub fn stop(&self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+
+    pub fn view(&self) -> &RegistryView {
+        &self.shared.view
+    }
+
+    pub fn snapshot(&self) -> Arc<RegistryState> {
+        self.shared.view.snapshot()
+    }
+
+    /// The lease this node's ephemeral instances hang on (a system lease).
+    pub fn session_lease(&self) -> LeaseId {
+        self.shared.session()
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.shared.options.node_id
+    }
+
+    pub fn timeouts(&self) -> BeatTimeouts {
+        self.shared.options.timeouts
+    }
+
+    /// How many instances this node tracks beats for.
+    pub fn tracked_beats(&self) -> usize {
+        self.shared.beats.len()
+    }
+
+    async fn commit(&self, txn: Txn) -> RegistryResult<TxnResponse> {
+        let response = self.shared.store.txn(txn).await?;
+        self.shared.view.wait_for(response.revision, self.shared.options.read_your_writes_timeout).await?;
+        Ok(response)
+    }
+
+    /// Registers (or re-registers) an instance; the service is created implicitly, in the
+    /// same transaction.
+    pub async fn register(&self, spec: InstanceSpec) -> RegistryResult<Revision> {
+        spec.check()?;
+        let record = InstanceRecord {
+            weight: spec.weight,
+            enabled: spec.enabled,
+            healthy: spec.healthy,
+            ephemeral: spec.ephemeral,
+            metadata: spec.metadata,
+            owner: self.shared.options.node_id.clone(),
+        };
+        let key = spec.service.instance_key(&spec.addr);
+        let lease = spec.ephemeral.then(|| self.shared.session());
+        let put = TxnOp::Put { key: key.clone(), value: encode_value(&record)?, lease };
+        let service_key = spec.service.service_key();
+        let txn = Txn::new()
+            .when([Compare::absent(service_key.clone())])
+            .and_then([TxnOp::put(service_key, encode_value(&ServiceRecord::default())?), put.clone()])
+            .or_else([put]);
+        let revision = self.commit(txn).await?.revision;
+        if spec.ephemeral {
+            if let Some(entry) = self.snapshot().instance(&spec.service, &spec.addr) {
+                self.shared.beats.beat(&key, &spec.service, entry, Instant::now());
+            }
+        }
+        info!(service = %spec.service, instance = %spec.addr.socket(), revision, "instance registered");
+        Ok(revision)
+    }
+
+    fn existing(&self, id: &ServiceId, addr: &InstanceAddr) -> RegistryResult<Arc<InstanceEntry>> {
+        self.snapshot().instance(id, addr).cloned().ok_or_else(|| {
+            RegistryError::NotFound(format!(
+                "instance {} of service {id} is not registered",
+                instance_name(addr)
+            ))
+        })
+    }
+
+    /// Rewrites an instance if it has not changed since `entry` (same lease, same value
+    /// otherwise); a concurrent change is a conflict.
+    async fn rewrite(
+        &self,
+        id: &ServiceId,
+        entry: &InstanceEntry,
+        record: &InstanceRecord,
+    ) -> RegistryResult<Revision> {
+        let key = id.instance_key(&entry.addr);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, entry.mod_revision)])
+            .and_then([TxnOp::Put { key, value: encode_value(record)?, lease: entry.lease }]);
+        let response = self.commit(txn).await?;
+        if !response.succeeded {
+            return Err(RegistryError::Conflict(format!(
+                "instance {} of service {id} changed while it was updated; try again",
+                instance_name(&entry.addr)
+            )));
+        }
+        Ok(response.revision)
+    }
+
+    pub async fn update_instance(
+        &self,
+        id: &ServiceId,
+        addr: &InstanceAddr,
+        patch: InstancePatch,
+    ) -> RegistryResult<Revision> {
+        let entry = self.existing(id, addr)?;
+        let mut record = entry.record.clone();
+        if let Some(weight) = patch.weight {
+            check_weight(weight)?;
+            record.weight = weight;
+        }
+        if let Some(enabled) = patch.enabled {
+            record.enabled = enabled;
+        }
+        if let Some(metadata) = patch.metadata {
+            check_metadata(&metadata)?;
+            record.metadata = metadata;
+        }
+        self.rewrite(id, &entry, &record).await
+    }
+
+    /// Deletes an instance; `None` when it was not registered.
+    pub async fn deregister(&self, id: &ServiceId, addr: &InstanceAddr) -> RegistryResult<Option<Revision>> {
+        let key = id.instance_key(addr);
+        let response = self.commit(Txn::new().and_then([TxnOp::delete(key.clone())])).await?;
+        self.shared.beats.remove(&key);
+        let deleted = matches!(response.responses.first(), Some(sb_store::OpResponse::Delete { deleted }) if *deleted > 0);
+        if deleted {
+            info!(service = %id, instance = %addr.socket(), "instance deregistered");
+        }
+        Ok(deleted.then_some(response.revision))
+    }
+
+    /// A beat. A known ephemeral instance is marked in the heartbeat table (no store
+    /// write), and written only if its health changes or this node adopts it. An unknown
+    /// instance is registered from `full_opt` (Nacos's full beat), or refused with
+    /// [`RegistryError::UnknownInstance`] so the client registers again.
+    pub async fn beat(
+        &self,
+        id: &ServiceId,
+        addr: &InstanceAddr,
+        full_opt: Option<InstanceSpec>,
+    ) -> RegistryResult<BeatTimeouts> {
+        let defaults = self.shared.options.timeouts;
+        let snapshot = self.snapshot();
+        let Some(entry) = snapshot.instance(id, addr) else {
+            let Some(spec) = full_opt else {
+                // Still beating while gone from the view (a lost session): remembered, so
+                // a regained session puts it back.
+                self.shared.beats.touch(&id.instance_key(addr), Instant::now());
+                return Err(RegistryError::UnknownInstance(format!(
+                    "{} of service {id}",
+                    instance_name(addr)
+                )));
+            };
+            let timeouts = defaults.for_metadata(&spec.metadata);
+            self.register(spec).await?;
+            return Ok(timeouts);
+        };
+        let timeouts = defaults.for_metadata(&entry.record.metadata);
+        if !entry.record.ephemeral {
+            return Ok(timeouts);
+        }
+        let key = id.instance_key(addr);
+        self.shared.beats.beat(&key, id, entry, Instant::now());
+        let session = self.shared.session();
+        if entry.lease != Some(session) || !entry.record.healthy {
+            // Adopt it onto this node's session, healthy again: one compare-and-put, so an
+            // instance another node took meanwhile is left alone.
+            let mut record = entry.record.clone();
+            record.healthy = true;
+            record.owner = self.shared.options.node_id.clone();
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, entry.mod_revision)])
+                .and_then([TxnOp::Put { key, value: encode_value(&record)?, lease: Some(session) }]);
+            self.commit(txn).await?;
+        }
+        Ok(timeouts)
+    }
+
+    /// Graceful deregistration: disables the instance now (clients stop picking it) and
+    /// deletes it after `delay`, unless it changed meanwhile.
+    pub async fn drain(
+        &self,
+        id: &ServiceId,
+        addr: &InstanceAddr,
+        delay: Duration,
+    ) -> RegistryResult<Revision> {
+        let entry = self.existing(id, addr)?;
+        let mut record = entry.record.clone();
+        record.enabled = false;
+        let revision = self.rewrite(id, &entry, &record).await?;
+        let store = self.shared.store.clone();
+        let key = id.instance_key(addr);
+        let service = id.clone();
+        let instance = addr.socket();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, revision)])
+                .and_then([TxnOp::delete(key)]);
+            match store.txn(txn).await {
+                Ok(r) if r.succeeded => info!(%service, %instance, "drained instance deleted"),
+                Ok(_) => info!(%service, %instance, "drained instance changed meanwhile; kept"),
+                Err(error) => {
+                    tracing::warn!(%service, %instance, %error, "deleting a drained instance failed")
+                }
+            }
+        });
+        Ok(revision)
+    }
+
+    /// Creates a service; it must not exist yet.
+    pub async fn create_service(&self, id: &ServiceId, record: ServiceRecord) -> RegistryResult<Revision> {
+        check_threshold(record.protect_threshold)?;
+        check_metadata(&record.metadata)?;
+        let key = id.service_key();
+        let txn = Txn::new()
+            .when([Compare::absent(key.clone())])
+            .and_then([TxnOp::put(key, encode_value(&record)?)]);
+        let response = self.commit(txn).await?;
+        if !response.succeeded {
+            return Err(RegistryError::Conflict(format!("service {id} already exists")));
+        }
+        Ok(response.revision)
+    }
+
+    /// Creates or replaces a service's settings.
+    pub async fn put_service(&self, id: &ServiceId, record: ServiceRecord) -> RegistryResult<Revision> {
+        check_threshold(record.protect_threshold)?;
+        check_metadata(&record.metadata)?;
+        let txn = Txn::new().and_then([TxnOp::put(id.service_key(), encode_value(&record)?)]);
+        Ok(self.commit(txn).await?.revision)
+    }
+
+    /// Changes an existing service's settings.
+    pub async fn update_service(
+        &self,
+        id: &ServiceId,
+        threshold_opt: Option<f64>,
+        metadata_opt: Option<Metadata>,
+    ) -> RegistryResult<Revision> {
+        let snapshot = self.snapshot();
+        let current = snapshot.service(id).and_then(|s| s.record.clone());
+        let Some(current) = current else {
+            return Err(RegistryError::NotFound(format!("service {id} does not exist")));
+        };
+        let mut record = current.record.clone();
+        if let Some(threshold) = threshold_opt {
+            record.protect_threshold = threshold;
+        }
+        if let Some(metadata) = metadata_opt {
+            record.metadata = metadata;
+        }
+        check_threshold(record.protect_threshold)?;
+        check_metadata(&record.metadata)?;
+        let key = id.service_key();
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, current.mod_revision)])
+            .and_then([TxnOp::put(key, encode_value(&record)?)]);
+        let response = self.commit(txn).await?;
+        if !response.succeeded {
+            return Err(RegistryError::Conflict(format!(
+                "service {id} changed while it was updated; try again"
+            )));
+        }
+        Ok(response.revision)
+    }
+
+    /// Deletes a service that has no instances.
+    pub async fn delete_service(&self, id: &ServiceId) -> RegistryResult<Revision> {
+        let snapshot = self.snapshot();
+        let Some(service) = snapshot.service(id) else {
+            return Err(RegistryError::NotFound(format!("service {id} does not exist")));
+        };
+        if !service.instances.is_empty() {
+            return Err(RegistryError::Conflict(format!(
+                "service {id} has {} instance(s); deregister them first",
+                service.instances.len()
+            )));
+        }
+        Ok(self.commit(Txn::new().and_then([TxnOp::delete(id.service_key())])).await?.revision)
+    }
+
+    /// A service's instances as a query selects them, from the view.
+    pub fn instances(&self, id: &ServiceId, query: &InstanceQuery) -> Selection {
+        select(self.snapshot().service(id), query)
+    }
+
+    /// Waits until the service's last-change revision differs from `since` (or the
+    /// timeout passes), and returns it: the long-poll behind subscriptions.
+    pub async fn wait_for_change(&self, id: &ServiceId, since: Revision, timeout: Duration) -> Revision {
+        let mut changes = self.shared.view.subscribe();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let current = self.snapshot().service(id).map_or(0, |s| s.changed_revision);
+            if current != since {
+                return current;
+            }
+            match tokio::time::timeout_at(deadline, changes.recv()).await {
+                Err(_) | Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return current,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+pub(crate) fn encode_value<T: sb_store::codec::StoredValue>(value: &T) -> RegistryResult<Vec<u8>> {
+    encode(value).map_err(|e| RegistryError::Store(StoreError::InvalidArgument(e.to_string())))
+}
+
+fn instance_name(addr: &InstanceAddr) -> String {
+    format!("{} (cluster {})", addr.socket(), addr.cluster)
+}
