@@ -183,7 +183,8 @@ impl SnowflakeService {
         Ok(out)
     }
 
-    /// Appends `count` IDs to `out` (the bench's allocation-free form of [`Self::next_ids`]).
+    /// Appends `count` increasing IDs to `out` (the bench's allocation-free form of
+    /// [`Self::next_ids`]); on an error, `out` is left as it was.
     pub async fn fill(&self, out: &mut Vec<u64>, count: usize) -> IdResult<()> {
         if count == 0 || count as u64 > MAX_COUNT {
             return Err(IdError::invalid(
@@ -191,8 +192,17 @@ impl SnowflakeService {
                 format!("count is {count}, must be from 1 to {MAX_COUNT}"),
             ));
         }
+        let start = out.len();
+        let result = self.fill_from(out, start, count).await;
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+
+    async fn fill_from(&self, out: &mut Vec<u64>, start: usize, count: usize) -> IdResult<()> {
         let inner = &self.inner;
-        let want = out.len() + count;
+        let want = start + count;
         for _ in 0..MAX_ATTEMPTS {
             let stop = match inner.generator.fill(out, want) {
                 Ok(()) => {
@@ -206,10 +216,19 @@ impl SnowflakeService {
                     inner.counters.clock_waits.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(by_ms)).await;
                 }
-                Stop::Behind { by_ms } => slow_path(inner.clock_stepped_back(by_ms)).await?,
                 Stop::LimitReached => slow_path(inner.renew(true)).await?,
-                Stop::NoWorker => slow_path(inner.ensure_worker()).await?,
+                // The worker may change: start the batch again, so it stays increasing
+                // (the IDs dropped are a gap, never a duplicate).
+                Stop::Behind { by_ms } => {
+                    out.truncate(start);
+                    slow_path(inner.clock_stepped_back(by_ms)).await?
+                }
+                Stop::NoWorker => {
+                    out.truncate(start);
+                    slow_path(inner.ensure_worker()).await?
+                }
                 Stop::LeaseUnconfirmed { .. } if inner.generator.held().is_none() => {
+                    out.truncate(start);
                     slow_path(inner.ensure_worker()).await?
                 }
                 Stop::LeaseUnconfirmed { since_confirmed_ms } => {

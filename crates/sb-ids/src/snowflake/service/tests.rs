@@ -207,3 +207,29 @@ async fn issuing_stops_before_an_unconfirmed_lease_could_expire_and_resumes_afte
     }
     assert!(resumed, "issuing resumed once the store came back");
 }
+
+#[tokio::test]
+async fn a_batch_that_meets_a_worker_switch_stays_increasing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let clock = OffsetClock::new();
+    let node = Arc::new(start(&store, 4, &clock).await);
+    let mut seen = HashSet::new();
+    let stepper = {
+        let clock = clock.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            clock.set_offset_ms(-10_000);
+        })
+    };
+    for _ in 0..200 {
+        let ids = node.next_ids(10_000).await.unwrap();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "a batch is increasing, even across a worker switch");
+        insert_all(&mut seen, ids);
+        if node.stats().worker_switches > 0 {
+            break;
+        }
+    }
+    stepper.await.unwrap();
+    assert_eq!(node.stats().worker_switches, 1);
+}
