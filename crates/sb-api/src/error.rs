@@ -159,6 +159,27 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<sb_config::ConfigError> for ApiError {
+    fn from(error: sb_config::ConfigError) -> Self {
+        use sb_config::ConfigError as E;
+        let message = error.to_string();
+        match error {
+            E::InvalidName { field, .. } => ApiError::invalid(field, message),
+            E::UnknownFormat(_) => ApiError::invalid("format", message),
+            E::InvalidContent(_) | E::SchemaViolation(_) => ApiError::invalid("content", message),
+            E::InvalidSchema(_) => ApiError::invalid("schema", message),
+            E::TooLarge { .. } => ApiError::new(ErrorKind::PayloadTooLarge, message).with_field("content"),
+            E::VersionMismatch { .. } => ApiError::new(ErrorKind::Conflict, message).with_field("If-Match"),
+            E::Contended(_) => ApiError::new(ErrorKind::Conflict, message),
+            E::NotFound(_) => ApiError::not_found(message),
+            E::VersionNotFound { .. } => ApiError::not_found(message).with_field("version"),
+            E::Corrupt(_) => ApiError::new(ErrorKind::Internal, message),
+            E::NotCaughtUp { .. } => ApiError::new(ErrorKind::Unavailable, message),
+            E::Store(error) => ApiError::from(error),
+        }
+    }
+}
+
 /// A size for a message: `1 MiB`, `1.9 MiB`, `512 KiB`, `100 bytes`.
 pub fn human_bytes(bytes: usize) -> String {
     const KIB: usize = 1024;

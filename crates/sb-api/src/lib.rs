@@ -11,6 +11,7 @@
 
 pub mod auth;
 mod backup;
+mod config;
 mod elections;
 pub mod error;
 mod extract;
@@ -21,6 +22,7 @@ mod locks;
 pub mod metrics;
 pub mod middleware;
 pub mod nacos;
+mod nacos_config;
 pub mod nacos_naming;
 pub mod nacos_push;
 mod openapi;
@@ -33,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use sb_config::ConfigService;
 use sb_store::view::RawMap;
 use sb_store::{SharedStore, View};
 
@@ -84,6 +87,8 @@ pub struct Api {
     pub config: ApiConfig,
     pub store: SharedStore,
     pub kv: KvView,
+    /// The config center: its service and, through it, the config view.
+    pub configs: Arc<ConfigService>,
     pub tokens: TokenView,
     pub system_leases: Arc<SystemLeases>,
     /// Locks and elections (always the store, never a view).

@@ -56,6 +56,15 @@ pub struct ServeArgs {
     /// on; after a crash they disappear this long after the last keep-alive.
     #[arg(long, env = "SWITCHBOARD_SESSION_TTL_SECS", default_value_t = 20, value_parser = clap::value_parser!(i64).range(2..=3600))]
     pub session_ttl_secs: i64,
+    /// The largest config content accepted, in bytes.
+    #[arg(long, env = "SWITCHBOARD_CONFIG_MAX_BYTES", default_value_t = 1024 * 1024)]
+    pub config_max_bytes: usize,
+    /// Config history entries kept per item (the newest always stays).
+    #[arg(long, env = "SWITCHBOARD_CONFIG_HISTORY_KEEP", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub config_history_keep: u32,
+    /// Config history entries older than this are dropped (0 keeps them, up to the count).
+    #[arg(long, env = "SWITCHBOARD_CONFIG_HISTORY_MAX_AGE_SECS", default_value_t = 0)]
+    pub config_history_max_age_secs: u64,
     /// On SIGTERM, how long in-flight requests may take before they are cut.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sb_api::auth::TOKENS_PREFIX;
 use sb_api::{Api, ApiConfig, ApiMetrics, IdServices, LogLevelControl, SystemLeases, KV_PREFIX};
+use sb_config::{ConfigService, ConfigSettings, ConfigView, Retention};
 use sb_ids::{SegmentService, SnowflakeService};
 use sb_registry::{Registry, RegistryOptions};
 use sb_store::LeaseId;
@@ -78,6 +79,22 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         .await
         .map_err(ServerError::store("loading the token view"))?;
     let registry = Arc::new(start_registry(&args, &store, node_id.as_str()).await?);
+    let config_view =
+        ConfigView::start(store.clone()).await.map_err(ServerError::store("loading the config view"))?;
+    let max_age =
+        (args.config_history_max_age_secs > 0).then(|| Duration::from_secs(args.config_history_max_age_secs));
+    let configs = Arc::new(ConfigService::new(
+        store.clone(),
+        Arc::new(config_view),
+        ConfigSettings {
+            max_content_bytes: args.config_max_bytes,
+            retention: Retention { keep_last: args.config_history_keep as usize, max_age },
+            ..ConfigSettings::default()
+        },
+    ));
+    // Publishes apply retention to their own item; the sweep catches quiet items aging out.
+    let config_sweeper = max_age
+        .map(|age| configs.spawn_sweeper((age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))));
     let system_leases = Arc::new(SystemLeases::new());
     {
         let membership = Arc::downgrade(&membership);
@@ -111,6 +128,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         },
         store: store.clone(),
         kv,
+        configs,
         tokens,
         system_leases,
         coord: sb_coord::Coord::new(store.clone()),
@@ -164,6 +182,9 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
             "in-flight requests did not finish in time; closing them"
         );
         server.abort();
+    }
+    if let Some(sweeper) = config_sweeper {
+        sweeper.abort();
     }
     drop(api);
     // Give the Snowflake worker id back at once (its high-water mark stays).
@@ -237,6 +258,14 @@ fn check_limits(args: &ServeArgs, max_request_bytes: usize) -> ServerResult<()> 
         return Err(ServerError::Config(format!(
             "--max-value-bytes {} with --max-key-bytes {} makes requests of {bytes} bytes, over the store's limit of {max_request_bytes} bytes",
             args.max_value_bytes, args.max_key_bytes
+        )));
+    }
+    let config_overhead = 64 * 1024;
+    if args.config_max_bytes + config_overhead > max_request_bytes {
+        return Err(ServerError::Config(format!(
+            "--config-max-bytes {} leaves no room for a config's metadata in the store's request limit of {max_request_bytes} bytes (at most {})",
+            args.config_max_bytes,
+            max_request_bytes.saturating_sub(config_overhead)
         )));
     }
     Ok(())

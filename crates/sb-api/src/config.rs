@@ -1,0 +1,440 @@
+//! The native config API (`/api/v1/namespaces/{ns}/configs/…`): a thin translator over
+//! `sb_config::ConfigService`. Current reads come from the config view; history, diff and
+//! rollback go through the service; writes answer once the local view has applied them.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures::stream::{self, Stream};
+use sb_config::{
+    check_namespace, ConfigChange, ConfigChanges, ConfigFormat, ConfigKey, ConfigSnapshot, HistoryRecord,
+    PublishOutcome, PublishRequest, SchemaChange,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::auth::Subject;
+use crate::error::{human_bytes, ApiError, ErrorKind};
+use crate::extract::{if_match_revision, Params};
+use crate::middleware::RequestContext;
+use crate::ApiState;
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+const DEFAULT_PAGE_SIZE: usize = 20;
+const MAX_PAGE_SIZE: usize = 100;
+
+#[derive(Serialize)]
+pub(crate) struct ItemJson {
+    namespace: String,
+    group: String,
+    data_id: String,
+    format: ConfigFormat,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<String>,
+    md5: String,
+    size: usize,
+    /// The revision of the publish.
+    version: i64,
+    created_version: i64,
+    description: String,
+    tags: Vec<String>,
+    author: String,
+    created_at_ms: u64,
+    modified_at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<Value>,
+}
+
+impl ItemJson {
+    pub(crate) fn new(snapshot: &ConfigSnapshot, with_content: bool) -> ItemJson {
+        let item = &snapshot.item;
+        ItemJson {
+            namespace: snapshot.key.namespace.clone(),
+            group: snapshot.key.group.clone(),
+            data_id: snapshot.key.data_id.clone(),
+            format: item.format,
+            content: with_content.then(|| snapshot.content.to_string()),
+            md5: item.md5.clone(),
+            size: item.size,
+            version: snapshot.version,
+            created_version: snapshot.created_version,
+            description: item.description.clone(),
+            tags: item.tags.clone(),
+            author: item.author.clone(),
+            created_at_ms: item.created_ms,
+            modified_at_ms: item.modified_ms,
+            schema: item.schema.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct HistoryJson {
+    version: i64,
+    entry_id: String,
+    op: sb_config::HistoryOp,
+    format: ConfigFormat,
+    md5: String,
+    size: usize,
+    description: String,
+    tags: Vec<String>,
+    author: String,
+    source_ip: String,
+    at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rolled_back_from: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<String>,
+}
+
+impl HistoryJson {
+    fn new(record: HistoryRecord, with_content: bool) -> HistoryJson {
+        let entry = record.entry;
+        HistoryJson {
+            version: record.version,
+            entry_id: record.entry_id.to_string(),
+            op: entry.op,
+            format: entry.format,
+            md5: entry.md5,
+            size: entry.content.len(),
+            description: entry.description,
+            tags: entry.tags,
+            author: entry.author,
+            source_ip: entry.source_ip,
+            at_ms: entry.at_ms,
+            rolled_back_from: entry.rolled_back_from,
+            content: with_content.then_some(entry.content),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct PublishJson {
+    namespace: String,
+    group: String,
+    data_id: String,
+    version: i64,
+    md5: String,
+    created: bool,
+}
+
+fn item_path(path: Result<Path<(String, String, String)>, PathRejection>) -> Result<ConfigKey, ApiError> {
+    let Path((ns, group, data_id)) =
+        path.map_err(|r| ApiError::invalid("path", format!("the path is not valid: {}", r.body_text())))?;
+    Ok(ConfigKey::new(ns, group, data_id)?)
+}
+
+fn with_etag(mut response: Response, version: i64) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+fn publish_response(key: &ConfigKey, outcome: PublishOutcome) -> Response {
+    let json = PublishJson {
+        namespace: key.namespace.clone(),
+        group: key.group.clone(),
+        data_id: key.data_id.clone(),
+        version: outcome.version,
+        md5: outcome.md5,
+        created: outcome.created,
+    };
+    with_etag(Json(json).into_response(), outcome.version)
+}
+
+fn who(
+    subject: &Option<Extension<Subject>>,
+    context: &Option<Extension<RequestContext>>,
+) -> (String, String) {
+    let author = subject.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+    let ip = context.as_ref().and_then(|c| c.client).map(|ip| ip.to_string()).unwrap_or_default();
+    (author, ip)
+}
+
+pub async fn list(
+    State(api): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let Path(ns) =
+        path.map_err(|r| ApiError::invalid("path", format!("the path is not valid: {}", r.body_text())))?;
+    check_namespace(&ns)?;
+    let revision = api.configs.view().revision();
+    let state = api.configs.view().snapshot();
+    let items: Vec<ItemJson> = state
+        .list(&ns, params.get("group").filter(|g| !g.is_empty()))
+        .iter()
+        .map(|s| ItemJson::new(s, false))
+        .collect();
+    Ok(Json(serde_json::json!({"revision": revision, "items": items})).into_response())
+}
+
+pub async fn get(
+    State(api): State<ApiState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let key = item_path(path)?;
+    let snapshot =
+        api.configs.get(&key).ok_or_else(|| ApiError::not_found(format!("config {key} not found")))?;
+    Ok(with_etag(Json(ItemJson::new(&snapshot, true)).into_response(), snapshot.version))
+}
+
+/// Reads a JSON body of at most the content limit plus room for metadata; a larger one is
+/// a 413 naming the flag.
+async fn read_body(api: &ApiState, body: Body) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let limit = api.configs.settings().max_content_bytes;
+    // JSON escaping can double content; metadata and a schema get 64 KiB more.
+    let body_limit = limit.saturating_mul(2).saturating_add(64 * 1024);
+    let bytes = axum::body::to_bytes(body, body_limit).await.map_err(|_| {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!(
+                "the request body is over {}, the limit for a config limit of {} (set --config-max-bytes)",
+                human_bytes(body_limit),
+                human_bytes(limit)
+            ),
+        )
+        .with_field("content")
+    })?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::invalid("body", "the request body must be a JSON object")),
+        Err(e) => Err(ApiError::invalid("body", format!("request body is not valid JSON: {e}"))),
+    }
+}
+
+fn string_field(
+    body: &serde_json::Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<String>, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ApiError::invalid(name, format!("{name} must be a string, got {other}"))),
+    }
+}
+
+pub async fn publish(
+    State(api): State<ApiState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    subject: Option<Extension<Subject>>,
+    context: Option<Extension<RequestContext>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = item_path(path)?;
+    let if_match = if_match_revision(&headers)?;
+    let body = read_body(&api, body).await?;
+    let content =
+        string_field(&body, "content")?.ok_or_else(|| ApiError::invalid("content", "content is required"))?;
+    let format = match string_field(&body, "format")? {
+        Some(name) => ConfigFormat::parse(&name)?,
+        None => api.configs.get(&key).map_or(ConfigFormat::Text, |s| s.item.format),
+    };
+    let tags = match body.get("tags") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|t| t.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| ApiError::invalid("tags", "tags must be an array of strings"))?,
+        ),
+        Some(other) => {
+            return Err(ApiError::invalid("tags", format!("tags must be an array of strings, got {other}")))
+        }
+    };
+    let schema = match body.get("schema") {
+        None => SchemaChange::Keep,
+        Some(Value::Null) => SchemaChange::Clear,
+        Some(schema) => SchemaChange::Set(schema.clone()),
+    };
+    let (author, source_ip) = who(&subject, &context);
+    let request = PublishRequest {
+        content,
+        format,
+        description: string_field(&body, "description")?,
+        tags,
+        app_name: None,
+        author,
+        source_ip,
+        if_match,
+        schema,
+    };
+    let outcome = api.configs.publish(&key, request).await?;
+    Ok(publish_response(&key, outcome))
+}
+
+pub async fn delete(
+    State(api): State<ApiState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    subject: Option<Extension<Subject>>,
+    context: Option<Extension<RequestContext>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = item_path(path)?;
+    let if_match = if_match_revision(&headers)?;
+    let (author, ip) = who(&subject, &context);
+    match api.configs.delete(&key, if_match, &author, &ip).await? {
+        Some(revision) => Ok(Json(serde_json::json!({"revision": revision, "deleted": 1})).into_response()),
+        None => Err(ApiError::not_found(format!("config {key} not found"))),
+    }
+}
+
+pub async fn history(
+    State(api): State<ApiState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let key = item_path(path)?;
+    let page: usize = params.parse("page", "a page number from 1")?.unwrap_or(1).max(1);
+    let page_size: usize = params.parse("page_size", "a page size")?.unwrap_or(DEFAULT_PAGE_SIZE);
+    if page_size == 0 || page_size > MAX_PAGE_SIZE {
+        return Err(ApiError::invalid(
+            "page_size",
+            format!("page_size is {page_size}, expected 1 to {MAX_PAGE_SIZE}"),
+        ));
+    }
+    let history = api.configs.history(&key, page, page_size).await?;
+    let entries: Vec<HistoryJson> = history.records.into_iter().map(|r| HistoryJson::new(r, false)).collect();
+    Ok(Json(serde_json::json!({
+        "total": history.total, "page": page, "page_size": page_size, "entries": entries
+    }))
+    .into_response())
+}
+
+fn version_path(
+    path: Result<Path<(String, String, String, String)>, PathRejection>,
+) -> Result<(ConfigKey, i64), ApiError> {
+    let Path((ns, group, data_id, version)) =
+        path.map_err(|r| ApiError::invalid("path", format!("the path is not valid: {}", r.body_text())))?;
+    let version = version.parse::<i64>().map_err(|_| {
+        ApiError::invalid("version", format!("version is {version:?}, expected a revision number"))
+    })?;
+    Ok((ConfigKey::new(ns, group, data_id)?, version))
+}
+
+pub async fn history_entry(
+    State(api): State<ApiState>,
+    path: Result<Path<(String, String, String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (key, version) = version_path(path)?;
+    let record = api.configs.history_entry(&key, version).await?;
+    Ok(Json(HistoryJson::new(record, true)).into_response())
+}
+
+pub async fn diff(
+    State(api): State<ApiState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let key = item_path(path)?;
+    let from: i64 = params
+        .parse("from", "a version (revision)")?
+        .ok_or_else(|| ApiError::invalid("from", "from is required: the version to diff from"))?;
+    let to: Option<i64> = params.parse("to", "a version (revision)")?;
+    let diff = api.configs.diff(&key, from, to).await?;
+    let to = to.or_else(|| api.configs.get(&key).map(|s| s.version));
+    Ok(Json(serde_json::json!({"from": from, "to": to, "diff": diff})).into_response())
+}
+
+pub async fn rollback(
+    State(api): State<ApiState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    subject: Option<Extension<Subject>>,
+    context: Option<Extension<RequestContext>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = item_path(path)?;
+    let if_match = if_match_revision(&headers)?;
+    let body = read_body(&api, body).await?;
+    let version = body
+        .get("version")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| ApiError::invalid("version", "version is required: the revision to roll back to"))?;
+    let (author, ip) = who(&subject, &context);
+    let outcome = api.configs.rollback(&key, version, if_match, &author, &ip).await?;
+    Ok(publish_response(&key, outcome))
+}
+
+/// SSE: `publish` (the item with its content) whenever the item's md5 changes, `delete`
+/// when it goes away. The current state is sent first; after a view reset the item is
+/// re-checked, so no change is missed.
+pub async fn watch(
+    State(api): State<ApiState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let key = item_path(path)?;
+    // Subscribe before the first read, so a change in between is not lost.
+    let changes = api.configs.view().subscribe();
+    api.metrics.sse_streams.inc();
+    let state = WatchState { api: api.clone(), key, changes, last_md5: None, first: true };
+    let events = stream::unfold(state, next_event);
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+struct WatchState {
+    api: ApiState,
+    key: ConfigKey,
+    changes: ConfigChanges,
+    /// The md5 last sent: `Some("")` after a delete was sent.
+    last_md5: Option<String>,
+    first: bool,
+}
+
+impl Drop for WatchState {
+    fn drop(&mut self) {
+        self.api.metrics.sse_streams.dec();
+    }
+}
+
+async fn next_event(mut state: WatchState) -> Option<(Result<Event, Infallible>, WatchState)> {
+    let mut shutdown = state.api.shutdown.clone();
+    loop {
+        if *shutdown.borrow() {
+            return None;
+        }
+        if !state.first {
+            let batch = tokio::select! {
+                batch = state.changes.next() => batch?,
+                _ = shutdown.changed() => return None,
+            };
+            let relevant = batch.iter().any(|c| match c {
+                ConfigChange::Reset => true,
+                ConfigChange::Changed(key) => *key == state.key,
+            });
+            if !relevant {
+                continue;
+            }
+        }
+        let first = std::mem::take(&mut state.first);
+        let current = state.api.configs.get(&state.key);
+        let md5 = current.as_ref().map(|s| s.item.md5.clone()).unwrap_or_default();
+        if state.last_md5.as_deref() == Some(md5.as_str()) || (first && current.is_none()) {
+            state.last_md5 = Some(md5);
+            continue;
+        }
+        state.last_md5 = Some(md5);
+        let event = match current {
+            Some(snapshot) => {
+                let data = serde_json::to_string(&ItemJson::new(&snapshot, true)).unwrap_or_default();
+                Event::default().event("publish").data(data).id(snapshot.version.to_string())
+            }
+            None => {
+                let key = &state.key;
+                let data = serde_json::json!({"namespace": key.namespace, "group": key.group, "data_id": key.data_id});
+                Event::default().event("delete").data(data.to_string())
+            }
+        };
+        return Some((Ok(event), state));
+    }
+}

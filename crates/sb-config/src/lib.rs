@@ -1,0 +1,31 @@
+//! The config center: items addressed by namespace → group → data id, validated publishes,
+//! versions that are store revisions, history with diff and rollback, retention, and
+//! listeners fed by a watch-fed view.
+//!
+//! Architecture invariant: this crate sees only the `sb_store` port. It knows nothing about
+//! redb, etcd-client or HTTP; the native REST API and the Nacos compat layer in `sb-api`
+//! are thin translators over [`ConfigService`] and [`ConfigView`].
+#![forbid(unsafe_code)]
+
+mod diff;
+mod error;
+mod format;
+mod listen;
+mod model;
+mod retention;
+mod service;
+mod view;
+
+pub use diff::unified_diff;
+pub use error::{ConfigError, ConfigResult};
+pub use format::{validate_content, ConfigFormat, ContentError};
+pub use listen::{ListenKey, ListenOutcome};
+pub use model::{
+    check_namespace, content_md5, ConfigItem, ConfigKey, EntryId, HistoryEntry, HistoryOp, CONFIG_PREFIX,
+    HISTORY_PREFIX, ITEMS_PREFIX,
+};
+pub use retention::Retention;
+pub use service::{
+    ConfigService, ConfigSettings, HistoryPage, HistoryRecord, PublishOutcome, PublishRequest, SchemaChange,
+};
+pub use view::{ConfigChange, ConfigChanges, ConfigSnapshot, ConfigState, ConfigView};

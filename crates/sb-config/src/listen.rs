@@ -1,0 +1,74 @@
+//! Listeners: a client names items with the md5 it holds; it is answered at once if any
+//! differs, otherwise when one changes or at the timeout. Everything comes from the view.
+//! After a view reset (or a listener falling behind the change channel) every listener
+//! re-checks all of its md5s, so no change is missed.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::model::ConfigKey;
+use crate::view::{ConfigChange, ConfigState, ConfigView};
+
+/// One item a listener holds, with the md5 of the content it has (`""` for none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenKey {
+    pub key: ConfigKey,
+    pub md5: String,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ListenOutcome {
+    /// These items differ from what the listener holds (in the order given).
+    Changed(Vec<ConfigKey>),
+    TimedOut,
+    /// The view stopped (the server is shutting down).
+    Stopped,
+}
+
+fn differing(state: &ConfigState, keys: &[ListenKey]) -> Vec<ConfigKey> {
+    keys.iter().filter(|k| state.md5(&k.key) != k.md5).map(|k| k.key.clone()).collect()
+}
+
+impl ConfigView {
+    /// The items whose md5 differs now, without waiting.
+    pub fn changed_now(&self, keys: &[ListenKey]) -> Vec<ConfigKey> {
+        differing(&self.snapshot(), keys)
+    }
+
+    /// Long-poll: answers at once if anything differs, else waits for a change to one of
+    /// `keys` (or a reset), at most `timeout`.
+    pub async fn listen(
+        &self,
+        keys: &[ListenKey],
+        timeout: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> ListenOutcome {
+        // Subscribe before the first check, so a change between the two is not lost.
+        let mut changes = self.subscribe();
+        let now = differing(&self.snapshot(), keys);
+        if !now.is_empty() {
+            return ListenOutcome::Changed(now);
+        }
+        let watched: HashSet<&ConfigKey> = keys.iter().map(|k| &k.key).collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        tokio::pin!(stop);
+        loop {
+            let batch = tokio::select! {
+                batch = changes.next() => batch,
+                _ = tokio::time::sleep_until(deadline) => return ListenOutcome::TimedOut,
+                _ = &mut stop => return ListenOutcome::Stopped,
+            };
+            let Some(batch) = batch else { return ListenOutcome::Stopped };
+            let relevant = batch.iter().any(|change| match change {
+                ConfigChange::Reset => true,
+                ConfigChange::Changed(key) => watched.contains(key),
+            });
+            if relevant {
+                let now = differing(&self.snapshot(), keys);
+                if !now.is_empty() {
+                    return ListenOutcome::Changed(now);
+                }
+            }
+        }
+    }
+}

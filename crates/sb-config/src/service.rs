@@ -1,0 +1,522 @@
+//! The config service: every rule of publishing, deleting, history, diff and rollback.
+//!
+//! Writes go to the store in one transaction that compares the item's mod revision (so a
+//! concurrent writer is never lost, and `If-Match` is the same compare), then wait until
+//! this node's view has applied the revision (read-your-writes). Reads of current content
+//! come from the view; history reads go to the store.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sb_store::codec::{decode, encode};
+use sb_store::{Compare, CompareOp, KeyRange, KeyValue, RangeRequest, Revision, SharedStore, Txn, TxnOp};
+use tracing::warn;
+
+use crate::diff::unified_diff;
+use crate::error::{ConfigError, ConfigResult};
+use crate::format::{validate_content, ConfigFormat};
+use crate::model::{
+    content_md5, split_history_path, ConfigItem, ConfigKey, EntryId, HistoryEntry, HistoryOp, HISTORY_PREFIX,
+    MAX_METADATA_BYTES,
+};
+use crate::retention::Retention;
+use crate::view::{ConfigSnapshot, ConfigView};
+
+/// How often a publish retries when another writer changed the item in between.
+const MAX_ATTEMPTS: usize = 8;
+
+#[derive(Clone, Debug)]
+pub struct ConfigSettings {
+    /// The largest content accepted (`--config-max-bytes`).
+    pub max_content_bytes: usize,
+    pub retention: Retention,
+    /// How long a write waits for the local view to apply its revision.
+    pub read_your_writes_timeout: Duration,
+}
+
+impl Default for ConfigSettings {
+    fn default() -> Self {
+        ConfigSettings {
+            max_content_bytes: 1024 * 1024,
+            retention: Retention::default(),
+            read_your_writes_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What to do with the item's JSON Schema.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum SchemaChange {
+    #[default]
+    Keep,
+    Set(serde_json::Value),
+    Clear,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PublishRequest {
+    pub content: String,
+    pub format: ConfigFormat,
+    /// `None` keeps the current description (a new item gets none).
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub app_name: Option<String>,
+    pub author: String,
+    pub source_ip: String,
+    /// The version (revision) the item must be at; 0 means "must not exist".
+    pub if_match: Option<Revision>,
+    pub schema: SchemaChange,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishOutcome {
+    pub version: Revision,
+    pub md5: String,
+    pub created: bool,
+}
+
+/// One history entry with its version.
+#[derive(Clone, Debug)]
+pub struct HistoryRecord {
+    pub version: Revision,
+    pub entry_id: EntryId,
+    pub entry: HistoryEntry,
+}
+
+/// A page of history, newest first.
+#[derive(Clone, Debug)]
+pub struct HistoryPage {
+    pub total: usize,
+    pub records: Vec<HistoryRecord>,
+}
+
+pub struct ConfigService {
+    store: SharedStore,
+    view: Arc<ConfigView>,
+    settings: ConfigSettings,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn decode_item(kv: &KeyValue) -> ConfigResult<ConfigItem> {
+    decode::<ConfigItem>(&kv.value).map_err(|e| ConfigError::Corrupt(e.to_string()))
+}
+
+fn decode_entry(kv: &KeyValue) -> ConfigResult<HistoryEntry> {
+    decode::<HistoryEntry>(&kv.value).map_err(|e| ConfigError::Corrupt(e.to_string()))
+}
+
+fn encode_value<T: sb_store::codec::StoredValue>(value: &T) -> ConfigResult<Vec<u8>> {
+    encode(value).map_err(|e| ConfigError::Corrupt(e.to_string()))
+}
+
+fn check_metadata(description: &str, tags: &[String]) -> ConfigResult<()> {
+    let size = description.len() + tags.iter().map(String::len).sum::<usize>();
+    if size > MAX_METADATA_BYTES {
+        return Err(ConfigError::InvalidName {
+            field: "description",
+            value: format!("{} bytes of description and tags", size),
+            reason: format!("limit is {MAX_METADATA_BYTES} bytes"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a parsed document against a JSON Schema; the error names the path and the rule.
+fn check_schema(schema: &serde_json::Value, document: &serde_json::Value) -> ConfigResult<()> {
+    let validator =
+        jsonschema::validator_for(schema).map_err(|e| ConfigError::InvalidSchema(e.to_string()))?;
+    if let Some(error) = validator.iter_errors(document).next() {
+        let path = error.instance_path().to_string();
+        let at = if path.is_empty() { "/".to_owned() } else { path };
+        return Err(ConfigError::SchemaViolation(format!("at {at}: {error}")));
+    }
+    Ok(())
+}
+
+impl ConfigService {
+    pub fn new(store: SharedStore, view: Arc<ConfigView>, settings: ConfigSettings) -> ConfigService {
+        ConfigService { store, view, settings }
+    }
+
+    pub fn view(&self) -> &Arc<ConfigView> {
+        &self.view
+    }
+
+    pub fn settings(&self) -> &ConfigSettings {
+        &self.settings
+    }
+
+    /// The current config, from the view.
+    pub fn get(&self, key: &ConfigKey) -> Option<ConfigSnapshot> {
+        self.view.get(key)
+    }
+
+    /// Checks size, format and (when set) the JSON Schema; the first failure wins.
+    pub fn validate(
+        &self,
+        format: ConfigFormat,
+        content: &str,
+        schema: Option<&serde_json::Value>,
+    ) -> ConfigResult<()> {
+        let limit = self.settings.max_content_bytes;
+        if content.len() > limit {
+            return Err(ConfigError::TooLarge { size: content.len(), limit });
+        }
+        let document = validate_content(format, content).map_err(ConfigError::InvalidContent)?;
+        if let Some(schema) = schema {
+            // A schema must compile even when the format has no JSON model.
+            if let (Some(document), true) = (document, format.has_json_model()) {
+                check_schema(schema, &document)?;
+            } else {
+                jsonschema::validator_for(schema).map_err(|e| ConfigError::InvalidSchema(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn publish(&self, key: &ConfigKey, request: PublishRequest) -> ConfigResult<PublishOutcome> {
+        self.publish_op(key, request, None).await
+    }
+
+    async fn publish_op(
+        &self,
+        key: &ConfigKey,
+        request: PublishRequest,
+        rolled_back_from: Option<Revision>,
+    ) -> ConfigResult<PublishOutcome> {
+        // Size and syntax first: they do not depend on the item.
+        let limit = self.settings.max_content_bytes;
+        if request.content.len() > limit {
+            return Err(ConfigError::TooLarge { size: request.content.len(), limit });
+        }
+        validate_content(request.format, &request.content).map_err(ConfigError::InvalidContent)?;
+        let item_key = key.item_key();
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.store.get(item_key.as_bytes()).await?;
+            let current_version = current.as_ref().map_or(0, |kv| kv.mod_revision);
+            if let Some(expected) = request.if_match {
+                if expected != current_version {
+                    return Err(ConfigError::VersionMismatch {
+                        key: key.to_string(),
+                        expected,
+                        current: current_version,
+                    });
+                }
+            }
+            let current_item = current.as_ref().map(decode_item).transpose()?;
+            let schema = match &request.schema {
+                SchemaChange::Keep => current_item.as_ref().and_then(|i| i.schema.clone()),
+                SchemaChange::Set(schema) => Some(schema.clone()),
+                SchemaChange::Clear => None,
+            };
+            self.validate(request.format, &request.content, schema.as_ref())?;
+            let description = request
+                .description
+                .clone()
+                .or_else(|| current_item.as_ref().map(|i| i.description.clone()))
+                .unwrap_or_default();
+            let tags = request
+                .tags
+                .clone()
+                .or_else(|| current_item.as_ref().map(|i| i.tags.clone()))
+                .unwrap_or_default();
+            check_metadata(&description, &tags)?;
+            let app_name = request
+                .app_name
+                .clone()
+                .or_else(|| current_item.as_ref().map(|i| i.app_name.clone()))
+                .unwrap_or_default();
+            let after = match &current_item {
+                Some(item) => EntryId::parse(&item.entry),
+                None => self.latest_entry(key).await?,
+            };
+            let now = now_ms();
+            let entry_id = EntryId::next(now, after);
+            let md5 = content_md5(&request.content);
+            let op = match (rolled_back_from, &current_item) {
+                (Some(_), _) => HistoryOp::Rollback,
+                (None, None) => HistoryOp::Create,
+                (None, Some(_)) => HistoryOp::Update,
+            };
+            let history = HistoryEntry {
+                op,
+                content: request.content.clone(),
+                format: request.format,
+                md5: md5.clone(),
+                description: description.clone(),
+                tags: tags.clone(),
+                app_name: app_name.clone(),
+                author: request.author.clone(),
+                source_ip: request.source_ip.clone(),
+                at_ms: now,
+                rolled_back_from,
+            };
+            let item = ConfigItem {
+                entry: entry_id.to_string(),
+                format: request.format,
+                md5: md5.clone(),
+                size: request.content.len(),
+                description,
+                tags,
+                app_name,
+                author: request.author.clone(),
+                created_ms: current_item.as_ref().map_or(now, |i| i.created_ms),
+                modified_ms: now,
+                schema,
+            };
+            let txn = Txn::new()
+                .when([Compare::mod_revision(item_key.clone(), CompareOp::Equal, current_version)])
+                .and_then([
+                    TxnOp::put(key.history_key(&entry_id), encode_value(&history)?),
+                    TxnOp::put(item_key.clone(), encode_value(&item)?),
+                ]);
+            let response = self.store.txn(txn).await?;
+            if !response.succeeded {
+                continue; // someone else wrote the item; read again (If-Match then reports it)
+            }
+            self.wait_for(response.revision).await?;
+            self.prune_quietly(key).await;
+            return Ok(PublishOutcome { version: response.revision, md5, created: current_item.is_none() });
+        }
+        Err(ConfigError::Contended(key.to_string()))
+    }
+
+    /// Deletes an item, recording the delete in its history; `None` if it did not exist.
+    pub async fn delete(
+        &self,
+        key: &ConfigKey,
+        if_match: Option<Revision>,
+        author: &str,
+        source_ip: &str,
+    ) -> ConfigResult<Option<Revision>> {
+        let item_key = key.item_key();
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(current) = self.store.get(item_key.as_bytes()).await? else {
+                return match if_match {
+                    Some(expected) if expected != 0 => {
+                        Err(ConfigError::VersionMismatch { key: key.to_string(), expected, current: 0 })
+                    }
+                    _ => Ok(None),
+                };
+            };
+            if let Some(expected) = if_match {
+                if expected != current.mod_revision {
+                    return Err(ConfigError::VersionMismatch {
+                        key: key.to_string(),
+                        expected,
+                        current: current.mod_revision,
+                    });
+                }
+            }
+            let item = decode_item(&current)?;
+            let now = now_ms();
+            let entry_id = EntryId::next(now, EntryId::parse(&item.entry));
+            let history = HistoryEntry {
+                op: HistoryOp::Delete,
+                content: String::new(),
+                format: item.format,
+                md5: String::new(),
+                description: String::new(),
+                tags: Vec::new(),
+                app_name: item.app_name.clone(),
+                author: author.to_owned(),
+                source_ip: source_ip.to_owned(),
+                at_ms: now,
+                rolled_back_from: None,
+            };
+            let txn = Txn::new()
+                .when([Compare::mod_revision(item_key.clone(), CompareOp::Equal, current.mod_revision)])
+                .and_then([
+                    TxnOp::put(key.history_key(&entry_id), encode_value(&history)?),
+                    TxnOp::delete(item_key.clone()),
+                ]);
+            let response = self.store.txn(txn).await?;
+            if !response.succeeded {
+                continue;
+            }
+            self.wait_for(response.revision).await?;
+            self.prune_quietly(key).await;
+            return Ok(Some(response.revision));
+        }
+        Err(ConfigError::Contended(key.to_string()))
+    }
+
+    /// Restores a version's content as a new publish.
+    pub async fn rollback(
+        &self,
+        key: &ConfigKey,
+        version: Revision,
+        if_match: Option<Revision>,
+        author: &str,
+        source_ip: &str,
+    ) -> ConfigResult<PublishOutcome> {
+        let record = self.history_entry(key, version).await?;
+        if record.entry.op == HistoryOp::Delete {
+            return Err(ConfigError::VersionNotFound {
+                key: format!("{key} (version {version} is a delete)"),
+                version,
+            });
+        }
+        let request = PublishRequest {
+            content: record.entry.content,
+            format: record.entry.format,
+            description: Some(record.entry.description),
+            tags: Some(record.entry.tags),
+            app_name: None,
+            author: author.to_owned(),
+            source_ip: source_ip.to_owned(),
+            if_match,
+            schema: crate::service::SchemaChange::Keep,
+        };
+        self.publish_op(key, request, Some(version)).await
+    }
+
+    async fn wait_for(&self, revision: Revision) -> ConfigResult<()> {
+        self.view
+            .wait_for(revision, self.settings.read_your_writes_timeout)
+            .await
+            .map_err(|source| ConfigError::NotCaughtUp { revision, source })
+    }
+
+    /// The item's history keys in commit order, without values.
+    async fn history_keys(&self, key: &ConfigKey) -> ConfigResult<Vec<(Vec<u8>, EntryId, Revision)>> {
+        let request = RangeRequest::prefix(key.history_prefix()).keys_only();
+        let response = self.store.range(request).await?;
+        Ok(response
+            .kvs
+            .into_iter()
+            .filter_map(|kv| {
+                let text = std::str::from_utf8(&kv.key).ok()?;
+                let (_, entry) = split_history_path(text.strip_prefix(HISTORY_PREFIX)?)?;
+                Some((kv.key.clone(), entry, kv.create_revision))
+            })
+            .collect())
+    }
+
+    async fn latest_entry(&self, key: &ConfigKey) -> ConfigResult<Option<EntryId>> {
+        Ok(self.history_keys(key).await?.last().map(|(_, id, _)| *id))
+    }
+
+    /// A page of history, newest first. `page` starts at 1.
+    pub async fn history(&self, key: &ConfigKey, page: usize, page_size: usize) -> ConfigResult<HistoryPage> {
+        let mut keys = self.history_keys(key).await?;
+        keys.reverse();
+        let total = keys.len();
+        let start = page.saturating_sub(1).saturating_mul(page_size);
+        let chosen: Vec<_> = keys.into_iter().skip(start).take(page_size).collect();
+        let mut records = Vec::with_capacity(chosen.len());
+        // The chosen keys are contiguous in key order: one range read.
+        if let (Some(newest), Some(oldest)) = (chosen.first(), chosen.last()) {
+            let mut end = newest.0.clone();
+            end.push(0);
+            let range = KeyRange::Between { start: oldest.0.clone(), end };
+            let response = self.store.range(RangeRequest::new(range)).await?;
+            for kv in response.kvs.iter().rev() {
+                let Some((_, entry_id)) = std::str::from_utf8(&kv.key)
+                    .ok()
+                    .and_then(|k| k.strip_prefix(HISTORY_PREFIX))
+                    .and_then(split_history_path)
+                else {
+                    continue;
+                };
+                records.push(HistoryRecord {
+                    version: kv.create_revision,
+                    entry_id,
+                    entry: decode_entry(kv)?,
+                });
+            }
+        }
+        Ok(HistoryPage { total, records })
+    }
+
+    /// One version's history entry.
+    pub async fn history_entry(&self, key: &ConfigKey, version: Revision) -> ConfigResult<HistoryRecord> {
+        let keys = self.history_keys(key).await?;
+        let found = keys.into_iter().find(|(_, _, rev)| *rev == version);
+        let not_found = || ConfigError::VersionNotFound { key: key.to_string(), version };
+        let (store_key, entry_id, _) = found.ok_or_else(not_found)?;
+        let kv = self.store.get(&store_key).await?.ok_or_else(not_found)?;
+        Ok(HistoryRecord { version, entry_id, entry: decode_entry(&kv)? })
+    }
+
+    /// The entry committed just before `version` (Nacos's `history/previous`).
+    pub async fn previous_entry(&self, key: &ConfigKey, version: Revision) -> ConfigResult<HistoryRecord> {
+        let keys = self.history_keys(key).await?;
+        let position = keys
+            .iter()
+            .position(|(_, _, rev)| *rev == version)
+            .ok_or_else(|| ConfigError::VersionNotFound { key: key.to_string(), version })?;
+        let previous = position
+            .checked_sub(1)
+            .and_then(|p| keys.get(p))
+            .ok_or_else(|| ConfigError::NotFound(format!("{key}: nothing before version {version}")))?;
+        self.history_entry(key, previous.2).await
+    }
+
+    /// A unified diff from version `from` to version `to` (the current version if `None`).
+    pub async fn diff(&self, key: &ConfigKey, from: Revision, to: Option<Revision>) -> ConfigResult<String> {
+        let old = self.history_entry(key, from).await?;
+        let (new_content, to) = match to {
+            Some(to) => (self.history_entry(key, to).await?.entry.content, to),
+            None => {
+                let current = self.get(key).ok_or_else(|| ConfigError::NotFound(key.to_string()))?;
+                (current.content.to_string(), current.version)
+            }
+        };
+        Ok(unified_diff(
+            &old.entry.content,
+            &new_content,
+            &format!("{key} version {from}"),
+            &format!("{key} version {to}"),
+        ))
+    }
+
+    /// Applies retention to one item's history; the newest entry always stays.
+    pub async fn prune(&self, key: &ConfigKey) -> ConfigResult<usize> {
+        let keys = self.history_keys(key).await?;
+        let doomed =
+            self.settings.retention.doomed(&keys.iter().map(|(_, id, _)| *id).collect::<Vec<_>>(), now_ms());
+        let mut deleted = 0;
+        for chunk in doomed.chunks(100) {
+            let ops: Vec<TxnOp> = chunk.iter().map(|&i| TxnOp::delete(keys[i].0.clone())).collect();
+            self.store.txn(Txn::new().and_then(ops)).await?;
+            deleted += chunk.len();
+        }
+        Ok(deleted)
+    }
+
+    async fn prune_quietly(&self, key: &ConfigKey) {
+        if let Err(error) = self.prune(key).await {
+            warn!(config = %key, %error, "config history retention failed; the next publish retries");
+        }
+    }
+
+    /// Applies retention to every item the view knows (for the age rule on quiet items).
+    pub async fn sweep(&self) -> ConfigResult<usize> {
+        let state = self.view.snapshot();
+        let mut deleted = 0;
+        for key in state.paths().filter_map(|p| ConfigKey::from_path(p)) {
+            deleted += self.prune(&key).await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Runs [`ConfigService::sweep`] every `interval` until the service is dropped.
+    pub fn spawn_sweeper(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let Some(service) = weak.upgrade() else { return };
+                if let Err(error) = service.sweep().await {
+                    warn!(%error, "config history sweep failed");
+                }
+            }
+        })
+    }
+}

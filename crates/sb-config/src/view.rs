@@ -1,0 +1,251 @@
+//! The config view: every item with its current content, in memory, fed by a watch over
+//! `config/`. Reads and listeners use it, never the store.
+//!
+//! The view sees item keys and history entries. For each item path it keeps the item and
+//! only the newest history entry's content (entries of an item sort in commit order, see
+//! `model`), so memory holds one copy of each current config, not its history.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sb_store::codec::decode;
+use sb_store::view::{ViewChange, ViewState};
+use sb_store::{Event, EventKind, KeyRange, Revision, SharedStore, StoreResult, View, ViewError};
+use tokio::sync::broadcast;
+use tracing::warn;
+
+use crate::model::{
+    split_history_path, ConfigItem, ConfigKey, EntryId, HistoryEntry, CONFIG_PREFIX, HISTORY_PREFIX,
+    ITEMS_PREFIX,
+};
+
+/// What a read sees of one item.
+#[derive(Clone, Debug)]
+pub struct ConfigSnapshot {
+    pub key: ConfigKey,
+    pub item: Arc<ConfigItem>,
+    /// The revision of the publish: the item key's mod revision.
+    pub version: Revision,
+    /// The revision that created the item (since its last delete).
+    pub created_version: Revision,
+    pub content: Arc<str>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    item: Option<(Arc<ConfigItem>, Revision, Revision)>,
+    latest: Option<(EntryId, Arc<str>)>,
+}
+
+impl Slot {
+    fn is_empty(&self) -> bool {
+        self.item.is_none() && self.latest.is_none()
+    }
+}
+
+/// The view's state: item path (`{ns}/{group}/{data_id}`) → slot.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigState {
+    slots: imbl::OrdMap<String, Arc<Slot>>,
+    undecodable: u64,
+}
+
+impl ConfigState {
+    fn update(&mut self, path: &str, change: impl FnOnce(&mut Slot)) {
+        let mut slot = self.slots.get(path).map(|s| Slot::clone(s)).unwrap_or_default();
+        change(&mut slot);
+        if slot.is_empty() {
+            self.slots.remove(path);
+        } else {
+            self.slots.insert(path.to_owned(), Arc::new(slot));
+        }
+    }
+
+    /// The current config of an item; `None` if it does not exist.
+    pub fn get(&self, key: &ConfigKey) -> Option<ConfigSnapshot> {
+        self.by_path(&key.path(), key)
+    }
+
+    fn by_path(&self, path: &str, key: &ConfigKey) -> Option<ConfigSnapshot> {
+        let slot = self.slots.get(path)?;
+        let (item, version, created_version) = slot.item.as_ref()?;
+        let (entry, content) = slot.latest.as_ref()?;
+        if item.entry != entry.to_string() {
+            // Cannot happen after a whole revision is applied (item and entry commit
+            // together, and the newest entry is the current one); never serve a mismatch.
+            return None;
+        }
+        Some(ConfigSnapshot {
+            key: key.clone(),
+            item: item.clone(),
+            version: *version,
+            created_version: *created_version,
+            content: content.clone(),
+        })
+    }
+
+    /// The md5 of an item's current content, `""` when it does not exist (as Nacos).
+    pub fn md5(&self, key: &ConfigKey) -> String {
+        self.get(key).map(|s| s.item.md5.clone()).unwrap_or_default()
+    }
+
+    /// Every item of a namespace, optionally of one group, in key order.
+    pub fn list(&self, namespace: &str, group: Option<&str>) -> Vec<ConfigSnapshot> {
+        let prefix = match group {
+            Some(group) => format!("{namespace}/{group}/"),
+            None => format!("{namespace}/"),
+        };
+        self.slots
+            .range(prefix.clone()..)
+            .take_while(|(path, _)| path.starts_with(&prefix))
+            .filter_map(|(path, _)| ConfigKey::from_path(path).and_then(|key| self.by_path(path, &key)))
+            .collect()
+    }
+
+    /// How many items exist.
+    pub fn len(&self) -> usize {
+        self.slots.values().filter(|s| s.item.is_some()).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every item path with a slot (live items and the newest record of deleted ones).
+    pub fn paths(&self) -> impl Iterator<Item = &String> {
+        self.slots.keys()
+    }
+
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable
+    }
+}
+
+fn key_text(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key).ok()
+}
+
+impl ViewState for ConfigState {
+    fn apply(&mut self, event: &Event) {
+        let Some(key) = key_text(&event.kv.key) else { return };
+        if let Some(path) = key.strip_prefix(ITEMS_PREFIX) {
+            match event.kind {
+                EventKind::Delete => self.update(path, |slot| slot.item = None),
+                EventKind::Put => match decode::<ConfigItem>(&event.kv.value) {
+                    Ok(item) => {
+                        let kv = &event.kv;
+                        let value = (Arc::new(item), kv.mod_revision, kv.create_revision);
+                        self.update(path, |slot| slot.item = Some(value));
+                    }
+                    Err(error) => {
+                        self.undecodable += 1;
+                        warn!(key, %error, "skipping undecodable config item");
+                        self.update(path, |slot| slot.item = None);
+                    }
+                },
+            }
+        } else if let Some(rest) = key.strip_prefix(HISTORY_PREFIX) {
+            let Some((path, entry)) = split_history_path(rest) else { return };
+            match event.kind {
+                // Retention never deletes an item's current entry; an item that is gone
+                // loses its slot once its newest entry is gone.
+                EventKind::Delete => self.update(path, |slot| {
+                    if slot.latest.as_ref().is_some_and(|(id, _)| *id == entry) && slot.item.is_none() {
+                        slot.latest = None;
+                    }
+                }),
+                EventKind::Put => {
+                    let newer = self
+                        .slots
+                        .get(path)
+                        .and_then(|s| s.latest.as_ref())
+                        .is_none_or(|(id, _)| entry > *id);
+                    if !newer {
+                        return;
+                    }
+                    match decode::<HistoryEntry>(&event.kv.value) {
+                        Ok(history) => {
+                            let content: Arc<str> = Arc::from(history.content);
+                            self.update(path, |slot| slot.latest = Some((entry, content)));
+                        }
+                        Err(error) => {
+                            self.undecodable += 1;
+                            warn!(key, %error, "skipping undecodable config history entry");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One item that changed, as listeners and streams hear it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigChange {
+    Changed(ConfigKey),
+    /// The view reloaded (or a subscriber fell behind): anything may have changed.
+    Reset,
+}
+
+/// The watch-fed config view.
+pub struct ConfigView {
+    view: View<ConfigState>,
+}
+
+impl ConfigView {
+    pub async fn start(store: SharedStore) -> StoreResult<ConfigView> {
+        let view = View::start(store, KeyRange::prefix(CONFIG_PREFIX), "config").await?;
+        Ok(ConfigView { view })
+    }
+
+    pub fn snapshot(&self) -> Arc<ConfigState> {
+        self.view.snapshot()
+    }
+
+    pub fn get(&self, key: &ConfigKey) -> Option<ConfigSnapshot> {
+        self.view.snapshot().get(key)
+    }
+
+    pub fn revision(&self) -> Revision {
+        self.view.revision()
+    }
+
+    pub async fn wait_for(&self, revision: Revision, timeout: Duration) -> Result<(), ViewError> {
+        self.view.wait_for(revision, timeout).await
+    }
+
+    /// Changes from now on: subscribe first, then read the snapshot, so nothing is missed.
+    pub fn subscribe(&self) -> ConfigChanges {
+        ConfigChanges { inner: self.view.subscribe() }
+    }
+}
+
+/// A subscription to item changes.
+pub struct ConfigChanges {
+    inner: broadcast::Receiver<ViewChange>,
+}
+
+impl ConfigChanges {
+    /// The next batch of changed items; `None` when the view has stopped. A lagging
+    /// subscriber hears [`ConfigChange::Reset`].
+    pub async fn next(&mut self) -> Option<Vec<ConfigChange>> {
+        loop {
+            match self.inner.recv().await {
+                Ok(ViewChange::Reset { .. }) => return Some(vec![ConfigChange::Reset]),
+                Ok(ViewChange::Applied { events, .. }) => {
+                    let changed: Vec<ConfigChange> = events
+                        .iter()
+                        .filter_map(|event| key_text(&event.kv.key)?.strip_prefix(ITEMS_PREFIX))
+                        .filter_map(ConfigKey::from_path)
+                        .map(ConfigChange::Changed)
+                        .collect();
+                    if !changed.is_empty() {
+                        return Some(changed);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => return Some(vec![ConfigChange::Reset]),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}

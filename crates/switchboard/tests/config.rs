@@ -1,0 +1,479 @@
+//! End-to-end tests of the config center against the real binary: validated publishes,
+//! If-Match, history, diff, rollback, retention, the native SSE watch, the Nacos v1 config
+//! API over raw HTTP, and the real Nacos 1.x SDK (embedded and on etcd).
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+
+fn client() -> Client {
+    Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
+}
+
+async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, value)
+}
+
+fn start_with(args: &[&str]) -> (tempfile::TempDir, Server, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), |cmd| {
+        cmd.args(args);
+    });
+    let token =
+        std::fs::read_to_string(dir.path().join("admin-token")).expect("admin token").trim().to_owned();
+    (dir, server, token)
+}
+
+struct Api<'a> {
+    server: &'a Server,
+    token: &'a str,
+    http: Client,
+}
+
+impl Api<'_> {
+    /// `ns/group/data_id[/…]` → `/api/v1/namespaces/ns/configs/group/data_id[/…]`;
+    /// `ns` alone → the namespace's list.
+    fn item(&self, path: &str) -> String {
+        match path.split_once('/') {
+            Some((ns, rest)) => self.server.url(&format!("/api/v1/namespaces/{ns}/configs/{rest}")),
+            None => self.server.url(&format!("/api/v1/namespaces/{path}/configs")),
+        }
+    }
+
+    async fn publish(&self, path: &str, body: Value, if_match: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .put(self.item(path))
+            .bearer_auth(self.token)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(version) = if_match {
+            request = request.header("If-Match", version);
+        }
+        json_of(request.send().await.expect("publish")).await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        json_of(self.http.get(self.item(path)).bearer_auth(self.token).send().await.expect("get")).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        json_of(
+            self.http
+                .post(self.item(path))
+                .bearer_auth(self.token)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("post"),
+        )
+        .await
+    }
+}
+
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str, needle: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{needle:?} not in {body}");
+}
+
+#[tokio::test]
+async fn config_publish_is_validated_versioned_and_guarded_by_if_match() {
+    let (_dir, server, token) = start_with(&["--config-max-bytes", "2048"]);
+    let api = Api { server: &server, token: &token, http: client() };
+    let path = "dev/web/app.json";
+
+    let (status, body) =
+        api.publish(path, json!({"content": "{\"port\": 80}", "format": "json"}), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["created"], true);
+    let v1 = body["version"].as_i64().expect("version");
+
+    // Read-your-writes: the content, md5 and version are there at once.
+    let (status, item) = api.get(path).await;
+    assert_eq!(status, StatusCode::OK, "{item}");
+    assert_eq!(item["content"], "{\"port\": 80}");
+    assert_eq!(item["version"], v1);
+    assert_eq!(item["format"], "json");
+    assert_eq!(item["md5"], body["md5"]);
+
+    // Broken content: 400 with line and column, and nothing changes.
+    let (status, body) =
+        api.publish(path, json!({"content": "{\n  \"port\": 80,\n}", "format": "json"}), None).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument", "line 3 column 1");
+    assert_eq!(body["error"]["field"], "content");
+    let (status, body) = api.publish(path, json!({"content": "a = = 1", "format": "toml"}), None).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument", "line 1 column 5");
+    let (status, body) = api.publish(path, json!({"content": "<a><b></a>", "format": "xml"}), None).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument", "line 1");
+    let (status, body) = api.publish(path, json!({"content": "x", "format": "ini"}), None).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument", "unknown config format");
+    let big = "x".repeat(3000);
+    let (status, body) = api.publish(path, json!({"content": big, "format": "text"}), None).await;
+    assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "--config-max-bytes");
+    let (status, body) = api.publish("dev/web/a%2Fb", json!({"content": "x"}), None).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument", "data_id");
+
+    // If-Match: a stale version is a 409 and changes nothing; the right one (quoted) wins.
+    let (status, body) =
+        api.publish(path, json!({"content": "{\"port\": 81}", "format": "json"}), Some("1")).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict", &format!("at version {v1}"));
+    let quoted = format!("\"{v1}\"");
+    let (status, body) =
+        api.publish(path, json!({"content": "{\"port\": 81}", "format": "json"}), Some(&quoted)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v2 = body["version"].as_i64().expect("version");
+    assert!(v2 > v1);
+    let (status, body) = api.publish("dev/web/new.txt", json!({"content": "x"}), Some("0")).await;
+    assert_eq!(status, StatusCode::OK, "If-Match 0 creates: {body}");
+    let (status, body) = api.publish("dev/web/new.txt", json!({"content": "y"}), Some("0")).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict", "If-Match asked for 0");
+
+    // Only the two good publishes are in the history.
+    let (status, history) = api.get(&format!("{path}/history")).await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    assert_eq!(history["total"], 2, "{history}");
+    assert_eq!(history["entries"][0]["version"], v2);
+    assert_eq!(history["entries"][1]["version"], v1);
+
+    // A JSON Schema applies to json, yaml and toml content.
+    let schema = json!({"type": "object", "required": ["port"], "properties": {"port": {"type": "integer"}}});
+    let (status, body) = api
+        .publish(path, json!({"content": "{\"port\": \"80\"}", "format": "json", "schema": schema}), None)
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument", "/port");
+    let (status, body) =
+        api.publish(path, json!({"content": "port: 8080\n", "format": "yaml", "schema": schema}), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api.publish(path, json!({"content": "name: x\n", "format": "yaml"}), None).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument", "JSON Schema");
+    let (status, body) =
+        api.publish(path, json!({"content": "name: x\n", "format": "yaml", "schema": null}), None).await;
+    assert_eq!(status, StatusCode::OK, "a null schema clears it: {body}");
+
+    // Listing shows metadata without content; delete then get is a 404.
+    let (status, list) = api.get("dev").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{list}");
+    assert!(items.iter().all(|i| i.get("content").is_none()), "{list}");
+    let response = api.http.delete(api.item(path)).bearer_auth(&token).send().await.expect("delete");
+    assert_eq!(response.status(), StatusCode::OK);
+    let (status, body) = api.get(path).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found", "not found");
+    server.terminate();
+}
+
+#[tokio::test]
+async fn config_history_diff_and_rollback() {
+    let (_dir, server, token) = start_with(&[]);
+    let api = Api { server: &server, token: &token, http: client() };
+    let path = "public/DEFAULT_GROUP/app.yaml";
+    let mut versions = Vec::new();
+    for port in [80, 81, 82] {
+        let content = format!("name: web\nport: {port}\n");
+        let (status, body) = api.publish(path, json!({"content": content, "format": "yaml"}), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        versions.push(body["version"].as_i64().expect("version"));
+    }
+
+    let (status, page) = api.get(&format!("{path}/history?page=1&page_size=2")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["total"], 3);
+    assert_eq!(page["entries"][0]["version"], versions[2]);
+    assert_eq!(page["entries"][1]["version"], versions[1]);
+    assert_eq!(page["entries"][1]["op"], "update");
+    let (_, page2) = api.get(&format!("{path}/history?page=2&page_size=2")).await;
+    assert_eq!(page2["entries"][0]["version"], versions[0]);
+    assert_eq!(page2["entries"][0]["op"], "create");
+
+    let (status, entry) = api.get(&format!("{path}/history/{}", versions[0])).await;
+    assert_eq!(status, StatusCode::OK, "{entry}");
+    assert_eq!(entry["content"], "name: web\nport: 80\n");
+
+    let (status, diff) = api.get(&format!("{path}/diff?from={}&to={}", versions[0], versions[2])).await;
+    assert_eq!(status, StatusCode::OK, "{diff}");
+    let text = diff["diff"].as_str().expect("diff");
+    assert!(
+        text.contains("-port: 80\n") && text.contains("+port: 82\n") && text.contains(" name: web\n"),
+        "{text}"
+    );
+    let (_, diff) = api.get(&format!("{path}/diff?from={}", versions[1])).await;
+    assert_eq!(diff["to"], versions[2], "to defaults to the current version: {diff}");
+
+    // Rollback: a new publish with the old content.
+    let (status, body) = api.post(&format!("{path}/rollback"), json!({"version": versions[0]})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v4 = body["version"].as_i64().expect("version");
+    assert!(v4 > versions[2]);
+    let (_, item) = api.get(path).await;
+    assert_eq!(item["content"], "name: web\nport: 80\n");
+    assert_eq!(item["version"], v4);
+    let (_, page) = api.get(&format!("{path}/history")).await;
+    assert_eq!(page["total"], 4);
+    assert_eq!(page["entries"][0]["op"], "rollback");
+    assert_eq!(page["entries"][0]["rolled_back_from"], versions[0]);
+
+    let (status, body) = api.post(&format!("{path}/rollback"), json!({"version": 999_999})).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found", "no version 999999");
+    let (status, body) = api.get(&format!("{path}/diff?from=999999")).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found", "999999");
+    server.terminate();
+}
+
+#[tokio::test]
+async fn config_history_retention_by_count_and_age() {
+    let (_dir, server, token) =
+        start_with(&["--config-history-keep", "3", "--config-history-max-age-secs", "2"]);
+    let api = Api { server: &server, token: &token, http: client() };
+    let path = "public/g/kept.txt";
+    let mut last = 0;
+    for i in 0..5 {
+        let (status, body) = api.publish(path, json!({"content": format!("v{i}")}), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        last = body["version"].as_i64().expect("version");
+    }
+    let (_, page) = api.get(&format!("{path}/history")).await;
+    assert_eq!(page["total"], 3, "keep the last 3: {page}");
+    assert_eq!(page["entries"][0]["version"], last);
+
+    // Past the maximum age, everything but the newest entry goes (here at the next publish;
+    // the background sweep does it for quiet items).
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let (status, body) = api.publish(path, json!({"content": "fresh"}), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, page) = api.get(&format!("{path}/history")).await;
+    assert_eq!(page["total"], 1, "{page}");
+    assert_eq!(page["entries"][0]["version"], body["version"]);
+    let (_, item) = api.get(path).await;
+    assert_eq!(item["content"], "fresh");
+    server.terminate();
+}
+
+#[tokio::test]
+async fn config_watch_streams_publishes_and_deletes() {
+    let (_dir, server, token) = start_with(&[]);
+    let api = Api { server: &server, token: &token, http: client() };
+    let path = "public/g/watched.properties";
+    let (status, _) = api.publish(path, json!({"content": "a=1\n", "format": "properties"}), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut response =
+        api.http.get(api.item(&format!("{path}/watch"))).bearer_auth(&token).send().await.expect("watch");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut text = String::new();
+    let mut next_event = async || -> (String, Value) {
+        loop {
+            if let Some(end) = text.find("\n\n") {
+                let block: String = text.drain(..end + 2).collect();
+                let name = block.lines().find_map(|l| l.strip_prefix("event:")).map(|n| n.trim().to_owned());
+                let data = block.lines().find_map(|l| l.strip_prefix("data:")).map(|d| d.trim().to_owned());
+                if let (Some(name), Some(data)) = (name, data) {
+                    return (name, serde_json::from_str(&data).expect("JSON data"));
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+                .await
+                .expect("an event within 10 s")
+                .expect("stream")
+                .expect("the stream stays open");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    let (name, data) = next_event().await;
+    assert_eq!(
+        (name.as_str(), data["content"].as_str()),
+        ("publish", Some("a=1\n")),
+        "the current state first"
+    );
+    let (status, _) = api.publish(path, json!({"content": "a=2\n"}), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (name, data) = next_event().await;
+    assert_eq!((name.as_str(), data["content"].as_str()), ("publish", Some("a=2\n")));
+    assert_eq!(data["format"], "properties", "the format stays when a publish omits it");
+    api.http.delete(api.item(path)).bearer_auth(&token).send().await.expect("delete");
+    let (name, data) = next_event().await;
+    assert_eq!(name, "delete");
+    assert_eq!(data["data_id"], "watched.properties");
+    server.terminate();
+}
+
+fn nacos(server: &Server, path: &str, token: &str) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    server.url(&format!("{path}{sep}accessToken={token}"))
+}
+
+#[tokio::test]
+async fn config_nacos_api_configs_listener_and_history() {
+    let (_dir, server, token) = start_with(&[]);
+    let http = client();
+    let publish = |content: &str, kind: &str| {
+        http.post(nacos(&server, "/nacos/v1/cs/configs", &token))
+            .form(&[
+                ("dataId", "svc.json"),
+                ("group", "G"),
+                ("tenant", "dev"),
+                ("content", content),
+                ("type", kind),
+            ])
+            .send()
+    };
+    let response = publish("{\"a\":1}", "json").await.expect("publish");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "true");
+    let response = publish("{\"a\":", "json").await.expect("publish");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let reason = response.text().await.unwrap();
+    assert!(reason.contains("line 1 column 5"), "{reason}");
+    let response = publish("x", "ini").await.expect("publish");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    let response = http
+        .get(nacos(&server, "/nacos/v1/cs/configs?dataId=svc.json&group=G&tenant=dev", &token))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), StatusCode::OK);
+    let md5 = response.headers()["content-md5"].to_str().unwrap().to_owned();
+    assert_eq!(response.text().await.unwrap(), "{\"a\":1}");
+    let response = http
+        .get(nacos(&server, "/nacos/v1/cs/configs?dataId=nope&group=G", &token))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    // Listener: a stale md5 answers at once, in Nacos's encoding.
+    let listen = |probe: String, timeout_ms: u64| {
+        http.post(nacos(&server, "/nacos/v1/cs/configs/listener", &token))
+            .header("Long-Pulling-Timeout", timeout_ms.to_string())
+            .form(&[("Listening-Configs", probe)])
+            .send()
+    };
+    let stale = "svc.json\u{2}G\u{2}old\u{2}dev\u{1}".to_owned();
+    let response = listen(stale, 30_000).await.expect("listen");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "svc.json%02G%02dev%01");
+    // Up to date: held until the timeout (less Nacos's 500 ms margin), then empty.
+    let current = format!("svc.json\u{2}G\u{2}{md5}\u{2}dev\u{1}");
+    let response = listen(current.clone(), 1_000).await.expect("listen");
+    assert_eq!(response.text().await.unwrap(), "");
+    // Up to date, then a publish: the held poll answers with the key.
+    let held = tokio::spawn(listen(current, 20_000));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = publish("{\"a\":2}", "json").await.expect("publish");
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the held poll answers on the change")
+        .expect("task")
+        .expect("listen");
+    assert_eq!(response.text().await.unwrap(), "svc.json%02G%02dev%01");
+    // Malformed bodies are 400s, never hangs.
+    for probe in ["", "only-two\u{2}fields\u{1}", "a/b\u{2}G\u{2}x\u{1}"] {
+        let response = listen(probe.to_owned(), 30_000).await.expect("listen");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{probe:?}");
+    }
+
+    // History: a page, one entry by nid, and the previous one.
+    let response = http
+        .get(nacos(
+            &server,
+            "/nacos/v1/cs/history?search=accurate&dataId=svc.json&group=G&tenant=dev",
+            &token,
+        ))
+        .send()
+        .await
+        .expect("history");
+    let (status, page) = json_of(response).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["totalCount"], 2);
+    assert_eq!(page["pageNumber"], 1);
+    assert_eq!(page["pagesAvailable"], 1);
+    let newest = page["pageItems"][0]["id"].as_str().expect("id").to_owned();
+    let oldest = page["pageItems"][1]["id"].as_str().expect("id").to_owned();
+    assert_eq!(page["pageItems"][0]["opType"], "U ");
+    assert_eq!(page["pageItems"][1]["opType"], "I ");
+    assert_eq!(page["pageItems"][0]["tenant"], "dev");
+    let response = http
+        .get(nacos(
+            &server,
+            &format!("/nacos/v1/cs/history?nid={oldest}&dataId=svc.json&group=G&tenant=dev"),
+            &token,
+        ))
+        .send()
+        .await
+        .expect("detail");
+    let (status, entry) = json_of(response).await;
+    assert_eq!(status, StatusCode::OK, "{entry}");
+    assert_eq!(entry["content"], "{\"a\":1}");
+    let response = http
+        .get(nacos(
+            &server,
+            &format!("/nacos/v1/cs/history/previous?id={newest}&dataId=svc.json&group=G&tenant=dev"),
+            &token,
+        ))
+        .send()
+        .await
+        .expect("previous");
+    let (status, previous) = json_of(response).await;
+    assert_eq!(status, StatusCode::OK, "{previous}");
+    assert_eq!(previous["id"], oldest.as_str());
+
+    let response = http
+        .delete(nacos(&server, "/nacos/v1/cs/configs?dataId=svc.json&group=G&tenant=dev", &token))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.text().await.unwrap(), "true");
+    server.terminate();
+}
+
+/// Runs `tests/nacos/config_sdk.py` with the real Nacos 1.x SDK against a node.
+fn run_nacos_sdk(server: &Server, token: &str, namespace: &str) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/nacos/config_sdk.py");
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut child = std::process::Command::new(common::nacos_python())
+        .arg(script)
+        .args([address.as_str(), token, namespace])
+        .arg(work.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the Nacos SDK's python runs");
+    let status = common::wait_with_timeout(&mut child, Duration::from_secs(60));
+    let output = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(status.success() && stdout.contains("ALL OK"), "the Nacos SDK run failed:\n{stdout}\n{stderr}");
+}
+
+#[test]
+fn config_nacos_sdk_publish_get_listen_delete_embedded() {
+    let (_dir, server, token) = start_with(&[]);
+    run_nacos_sdk(&server, &token, "");
+    run_nacos_sdk(&server, &token, "dev");
+    server.terminate();
+}
+
+#[test]
+fn config_nacos_sdk_publish_get_listen_delete_on_etcd() {
+    let endpoint = common::etcd_endpoint();
+    let prefix = format!("/t-config-sdk-{}/", rand::random::<u32>());
+    let store = format!("etcd://{endpoint}");
+    let (_dir, server, token) = start_with(&["--store", &store, "--root-prefix", &prefix]);
+    run_nacos_sdk(&server, &token, "");
+    run_nacos_sdk(&server, &token, "prod");
+    server.terminate();
+}
