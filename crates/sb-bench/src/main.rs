@@ -17,6 +17,7 @@ mod ceiling;
 mod coord_bench;
 mod http_bench;
 mod ids_bench;
+mod naming_bench;
 mod report;
 mod store_bench;
 
@@ -43,6 +44,9 @@ enum Command {
     /// Locks: uncontended acquire + release vs. a single commit; contended handoff vs. a
     /// watch notification; on the embedded store and etcd.
     Coord(coord_bench::CoordArgs),
+    /// The registry over the Nacos 1.x naming API vs. r-nacos (register, beat, list,
+    /// register → UDP push, RSS with 100k instances), and list vs. bare hyper.
+    Naming(naming_bench::NamingArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         Command::Ceiling(args) => runtime.block_on(ceiling::run(args)),
         Command::Ids(args) => runtime.block_on(ids_bench::run(args)),
         Command::Coord(args) => runtime.block_on(coord_bench::run(args)),
+        Command::Naming(args) => runtime.block_on(naming_bench::run(args)),
     }
 }

@@ -1,0 +1,529 @@
+//! The registry over the Nacos 1.x naming API (`/nacos/v1/ns/…`), side by side with a
+//! peer speaking the same API (r-nacos 0.8.8 with `--peer rnacos`), A B A B:
+//! - `register`: ephemeral instances, each a new one;
+//! - `beat`: light beats of known instances (and Switchboard's store revision before and
+//!   after: a beat-only load must leave it flat);
+//! - `list`: `instance/list` of a 10-instance service, also against the bare-hyper ceiling
+//!   answering a body of the same size;
+//! - `push`: register → subscriber notified by Nacos UDP push, one at a time, against a
+//!   bare-hyper round trip at the same concurrency (1);
+//! - `rss`: RSS with `--instances` persistent instances in `--services` services, and the
+//!   list of one such service against the ceiling.
+//!
+//! Every client holds one HTTP/1.1 keep-alive connection, as `wrk -c N` does.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+use crate::http_bench::{bench_token, connect, free_port, request, wait_until_answers, Killed};
+use crate::report::{compare_ab, run_clients, Outcome, Samples};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Peer {
+    /// r-nacos (`--rnacos-bin`), started on free ports with its own data dir.
+    Rnacos,
+    /// No peer: Switchboard alone (and its ceilings).
+    None,
+}
+
+#[derive(clap::Args)]
+pub struct NamingArgs {
+    /// The switchboard binary to benchmark (a release build).
+    #[arg(long, default_value = "target/release/switchboard")]
+    switchboard_bin: PathBuf,
+    /// This bench binary, to start the bare-hyper ceiling as its own process.
+    #[arg(long, default_value = "target/release/sb-bench")]
+    bench_bin: PathBuf,
+    /// The peer that runs the same scenarios.
+    #[arg(long, value_enum, default_value = "rnacos")]
+    peer: Peer,
+    #[arg(long, env = "SB_BENCH_RNACOS", default_value = "~/.cache/sb-peers/bin/rnacos")]
+    rnacos_bin: String,
+    /// Where temp data dirs go.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 5)]
+    secs: u64,
+    /// Concurrent clients (connections).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Register → notified samples.
+    #[arg(long, default_value_t = 200)]
+    push_samples: usize,
+    /// The RSS scenario's instances and services.
+    #[arg(long, default_value_t = 100_000)]
+    instances: usize,
+    #[arg(long, default_value_t = 1_000)]
+    services: usize,
+    /// Only these scenarios (comma-separated: register,beat,list,push,rss); all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+struct Target {
+    name: &'static str,
+    addr: String,
+    /// Appended to every Nacos query (`accessToken=…` for Switchboard).
+    auth: String,
+    pid: u32,
+    _process: Killed,
+}
+
+pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
+    let scratch = match &args.data_dir {
+        Some(dir) => tempfile::tempdir_in(dir)?,
+        None => tempfile::tempdir()?,
+    };
+    let wants = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    println!(
+        "sb-bench naming: {} clients, {} s per run, A B A B, peer {:?}, nproc {}",
+        args.clients,
+        args.secs,
+        args.peer,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let sb = start_switchboard(&args, &scratch.path().join("sb")).await?;
+    let peer = match args.peer {
+        Peer::Rnacos => Some(start_rnacos(&args, &scratch.path().join("rnacos")).await?),
+        Peer::None => None,
+    };
+    let secs = Duration::from_secs(args.secs);
+    let clients = args.clients;
+
+    let peer_name = peer.as_ref().map_or("none", |p| p.name);
+    if wants("register") {
+        let round = std::sync::atomic::AtomicUsize::new(0);
+        let next = || round.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let a = || register_load(&sb, clients, secs, next());
+        let b = peer.as_ref().map(|p| || register_load(p, clients, secs, next()));
+        ab("register", [sb.name, peer_name], a, b).await?;
+    }
+    if wants("beat") {
+        for target in std::iter::once(&sb).chain(peer.as_ref()) {
+            prime_beaters(target, clients).await?;
+        }
+        let before = store_revision(&sb).await?;
+        let b = peer.as_ref().map(|p| || beat_load(p, clients, secs));
+        ab("beat", [sb.name, peer_name], || beat_load(&sb, clients, secs), b).await?;
+        let after = store_revision(&sb).await?;
+        println!("beat           switchboard store revision {before} before the beat runs, {after} after\n");
+    }
+    if wants("list") {
+        for target in std::iter::once(&sb).chain(peer.as_ref()) {
+            let mut conn = connect(&target.addr).await?;
+            for port in 0..10 {
+                let query =
+                    format!("serviceName=bench.list&ip=10.9.0.1&port={}&ephemeral=false", 1000 + port);
+                nacos(&mut conn, target, "POST", "/nacos/v1/ns/instance", &query).await?;
+            }
+        }
+        let path = "/nacos/v1/ns/instance/list";
+        let query = "serviceName=bench.list";
+        let b = peer.as_ref().map(|p| || get_load(p, clients, secs, path, query));
+        ab("list", [sb.name, peer_name], || get_load(&sb, clients, secs, path, query), b).await?;
+        let body = nacos(&mut connect(&sb.addr).await?, &sb, "GET", path, query).await?;
+        let (ceiling, _guard) = start_ceiling(&args, body.len()).await?;
+        compare_ab(
+            "list",
+            ["switchboard", "hyper"],
+            || get_load(&sb, clients, secs, path, query),
+            || get_load(&ceiling, clients, secs, "/", ""),
+        )
+        .await?;
+    }
+    if wants("push") {
+        let (ceiling, _guard) = start_ceiling(&args, 64).await?;
+        let floor = get_load(&ceiling, 1, Duration::from_secs(2), "/", "").await?;
+        floor.print("push", "hyper-rtt");
+        for target in std::iter::once(&sb).chain(peer.as_ref()) {
+            let outcome = push_latency(target, args.push_samples).await?;
+            outcome.print("push", target.name);
+        }
+        println!("(register → UDP push received, one at a time; the floor is a bare-hyper round trip at concurrency 1)\n");
+    }
+    if wants("rss") {
+        for target in std::iter::once(&sb).chain(peer.as_ref()) {
+            let took = fill(target, args.instances, args.services, clients).await?;
+            println!(
+                "rss            {:<11} {} instances in {} services registered in {:.1} s: VmRSS {} KiB, VmHWM {} KiB",
+                target.name,
+                args.instances,
+                args.services,
+                took.as_secs_f64(),
+                proc_kib(target.pid, "VmRSS:").unwrap_or(0),
+                proc_kib(target.pid, "VmHWM:").unwrap_or(0)
+            );
+        }
+        let per = (args.instances / args.services.max(1)).max(1);
+        let path = "/nacos/v1/ns/instance/list";
+        let body = nacos(&mut connect(&sb.addr).await?, &sb, "GET", path, "serviceName=bench.rss.0").await?;
+        let (ceiling, _guard) = start_ceiling(&args, body.len()).await?;
+        let services = args.services.max(1);
+        let list = move |target: &Target| {
+            let (addr, auth) = (target.addr.clone(), target.auth.clone());
+            async move {
+                let conns = connect_all(&addr, clients).await?;
+                run_clients(conns, secs, move |mut conn, task, i| {
+                    let path = format!(
+                        "/nacos/v1/ns/instance/list?serviceName=bench.rss.{}{auth}",
+                        (task * 7919 + i) % services
+                    );
+                    async move {
+                        let result = request(&mut conn, "GET", &path, "", Vec::new()).await.map(|_| ());
+                        (conn, result)
+                    }
+                })
+                .await
+            }
+        };
+        compare_ab(
+            "list-100k",
+            ["switchboard", "hyper"],
+            || list(&sb),
+            || get_load(&ceiling, clients, secs, "/", ""),
+        )
+        .await?;
+        println!("(each list answers {per} instances, {} B)\n", body.len());
+    }
+    Ok(())
+}
+
+/// Switchboard vs. the peer when there is one, else Switchboard alone.
+async fn ab<FA, FutA, FB, FutB>(
+    scenario: &str,
+    names: [&str; 2],
+    mut a: FA,
+    b: Option<FB>,
+) -> anyhow::Result<()>
+where
+    FA: FnMut() -> FutA,
+    FutA: std::future::Future<Output = anyhow::Result<Outcome>>,
+    FB: FnMut() -> FutB,
+    FutB: std::future::Future<Output = anyhow::Result<Outcome>>,
+{
+    match b {
+        Some(b) => {
+            compare_ab(scenario, names, &mut a, b).await?;
+        }
+        None => {
+            a().await?.print(scenario, names[0]);
+            println!();
+        }
+    }
+    Ok(())
+}
+
+async fn start_switchboard(args: &NamingArgs, data_dir: &std::path::Path) -> anyhow::Result<Target> {
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let child = Command::new(&args.switchboard_bin)
+        .args(["serve", "--listen", &addr, "--data-dir"])
+        .arg(data_dir)
+        .env("SWITCHBOARD_ADMIN_TOKEN", bench_token())
+        .env("SWITCHBOARD_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", args.switchboard_bin.display()))?;
+    let pid = child.id();
+    let process = Killed(child);
+    wait_until_answers(&addr, "/readyz").await?;
+    Ok(Target {
+        name: "switchboard",
+        addr,
+        auth: format!("&accessToken={}", bench_token()),
+        pid,
+        _process: process,
+    })
+}
+
+async fn start_rnacos(args: &NamingArgs, data_dir: &std::path::Path) -> anyhow::Result<Target> {
+    let bin = match args.rnacos_bin.strip_prefix("~/") {
+        Some(rest) => PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(rest),
+        None => PathBuf::from(&args.rnacos_bin),
+    };
+    let (http, grpc, console) = (free_port()?, free_port()?, free_port()?);
+    let child = Command::new(&bin)
+        .env("RNACOS_HTTP_PORT", http.to_string())
+        .env("RNACOS_GRPC_PORT", grpc.to_string())
+        .env("RNACOS_HTTP_CONSOLE_PORT", console.to_string())
+        .env("RNACOS_RAFT_NODE_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("RNACOS_DATA_DIR", data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} (r-nacos 0.8.8; see shared/bench.md)", bin.display()))?;
+    let pid = child.id();
+    let process = Killed(child);
+    let addr = format!("127.0.0.1:{http}");
+    wait_until_answers(&addr, "/nacos/v1/ns/operator/metrics").await.context("r-nacos did not start")?;
+    Ok(Target { name: "r-nacos", addr, auth: String::new(), pid, _process: process })
+}
+
+async fn start_ceiling(args: &NamingArgs, body_bytes: usize) -> anyhow::Result<(Target, ())> {
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let child = Command::new(&args.bench_bin)
+        .args(["ceiling", "--listen", &addr, "--body-bytes", &body_bytes.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", args.bench_bin.display()))?;
+    let pid = child.id();
+    let process = Killed(child);
+    wait_until_answers(&addr, "/").await?;
+    Ok((Target { name: "hyper", addr, auth: String::new(), pid, _process: process }, ()))
+}
+
+type Conn = hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>;
+
+async fn connect_all(addr: &str, clients: usize) -> anyhow::Result<Vec<Conn>> {
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        conns.push(connect(addr).await?);
+    }
+    Ok(conns)
+}
+
+async fn nacos(
+    conn: &mut Conn,
+    target: &Target,
+    method: &str,
+    path: &str,
+    query: &str,
+) -> anyhow::Result<hyper::body::Bytes> {
+    request(conn, method, &format!("{path}?{query}{}", target.auth), "", Vec::new()).await
+}
+
+/// Loops of one Nacos call per client; `query(task, i)` names the call.
+async fn nacos_load(
+    target: &Target,
+    clients: usize,
+    secs: Duration,
+    method: &'static str,
+    path: &'static str,
+    query: impl Fn(usize, usize) -> String + Clone + Send + Sync + 'static,
+    check: fn(&[u8]) -> bool,
+) -> anyhow::Result<Outcome> {
+    let conns = connect_all(&target.addr, clients).await?;
+    let auth = target.auth.clone();
+    run_clients(conns, secs, move |mut conn: Conn, task, i| {
+        let uri = format!("{path}?{}{auth}", query(task, i));
+        async move {
+            let result = request(&mut conn, method, &uri, "", Vec::new()).await.and_then(|body| {
+                if check(&body) {
+                    Ok(())
+                } else {
+                    bail!("unexpected answer: {}", String::from_utf8_lossy(&body))
+                }
+            });
+            (conn, result)
+        }
+    })
+    .await
+}
+
+fn answered_ok(body: &[u8]) -> bool {
+    body == b"ok"
+}
+
+fn beat_ok(body: &[u8]) -> bool {
+    std::str::from_utf8(body).is_ok_and(|b| b.contains("10200"))
+}
+
+fn any(_: &[u8]) -> bool {
+    true
+}
+
+fn instance_ip(task: usize, i: usize) -> String {
+    format!("10.{}.{}.{}", task % 250, (i / 250) % 250, i % 250 + 1)
+}
+
+async fn register_load(
+    target: &Target,
+    clients: usize,
+    secs: Duration,
+    round: usize,
+) -> anyhow::Result<Outcome> {
+    nacos_load(
+        target,
+        clients,
+        secs,
+        "POST",
+        "/nacos/v1/ns/instance",
+        move |task, i| {
+            format!(
+                "serviceName=bench.reg.{task}&ip={}&port={}&ephemeral=true",
+                instance_ip(task, i / 60000),
+                1 + (i % 60000) + round % 5
+            )
+        },
+        answered_ok,
+    )
+    .await
+}
+
+const BEATERS_PER_CLIENT: usize = 10;
+
+async fn prime_beaters(target: &Target, clients: usize) -> anyhow::Result<()> {
+    let mut conn = connect(&target.addr).await?;
+    for task in 0..clients {
+        for n in 0..BEATERS_PER_CLIENT {
+            let query = format!(
+                "serviceName=bench.beat&ip={}&port={}&ephemeral=true",
+                instance_ip(task, 0),
+                2000 + n
+            );
+            nacos(&mut conn, target, "POST", "/nacos/v1/ns/instance", &query).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn beat_load(target: &Target, clients: usize, secs: Duration) -> anyhow::Result<Outcome> {
+    nacos_load(
+        target,
+        clients,
+        secs,
+        "PUT",
+        "/nacos/v1/ns/instance/beat",
+        |task, i| {
+            format!(
+                "serviceName=bench.beat&ip={}&port={}",
+                instance_ip(task, 0),
+                2000 + i % BEATERS_PER_CLIENT
+            )
+        },
+        beat_ok,
+    )
+    .await
+}
+
+async fn get_load(
+    target: &Target,
+    clients: usize,
+    secs: Duration,
+    path: &'static str,
+    query: &'static str,
+) -> anyhow::Result<Outcome> {
+    if target.name == "hyper" {
+        return nacos_load(target, clients, secs, "GET", "/", |_, _| String::new(), any).await;
+    }
+    nacos_load(target, clients, secs, "GET", path, move |_, _| query.to_owned(), any).await
+}
+
+/// Switchboard's store revision (the KV list answers it), to show beats do not write.
+async fn store_revision(sb: &Target) -> anyhow::Result<i64> {
+    let body =
+        request(&mut connect(&sb.addr).await?, "GET", "/api/v1/kv?limit=1", &bench_token(), Vec::new())
+            .await?;
+    let text = String::from_utf8_lossy(&body);
+    let revision = text
+        .split("\"revision\":")
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .and_then(|r| r.trim().parse().ok());
+    revision.with_context(|| format!("no revision in {text}"))
+}
+
+/// Register one instance at a time and time until the subscriber's UDP push shows it.
+async fn push_latency(target: &Target, samples: usize) -> anyhow::Result<Outcome> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let udp_port = socket.local_addr()?.port();
+    let mut conn = connect(&target.addr).await?;
+    let service = format!("bench.push.{}", target.name);
+    let subscribe = format!("serviceName={service}&clientIP=127.0.0.1&udpPort={udp_port}");
+    nacos(&mut conn, target, "GET", "/nacos/v1/ns/instance/list", &subscribe).await?;
+    let mut recorded = Samples::default();
+    let began = Instant::now();
+    let mut buffer = vec![0u8; 65536];
+    for n in 0..samples {
+        if n % 50 == 0 {
+            // Subscriptions expire unless refreshed, as a client's polls refresh them.
+            nacos(&mut conn, target, "GET", "/nacos/v1/ns/instance/list", &subscribe).await?;
+        }
+        let port = 3000 + n;
+        let start = Instant::now();
+        let query = format!("serviceName={service}&ip=10.8.0.1&port={port}&ephemeral=false");
+        nacos(&mut conn, target, "POST", "/nacos/v1/ns/instance", &query).await?;
+        let needle = format!("\"port\":{port}");
+        let deadline = start + Duration::from_secs(2);
+        let mut seen = false;
+        while let Ok(Ok((len, from))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buffer)).await
+        {
+            let packet = decode_packet(&buffer[..len]);
+            if let Some(last_ref) = last_ref_time(&packet) {
+                let ack = format!("{{\"type\":\"push-ack\",\"lastRefTime\":\"{last_ref}\",\"data\":\"\"}}");
+                let _ = socket.send_to(ack.as_bytes(), from).await;
+            }
+            if packet.replace("\\\"", "\"").contains(&needle) {
+                seen = true;
+                break;
+            }
+        }
+        if seen {
+            recorded.record(start.elapsed());
+        } else {
+            recorded.errors += 1;
+        }
+    }
+    Ok(Outcome::from_samples(recorded, began.elapsed()))
+}
+
+fn decode_packet(bytes: &[u8]) -> String {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = String::new();
+        if flate2::read::GzDecoder::new(bytes).read_to_string(&mut out).is_ok() {
+            return out;
+        }
+    }
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn last_ref_time(packet: &str) -> Option<String> {
+    let rest = packet.split("\"lastRefTime\":").last()?;
+    let value: String = rest.trim_start_matches('"').chars().take_while(|c| c.is_ascii_digit()).collect();
+    (!value.is_empty()).then_some(value)
+}
+
+/// Registers `instances` persistent instances over `services` services; returns the time.
+async fn fill(
+    target: &Target,
+    instances: usize,
+    services: usize,
+    clients: usize,
+) -> anyhow::Result<Duration> {
+    let began = Instant::now();
+    let per_client = instances.div_ceil(clients.max(1));
+    let mut handles = Vec::new();
+    for task in 0..clients {
+        let mut conn = connect(&target.addr).await?;
+        let auth = target.auth.clone();
+        handles.push(tokio::spawn(async move {
+            for n in (task * per_client)..((task + 1) * per_client).min(instances) {
+                let uri = format!(
+                    "/nacos/v1/ns/instance?serviceName=bench.rss.{}&ip=10.7.{}.{}&port={}&ephemeral=false{auth}",
+                    n % services,
+                    (n / 250) % 250,
+                    n % 250 + 1,
+                    1000 + n / 62500
+                );
+                request(&mut conn, "POST", &uri, "", Vec::new()).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for handle in handles {
+        handle.await??;
+    }
+    Ok(began.elapsed())
+}
+
+fn proc_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
