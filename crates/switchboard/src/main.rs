@@ -1,9 +1,10 @@
 //! The `switchboard` binary: `serve` runs a node (through `sb-server`); `kv`, `lease`,
-//! `id`, `lock`, `elect` and `svc` are HTTP clients of a running node; `backup` asks a running node (or, `--offline`,
+//! `id`, `lock`, `elect`, `svc` and `config` are HTTP clients of a running node; `backup` asks a running node (or, `--offline`,
 //! reads a store), and `restore` writes into an empty store.
 #![forbid(unsafe_code)]
 
 mod client;
+mod config;
 mod elect;
 mod id;
 mod kv;
@@ -46,6 +47,8 @@ enum Command {
     Elect(elect::ElectArgs),
     /// Register, list, watch and drain service instances on a running node.
     Svc(svc::SvcArgs),
+    /// Get, publish, list, delete, diff, roll back and watch configs on a running node.
+    Config(config::ConfigArgs),
     /// Write a consistent snapshot of every key (at one revision) to a file, from a
     /// running node (or, with --offline, from a stopped embedded store or an etcd).
     Backup(snapshot::BackupArgs),
@@ -109,6 +112,7 @@ fn run() -> anyhow::Result<()> {
             Command::Lock(args) => lock::run(args).await,
             Command::Elect(args) => elect::run(args).await,
             Command::Svc(args) => svc::run(args).await,
+            Command::Config(args) => config::run(args).await,
             Command::Backup(args) => snapshot::backup(args).await,
             Command::Restore(args) => snapshot::restore(args).await,
         }

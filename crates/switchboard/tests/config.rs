@@ -477,3 +477,98 @@ fn config_nacos_sdk_publish_get_listen_delete_on_etcd() {
     run_nacos_sdk(&server, &token, "prod");
     server.terminate();
 }
+
+/// `switchboard config …` against `server`, with the token from `<data-dir>/admin-token`.
+fn cli(server: &Server, data_dir: &std::path::Path) -> std::process::Command {
+    let mut command = common::switchboard();
+    command
+        .env("SWITCHBOARD_ENDPOINT", &server.base)
+        .env("SWITCHBOARD_DATA_DIR", data_dir)
+        .env_remove("SWITCHBOARD_TOKEN")
+        .arg("config");
+    command
+}
+
+fn cli_ok(command: &mut std::process::Command, stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.unwrap_or("").as_bytes()).expect("write stdin");
+    drop(input);
+    let output = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{command:?} failed\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn config_cli_publish_get_history_diff_rollback_watch() {
+    use std::io::BufRead;
+    let (dir, server, _token) = start_with(&[]);
+    let data = dir.path();
+    let file = data.join("app.yml");
+    std::fs::write(&file, "port: 80\n").expect("write");
+    let out = cli_ok(cli(&server, data).args(["--ns", "dev", "publish", "app.yml"]).arg(&file), None);
+    assert!(out.starts_with("published app.yml version "), "{out}");
+    let v1: i64 = out.split_whitespace().nth(3).and_then(|v| v.parse().ok()).expect("version");
+
+    // Broken YAML from a .yml file: refused, with the line and column.
+    std::fs::write(&file, "port: [80\n").expect("write");
+    let output =
+        cli(&server, data).args(["--ns", "dev", "publish", "app.yml"]).arg(&file).output().expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not valid yaml at line 2"), "{stderr}");
+
+    // From stdin, with the format given.
+    let mut watch = cli(&server, data)
+        .args(["--ns", "dev", "watch", "app.yml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("watch runs");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let next = || lines_rx.recv_timeout(Duration::from_secs(10)).expect("a watch line within 10 s");
+    assert!(next().starts_with(&format!("PUBLISH version {v1} ")), "the current version first");
+    let out = cli_ok(
+        cli(&server, data).args(["--ns", "dev", "publish", "app.yml", "-", "--format", "yaml"]),
+        Some("port: 81\n"),
+    );
+    let v2: i64 = out.split_whitespace().nth(3).and_then(|v| v.parse().ok()).expect("version");
+    assert!(next().starts_with(&format!("PUBLISH version {v2} ")));
+
+    assert_eq!(cli_ok(cli(&server, data).args(["--ns", "dev", "get", "app.yml"]), None), "port: 81\n");
+    let history = cli_ok(cli(&server, data).args(["--ns", "dev", "history", "app.yml"]), None);
+    assert!(history.contains("2 version(s) in all"), "{history}");
+    let diff = cli_ok(cli(&server, data).args(["--ns", "dev", "diff", "app.yml", &v1.to_string()]), None);
+    assert!(diff.contains("-port: 80\n+port: 81\n"), "{diff}");
+    let out = cli_ok(cli(&server, data).args(["--ns", "dev", "rollback", "app.yml", &v1.to_string()]), None);
+    assert!(out.contains(&format!("back to version {v1}")), "{out}");
+    assert!(next().starts_with("PUBLISH version "), "the rollback is a publish");
+    assert_eq!(cli_ok(cli(&server, data).args(["--ns", "dev", "get", "app.yml"]), None), "port: 80\n");
+    let old = cli_ok(
+        cli(&server, data).args(["--ns", "dev", "history", "app.yml", "--version", &v2.to_string()]),
+        None,
+    );
+    assert_eq!(old, "port: 81\n");
+    cli_ok(cli(&server, data).args(["--ns", "dev", "delete", "app.yml"]), None);
+    assert_eq!(next(), "DELETE");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    server.terminate();
+}

@@ -1,0 +1,305 @@
+//! `switchboard config get|list|publish|delete|history|diff|rollback|watch`: the config
+//! center's native API from the command line. `publish` reads a file (or `-` for stdin)
+//! and infers the format from the file's extension; `-o json` prints the API's JSON.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::client::{ApiClient, ClientArgs, Output};
+use crate::sse::SseParser;
+use crate::table;
+
+#[derive(clap::Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The namespace.
+    #[arg(long, global = true, default_value = "public")]
+    ns: String,
+    /// The group.
+    #[arg(long, global = true, default_value = "DEFAULT_GROUP")]
+    group: String,
+    #[command(subcommand)]
+    command: ConfigCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum ConfigCommand {
+    /// Print a config's content (-o json: with its version and metadata).
+    Get { data_id: String },
+    /// List the namespace's configs (of --group only with --only-group).
+    #[command(alias = "ls")]
+    List {
+        #[arg(long)]
+        only_group: bool,
+    },
+    /// Publish a file (`-` reads stdin); the format comes from the extension unless --format.
+    Publish {
+        data_id: String,
+        file: String,
+        /// text, json, yaml, toml, properties, xml or html.
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Publish only if the config is at this version (0: only if it does not exist).
+        #[arg(long)]
+        if_match: Option<i64>,
+        /// A JSON Schema file the content (json, yaml, toml) must match from now on.
+        #[arg(long)]
+        schema: Option<String>,
+    },
+    /// Delete a config (recorded in its history).
+    #[command(alias = "rm")]
+    Delete {
+        data_id: String,
+        #[arg(long)]
+        if_match: Option<i64>,
+    },
+    /// List a config's versions, newest first (or print one with --version).
+    History {
+        data_id: String,
+        #[arg(long)]
+        version: Option<i64>,
+        #[arg(long, default_value_t = 1)]
+        page: usize,
+        #[arg(long, default_value_t = 20)]
+        page_size: usize,
+    },
+    /// A unified diff from version FROM to version TO (default: the current version).
+    Diff { data_id: String, from: i64, to: Option<i64> },
+    /// Publish an old version's content again.
+    Rollback {
+        data_id: String,
+        version: i64,
+        #[arg(long)]
+        if_match: Option<i64>,
+    },
+    /// Print a line for every publish and delete of a config, until interrupted.
+    Watch { data_id: String },
+}
+
+/// `json` for `app.json`, `yaml` for `app.yml`; text for anything unknown.
+fn format_of(file: &str) -> &'static str {
+    let extension = Path::new(file).extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    match extension.as_str() {
+        "json" => "json",
+        "yaml" | "yml" => "yaml",
+        "toml" => "toml",
+        "properties" => "properties",
+        "xml" => "xml",
+        "html" | "htm" => "html",
+        _ => "text",
+    }
+}
+
+fn read_input(file: &str) -> anyhow::Result<String> {
+    if file == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("reading the content from stdin")?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(file).with_context(|| format!("reading {file}"))
+}
+
+/// Names are letters, digits and `-_.:`; anything else is escaped and the server refuses it
+/// with a message naming the rule.
+fn segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b':' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(&args.client.connect, &args.client.data_dir)?;
+    let output = args.client.output;
+    let base = format!("/api/v1/namespaces/{}/configs", segment(&args.ns));
+    let item = |data_id: &str| format!("{base}/{}/{}", segment(&args.group), segment(data_id));
+    let with_if_match = |request: reqwest::RequestBuilder, if_match: Option<i64>| match if_match {
+        Some(version) => request.header("If-Match", version.to_string()),
+        None => request,
+    };
+    match args.command {
+        ConfigCommand::Get { data_id } => {
+            let value = client.call(client.request(Method::GET, &item(&data_id))).await?;
+            match output {
+                Output::Json => println!("{value}"),
+                _ => print!("{}", value["content"].as_str().unwrap_or_default()),
+            }
+        }
+        ConfigCommand::List { only_group } => {
+            let path =
+                if only_group { format!("{base}?group={}", segment(&args.group)) } else { base.clone() };
+            let value = client.call(client.request(Method::GET, &path)).await?;
+            if output == Output::Json {
+                println!("{value}");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = value["items"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|i| {
+                    vec![
+                        i["group"].as_str().unwrap_or_default().to_owned(),
+                        i["data_id"].as_str().unwrap_or_default().to_owned(),
+                        i["format"].as_str().unwrap_or_default().to_owned(),
+                        i["version"].to_string(),
+                        i["size"].to_string(),
+                        i["md5"].as_str().unwrap_or_default().to_owned(),
+                    ]
+                })
+                .collect();
+            table::print(&["GROUP", "DATA ID", "FORMAT", "VERSION", "SIZE", "MD5"], &rows);
+        }
+        ConfigCommand::Publish { data_id, file, format, description, if_match, schema } => {
+            let content = read_input(&file)?;
+            let format = format.unwrap_or_else(|| format_of(&file).to_owned());
+            let mut body = json!({"content": content, "format": format});
+            if let Some(description) = description {
+                body["description"] = Value::String(description);
+            }
+            if let Some(schema) = schema {
+                let text = std::fs::read_to_string(&schema).with_context(|| format!("reading {schema}"))?;
+                body["schema"] =
+                    serde_json::from_str(&text).with_context(|| format!("{schema} is not valid JSON"))?;
+            }
+            let request = client
+                .request(Method::PUT, &item(&data_id))
+                .header("content-type", "application/json")
+                .body(body.to_string());
+            let value = client.call(with_if_match(request, if_match)).await?;
+            match output {
+                Output::Json => println!("{value}"),
+                _ => println!(
+                    "published {} version {} md5 {}",
+                    data_id,
+                    value["version"],
+                    value["md5"].as_str().unwrap_or_default()
+                ),
+            }
+        }
+        ConfigCommand::Delete { data_id, if_match } => {
+            let request = client.request(Method::DELETE, &item(&data_id));
+            let value = client.call(with_if_match(request, if_match)).await?;
+            match output {
+                Output::Json => println!("{value}"),
+                _ => println!("deleted {} at revision {}", data_id, value["revision"]),
+            }
+        }
+        ConfigCommand::History { data_id, version: Some(version), .. } => {
+            let value = client
+                .call(client.request(Method::GET, &format!("{}/history/{version}", item(&data_id))))
+                .await?;
+            match output {
+                Output::Json => println!("{value}"),
+                _ => print!("{}", value["content"].as_str().unwrap_or_default()),
+            }
+        }
+        ConfigCommand::History { data_id, version: None, page, page_size } => {
+            let path = format!("{}/history?page={page}&page_size={page_size}", item(&data_id));
+            let value = client.call(client.request(Method::GET, &path)).await?;
+            if output == Output::Json {
+                println!("{value}");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = value["entries"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|e| {
+                    let op = match e["rolled_back_from"].as_i64() {
+                        Some(from) => format!("rollback to {from}"),
+                        None => e["op"].as_str().unwrap_or_default().to_owned(),
+                    };
+                    vec![
+                        e["version"].to_string(),
+                        op,
+                        e["format"].as_str().unwrap_or_default().to_owned(),
+                        e["size"].to_string(),
+                        e["author"].as_str().unwrap_or_default().to_owned(),
+                        e["md5"].as_str().unwrap_or_default().to_owned(),
+                    ]
+                })
+                .collect();
+            table::print(&["VERSION", "OP", "FORMAT", "SIZE", "AUTHOR", "MD5"], &rows);
+            println!("{} version(s) in all", value["total"]);
+        }
+        ConfigCommand::Diff { data_id, from, to } => {
+            let mut path = format!("{}/diff?from={from}", item(&data_id));
+            if let Some(to) = to {
+                path.push_str(&format!("&to={to}"));
+            }
+            let value = client.call(client.request(Method::GET, &path)).await?;
+            match output {
+                Output::Json => println!("{value}"),
+                _ => print!("{}", value["diff"].as_str().unwrap_or_default()),
+            }
+        }
+        ConfigCommand::Rollback { data_id, version, if_match } => {
+            let request = client
+                .request(Method::POST, &format!("{}/rollback", item(&data_id)))
+                .header("content-type", "application/json")
+                .body(json!({"version": version}).to_string());
+            let value = client.call(with_if_match(request, if_match)).await?;
+            match output {
+                Output::Json => println!("{value}"),
+                _ => {
+                    println!("rolled {} back to version {version}: now version {}", data_id, value["version"])
+                }
+            }
+        }
+        ConfigCommand::Watch { data_id } => watch(&client, output, &item(&data_id)).await?,
+    }
+    Ok(())
+}
+
+async fn watch(client: &ApiClient, output: Output, item: &str) -> anyhow::Result<()> {
+    let mut response = client.send(client.request(Method::GET, &format!("{item}/watch"))).await?;
+    let mut parser = SseParser::default();
+    let stdout = std::io::stdout();
+    while let Some(chunk) = response.chunk().await.context("reading the watch stream")? {
+        for event in parser.push(&chunk) {
+            let data: Value = serde_json::from_str(&event.data)
+                .with_context(|| format!("a watch event is not JSON: {:.200}", event.data))?;
+            let line = match (output, event.event.as_str()) {
+                (Output::Json, _) => data.to_string(),
+                (_, "publish") => format!(
+                    "PUBLISH version {} md5 {} format {} size {}",
+                    data["version"],
+                    data["md5"].as_str().unwrap_or_default(),
+                    data["format"].as_str().unwrap_or_default(),
+                    data["size"]
+                ),
+                (_, "delete") => "DELETE".to_owned(),
+                (_, other) => bail!("unexpected watch event {other:?}"),
+            };
+            let mut out = stdout.lock();
+            writeln!(out, "{line}")?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_come_from_extensions() {
+        assert_eq!(format_of("app.yml"), "yaml");
+        assert_eq!(format_of("dir.d/app.JSON"), "json");
+        assert_eq!(format_of("notes"), "text");
+        assert_eq!(format_of("-"), "text");
+    }
+}
