@@ -10,13 +10,17 @@
 //!   batch endpoint in IDs/s, single-ID HTTP against the bare-hyper ceiling;
 //! - `sb-bench coord`: lock acquire + release against a single commit, and the contended
 //!   handoff against a watch notification, on the embedded store and etcd;
+//! - `sb-bench naming`, `sb-bench config`: the registry and the config center over the
+//!   Nacos 1.x API against r-nacos (and the bare-hyper ceiling);
 //! - `sb-bench ceiling`: the bare-hyper server itself.
 #![forbid(unsafe_code)]
 
 mod ceiling;
+mod config_bench;
 mod coord_bench;
 mod http_bench;
 mod ids_bench;
+mod nacos_targets;
 mod naming_bench;
 mod report;
 mod store_bench;
@@ -47,6 +51,9 @@ enum Command {
     /// The registry over the Nacos 1.x naming API vs. r-nacos (register, beat, list,
     /// register → UDP push, RSS with 100k instances), and list vs. bare hyper.
     Naming(naming_bench::NamingArgs),
+    /// The config center over the Nacos 1.x config API vs. r-nacos (get, publish,
+    /// publish → listener, RSS with 10k configs, 10k long-polls), and get vs. bare hyper.
+    Config(config_bench::ConfigArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,5 +66,6 @@ fn main() -> anyhow::Result<()> {
         Command::Ids(args) => runtime.block_on(ids_bench::run(args)),
         Command::Coord(args) => runtime.block_on(coord_bench::run(args)),
         Command::Naming(args) => runtime.block_on(naming_bench::run(args)),
+        Command::Config(args) => runtime.block_on(config_bench::run(args)),
     }
 }

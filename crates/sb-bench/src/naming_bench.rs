@@ -14,23 +14,18 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use crate::http_bench::{bench_token, connect, free_port, request, wait_until_answers, Killed};
+use crate::http_bench::{bench_token, connect, request};
+use crate::nacos_targets::{
+    ab, any, connect_all, nacos, nacos_load, proc_kib, start_ceiling, start_rnacos, start_switchboard, Peer,
+    Target,
+};
 use crate::report::{compare_ab, run_clients, Outcome, Samples};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Peer {
-    /// r-nacos (`--rnacos-bin`), started on free ports with its own data dir.
-    Rnacos,
-    /// No peer: Switchboard alone (and its ceilings).
-    None,
-}
 
 #[derive(clap::Args)]
 pub struct NamingArgs {
@@ -67,15 +62,6 @@ pub struct NamingArgs {
     only: Vec<String>,
 }
 
-struct Target {
-    name: &'static str,
-    addr: String,
-    /// Appended to every Nacos query (`accessToken=…` for Switchboard).
-    auth: String,
-    pid: u32,
-    _process: Killed,
-}
-
 pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
     let scratch = match &args.data_dir {
         Some(dir) => tempfile::tempdir_in(dir)?,
@@ -89,9 +75,9 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
         args.peer,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let sb = start_switchboard(&args, &scratch.path().join("sb")).await?;
+    let sb = start_switchboard(&args.switchboard_bin, &scratch.path().join("sb"), &[]).await?;
     let peer = match args.peer {
-        Peer::Rnacos => Some(start_rnacos(&args, &scratch.path().join("rnacos")).await?),
+        Peer::Rnacos => Some(start_rnacos(&args.rnacos_bin, &scratch.path().join("rnacos")).await?),
         Peer::None => None,
     };
     let secs = Duration::from_secs(args.secs);
@@ -129,7 +115,7 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
         let b = peer.as_ref().map(|p| || get_load(p, clients, secs, path, query));
         ab("list", [sb.name, peer_name], || get_load(&sb, clients, secs, path, query), b).await?;
         let body = nacos(&mut connect(&sb.addr).await?, &sb, "GET", path, query).await?;
-        let (ceiling, _guard) = start_ceiling(&args, body.len()).await?;
+        let (ceiling, _guard) = start_ceiling(&args.bench_bin, body.len()).await?;
         compare_ab(
             "list",
             ["switchboard", "hyper"],
@@ -139,7 +125,7 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
         .await?;
     }
     if wants("push") {
-        let (ceiling, _guard) = start_ceiling(&args, 64).await?;
+        let (ceiling, _guard) = start_ceiling(&args.bench_bin, 64).await?;
         let floor = get_load(&ceiling, 1, Duration::from_secs(2), "/", "").await?;
         floor.print("push", "hyper-rtt");
         for target in std::iter::once(&sb).chain(peer.as_ref()) {
@@ -164,7 +150,7 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
         let per = (args.instances / args.services.max(1)).max(1);
         let path = "/nacos/v1/ns/instance/list";
         let body = nacos(&mut connect(&sb.addr).await?, &sb, "GET", path, "serviceName=bench.rss.0").await?;
-        let (ceiling, _guard) = start_ceiling(&args, body.len()).await?;
+        let (ceiling, _guard) = start_ceiling(&args.bench_bin, body.len()).await?;
         let services = args.services.max(1);
         let list = move |target: &Target| {
             let (addr, auth) = (target.addr.clone(), target.auth.clone());
@@ -195,147 +181,12 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Switchboard vs. the peer when there is one, else Switchboard alone.
-async fn ab<FA, FutA, FB, FutB>(
-    scenario: &str,
-    names: [&str; 2],
-    mut a: FA,
-    b: Option<FB>,
-) -> anyhow::Result<()>
-where
-    FA: FnMut() -> FutA,
-    FutA: std::future::Future<Output = anyhow::Result<Outcome>>,
-    FB: FnMut() -> FutB,
-    FutB: std::future::Future<Output = anyhow::Result<Outcome>>,
-{
-    match b {
-        Some(b) => {
-            compare_ab(scenario, names, &mut a, b).await?;
-        }
-        None => {
-            a().await?.print(scenario, names[0]);
-            println!();
-        }
-    }
-    Ok(())
-}
-
-async fn start_switchboard(args: &NamingArgs, data_dir: &std::path::Path) -> anyhow::Result<Target> {
-    let addr = format!("127.0.0.1:{}", free_port()?);
-    let child = Command::new(&args.switchboard_bin)
-        .args(["serve", "--listen", &addr, "--data-dir"])
-        .arg(data_dir)
-        .env("SWITCHBOARD_ADMIN_TOKEN", bench_token())
-        .env("SWITCHBOARD_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", args.switchboard_bin.display()))?;
-    let pid = child.id();
-    let process = Killed(child);
-    wait_until_answers(&addr, "/readyz").await?;
-    Ok(Target {
-        name: "switchboard",
-        addr,
-        auth: format!("&accessToken={}", bench_token()),
-        pid,
-        _process: process,
-    })
-}
-
-async fn start_rnacos(args: &NamingArgs, data_dir: &std::path::Path) -> anyhow::Result<Target> {
-    let bin = match args.rnacos_bin.strip_prefix("~/") {
-        Some(rest) => PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(rest),
-        None => PathBuf::from(&args.rnacos_bin),
-    };
-    let (http, grpc, console) = (free_port()?, free_port()?, free_port()?);
-    let child = Command::new(&bin)
-        .env("RNACOS_HTTP_PORT", http.to_string())
-        .env("RNACOS_GRPC_PORT", grpc.to_string())
-        .env("RNACOS_HTTP_CONSOLE_PORT", console.to_string())
-        .env("RNACOS_RAFT_NODE_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("RNACOS_DATA_DIR", data_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {} (r-nacos 0.8.8; see shared/bench.md)", bin.display()))?;
-    let pid = child.id();
-    let process = Killed(child);
-    let addr = format!("127.0.0.1:{http}");
-    wait_until_answers(&addr, "/nacos/v1/ns/operator/metrics").await.context("r-nacos did not start")?;
-    Ok(Target { name: "r-nacos", addr, auth: String::new(), pid, _process: process })
-}
-
-async fn start_ceiling(args: &NamingArgs, body_bytes: usize) -> anyhow::Result<(Target, ())> {
-    let addr = format!("127.0.0.1:{}", free_port()?);
-    let child = Command::new(&args.bench_bin)
-        .args(["ceiling", "--listen", &addr, "--body-bytes", &body_bytes.to_string()])
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", args.bench_bin.display()))?;
-    let pid = child.id();
-    let process = Killed(child);
-    wait_until_answers(&addr, "/").await?;
-    Ok((Target { name: "hyper", addr, auth: String::new(), pid, _process: process }, ()))
-}
-
-type Conn = hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>;
-
-async fn connect_all(addr: &str, clients: usize) -> anyhow::Result<Vec<Conn>> {
-    let mut conns = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        conns.push(connect(addr).await?);
-    }
-    Ok(conns)
-}
-
-async fn nacos(
-    conn: &mut Conn,
-    target: &Target,
-    method: &str,
-    path: &str,
-    query: &str,
-) -> anyhow::Result<hyper::body::Bytes> {
-    request(conn, method, &format!("{path}?{query}{}", target.auth), "", Vec::new()).await
-}
-
-/// Loops of one Nacos call per client; `query(task, i)` names the call.
-async fn nacos_load(
-    target: &Target,
-    clients: usize,
-    secs: Duration,
-    method: &'static str,
-    path: &'static str,
-    query: impl Fn(usize, usize) -> String + Clone + Send + Sync + 'static,
-    check: fn(&[u8]) -> bool,
-) -> anyhow::Result<Outcome> {
-    let conns = connect_all(&target.addr, clients).await?;
-    let auth = target.auth.clone();
-    run_clients(conns, secs, move |mut conn: Conn, task, i| {
-        let uri = format!("{path}?{}{auth}", query(task, i));
-        async move {
-            let result = request(&mut conn, method, &uri, "", Vec::new()).await.and_then(|body| {
-                if check(&body) {
-                    Ok(())
-                } else {
-                    bail!("unexpected answer: {}", String::from_utf8_lossy(&body))
-                }
-            });
-            (conn, result)
-        }
-    })
-    .await
-}
-
 fn answered_ok(body: &[u8]) -> bool {
     body == b"ok"
 }
 
 fn beat_ok(body: &[u8]) -> bool {
     std::str::from_utf8(body).is_ok_and(|b| b.contains("10200"))
-}
-
-fn any(_: &[u8]) -> bool {
-    true
 }
 
 fn instance_ip(task: usize, i: usize) -> String {
@@ -520,10 +371,4 @@ async fn fill(
         handle.await??;
     }
     Ok(began.elapsed())
-}
-
-fn proc_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
