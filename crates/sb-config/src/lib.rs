@@ -16,6 +16,9 @@ mod retention;
 mod service;
 mod view;
 
+#[cfg(test)]
+mod tests;
+
 pub use diff::unified_diff;
 pub use error::{ConfigError, ConfigResult};
 pub use format::{validate_content, ConfigFormat, ContentError};

@@ -4,10 +4,11 @@
 //! re-checks all of its md5s, so no change is missed.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::model::ConfigKey;
-use crate::view::{ConfigChange, ConfigState, ConfigView};
+use crate::view::{ConfigChange, ConfigChanges, ConfigState, ConfigView};
 
 /// One item a listener holds, with the md5 of the content it has (`""` for none).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,29 +46,41 @@ impl ConfigView {
     ) -> ListenOutcome {
         // Subscribe before the first check, so a change between the two is not lost.
         let mut changes = self.subscribe();
-        let now = differing(&self.snapshot(), keys);
-        if !now.is_empty() {
-            return ListenOutcome::Changed(now);
-        }
-        let watched: HashSet<&ConfigKey> = keys.iter().map(|k| &k.key).collect();
-        let deadline = tokio::time::Instant::now() + timeout;
-        tokio::pin!(stop);
-        loop {
-            let batch = tokio::select! {
-                batch = changes.next() => batch,
-                _ = tokio::time::sleep_until(deadline) => return ListenOutcome::TimedOut,
-                _ = &mut stop => return ListenOutcome::Stopped,
-            };
-            let Some(batch) = batch else { return ListenOutcome::Stopped };
-            let relevant = batch.iter().any(|change| match change {
-                ConfigChange::Reset => true,
-                ConfigChange::Changed(key) => watched.contains(key),
-            });
-            if relevant {
-                let now = differing(&self.snapshot(), keys);
-                if !now.is_empty() {
-                    return ListenOutcome::Changed(now);
-                }
+        listen_on(&mut changes, || self.snapshot(), keys, timeout, stop).await
+    }
+}
+
+/// The long-poll over a subscription and a way to read the current state.
+pub(crate) async fn listen_on(
+    changes: &mut ConfigChanges,
+    current: impl Fn() -> Arc<ConfigState>,
+    keys: &[ListenKey],
+    timeout: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) -> ListenOutcome {
+    let now = differing(&current(), keys);
+    if !now.is_empty() {
+        return ListenOutcome::Changed(now);
+    }
+    let watched: HashSet<&ConfigKey> = keys.iter().map(|k| &k.key).collect();
+    let deadline = tokio::time::Instant::now() + timeout;
+    tokio::pin!(stop);
+    loop {
+        let batch = tokio::select! {
+            batch = changes.next() => batch,
+            _ = tokio::time::sleep_until(deadline) => return ListenOutcome::TimedOut,
+            _ = &mut stop => return ListenOutcome::Stopped,
+        };
+        let Some(batch) = batch else { return ListenOutcome::Stopped };
+        // A reset says nothing about which items changed: re-check them all.
+        let relevant = batch.iter().any(|change| match change {
+            ConfigChange::Reset => true,
+            ConfigChange::Changed(key) => watched.contains(key),
+        });
+        if relevant {
+            let now = differing(&current(), keys);
+            if !now.is_empty() {
+                return ListenOutcome::Changed(now);
             }
         }
     }

@@ -226,6 +226,11 @@ pub struct ConfigChanges {
 }
 
 impl ConfigChanges {
+    #[cfg(test)]
+    pub(crate) fn from_receiver(inner: broadcast::Receiver<ViewChange>) -> ConfigChanges {
+        ConfigChanges { inner }
+    }
+
     /// The next batch of changed items; `None` when the view has stopped. A lagging
     /// subscriber hears [`ConfigChange::Reset`].
     pub async fn next(&mut self) -> Option<Vec<ConfigChange>> {

@@ -1,0 +1,187 @@
+//! The config service and view over the real embedded store, and the listener's re-check
+//! after a view reset.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sb_store::codec::encode;
+use sb_store::view::{ViewChange, ViewState};
+use sb_store::{Event, EventKind, KeyValue, SharedStore, Store};
+use sb_store_embedded::{EmbeddedOptions, EmbeddedStore};
+
+use crate::listen::listen_on;
+use crate::*;
+
+async fn service(dir: &tempfile::TempDir, retention: Retention) -> ConfigService {
+    let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path().join("store.redb"))).await.unwrap();
+    let store = store as Arc<dyn Store> as SharedStore;
+    let view = Arc::new(ConfigView::start(store.clone()).await.unwrap());
+    ConfigService::new(store, view, ConfigSettings { retention, ..ConfigSettings::default() })
+}
+
+fn text(content: &str) -> PublishRequest {
+    PublishRequest { content: content.into(), author: "test".into(), ..PublishRequest::default() }
+}
+
+fn key(data_id: &str) -> ConfigKey {
+    ConfigKey::new("public", "G", data_id).unwrap()
+}
+
+#[tokio::test]
+async fn versions_are_revisions_and_the_view_serves_the_current_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = service(&dir, Retention::default()).await;
+    let a = key("a");
+    let first = service.publish(&a, text("one")).await.unwrap();
+    let second = service.publish(&a, text("two")).await.unwrap();
+    assert!(first.created && !second.created);
+    assert!(second.version > first.version);
+    let current = service.get(&a).expect("read-your-writes");
+    assert_eq!((&*current.content, current.version), ("two", second.version));
+    let history = service.history(&a, 1, 10).await.unwrap();
+    let versions: Vec<_> = history.records.iter().map(|r| r.version).collect();
+    assert_eq!(versions, [second.version, first.version]);
+
+    // A delete and a re-create: new versions, history kept, content from the new publish.
+    service.delete(&a, None, "test", "").await.unwrap().expect("deleted");
+    assert!(service.get(&a).is_none());
+    let third = service.publish(&a, text("three")).await.unwrap();
+    assert!(third.created && third.version > second.version);
+    assert_eq!(&*service.get(&a).unwrap().content, "three");
+    let history = service.history(&a, 1, 10).await.unwrap();
+    let ops: Vec<_> = history.records.iter().map(|r| r.entry.op).collect();
+    assert_eq!(ops, [HistoryOp::Create, HistoryOp::Delete, HistoryOp::Update, HistoryOp::Create]);
+}
+
+#[tokio::test]
+async fn a_failed_publish_changes_nothing_and_if_match_guards() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = service(&dir, Retention::default()).await;
+    let a = key("a.json");
+    let json = |content: &str| PublishRequest { format: ConfigFormat::Json, ..text(content) };
+    let v1 = service.publish(&a, json("{\"a\":1}")).await.unwrap().version;
+    assert!(matches!(service.publish(&a, json("{\"a\":")).await, Err(ConfigError::InvalidContent(_))));
+    let stale = PublishRequest { if_match: Some(v1 - 1), ..json("{\"a\":2}") };
+    assert!(matches!(service.publish(&a, stale).await, Err(ConfigError::VersionMismatch { .. })));
+    assert_eq!(service.get(&a).unwrap().version, v1);
+    assert_eq!(service.history(&a, 1, 10).await.unwrap().total, 1);
+}
+
+#[tokio::test]
+async fn listeners_answer_on_stale_md5s_and_on_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Arc::new(service(&dir, Retention::default()).await);
+    let a = key("a");
+    service.publish(&a, text("one")).await.unwrap();
+    let held = ListenKey { key: a.clone(), md5: content_md5("one") };
+    let stale = ListenKey { key: a.clone(), md5: "x".into() };
+    let never = std::future::pending::<()>;
+    let view = service.view().clone();
+    assert_eq!(
+        view.listen(&[stale], Duration::from_secs(5), never()).await,
+        ListenOutcome::Changed(vec![a.clone()])
+    );
+    assert_eq!(
+        view.listen(std::slice::from_ref(&held), Duration::from_millis(50), never()).await,
+        ListenOutcome::TimedOut
+    );
+    let waiting = {
+        let view = view.clone();
+        let held = held.clone();
+        tokio::spawn(async move { view.listen(&[held], Duration::from_secs(10), never()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    service.publish(&key("other"), text("unrelated")).await.unwrap();
+    service.publish(&a, text("two")).await.unwrap();
+    assert_eq!(waiting.await.unwrap(), ListenOutcome::Changed(vec![a]));
+}
+
+fn state_with(data_id: &str, content: &str) -> ConfigState {
+    let entry = EntryId(1 << 40);
+    let item = ConfigItem {
+        entry: entry.to_string(),
+        format: ConfigFormat::Text,
+        md5: content_md5(content),
+        size: content.len(),
+        description: String::new(),
+        tags: Vec::new(),
+        app_name: String::new(),
+        author: String::new(),
+        created_ms: 0,
+        modified_ms: 0,
+        schema: None,
+    };
+    let history = HistoryEntry {
+        op: HistoryOp::Create,
+        content: content.into(),
+        format: ConfigFormat::Text,
+        md5: item.md5.clone(),
+        description: String::new(),
+        tags: Vec::new(),
+        app_name: String::new(),
+        author: String::new(),
+        source_ip: String::new(),
+        at_ms: 0,
+        rolled_back_from: None,
+    };
+    let k = key(data_id);
+    let put = |key: String, value: Vec<u8>| Event {
+        kind: EventKind::Put,
+        kv: KeyValue {
+            key: key.into_bytes(),
+            value,
+            create_revision: 5,
+            mod_revision: 5,
+            version: 1,
+            lease: None,
+        },
+    };
+    let mut state = ConfigState::default();
+    state.apply(&put(k.history_key(&entry), encode(&history).unwrap()));
+    state.apply(&put(k.item_key(), encode(&item).unwrap()));
+    state
+}
+
+#[tokio::test]
+async fn after_a_view_reset_listeners_recheck_every_md5() {
+    let (sender, receiver) = tokio::sync::broadcast::channel(16);
+    let mut changes = ConfigChanges::from_receiver(receiver);
+    let state = Arc::new(Mutex::new(Arc::new(state_with("a", "one"))));
+    let held = [ListenKey { key: key("a"), md5: content_md5("one") }];
+    let waiting = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let current = move || state.lock().clone();
+            listen_on(&mut changes, current, &held, Duration::from_secs(10), std::future::pending()).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A reload replaced the state (the change itself was never seen as an event): only the
+    // reset tells the listener, and it must re-check.
+    *state.lock() = Arc::new(state_with("a", "two"));
+    sender.send(ViewChange::Reset { revision: 9 }).unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("answered").unwrap();
+    assert_eq!(outcome, ListenOutcome::Changed(vec![key("a")]));
+}
+
+#[tokio::test]
+async fn retention_keeps_the_last_n_and_rollback_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = service(&dir, Retention { keep_last: 2, max_age: None }).await;
+    let a = key("a");
+    let mut versions = Vec::new();
+    for n in 0..4 {
+        versions.push(service.publish(&a, text(&format!("v{n}"))).await.unwrap().version);
+    }
+    let page = service.history(&a, 1, 10).await.unwrap();
+    assert_eq!(page.total, 2);
+    assert!(matches!(
+        service.rollback(&a, versions[0], None, "t", "").await,
+        Err(ConfigError::VersionNotFound { .. })
+    ));
+    let back = service.rollback(&a, versions[2], None, "t", "").await.unwrap();
+    assert_eq!(&*service.get(&a).unwrap().content, "v2");
+    let diff = service.diff(&a, versions[3], Some(back.version)).await.unwrap();
+    assert!(diff.contains("-v3") && diff.contains("+v2"), "{diff}");
+}
