@@ -85,3 +85,60 @@ pub fn register(
         compacted.set(now.compacted_revision);
     }));
 }
+
+/// The registry's gauges, read from its view at each scrape (labels carry no service names:
+/// they are unbounded).
+pub fn register_registry(
+    metrics: &mut ApiMetrics,
+    registry: Weak<sb_registry::Registry>,
+    push: Weak<sb_api::nacos_push::NamingPush>,
+) {
+    let gauge = |metrics: &mut ApiMetrics, name: &str, help: &str| {
+        let gauge = Gauge::<i64>::default();
+        metrics.registry_mut().register(name, help, gauge.clone());
+        gauge
+    };
+    let services = gauge(metrics, "switchboard_registry_services", "Services in the registry view");
+    let instances = gauge(metrics, "switchboard_registry_instances", "Instances in the registry view");
+    let healthy =
+        gauge(metrics, "switchboard_registry_healthy_instances", "Healthy instances in the registry view");
+    let beats = gauge(
+        metrics,
+        "switchboard_registry_tracked_beats",
+        "Ephemeral instances whose beats this node tracks (memory only)",
+    );
+    let subscribers =
+        gauge(metrics, "switchboard_registry_push_subscribers", "Nacos UDP push subscribers of this node");
+    let pushes = Counter::<u64>::default();
+    metrics.registry_mut().register(
+        "switchboard_registry_udp_pushes",
+        "Nacos UDP pushes sent",
+        pushes.clone(),
+    );
+    let acks = Counter::<u64>::default();
+    metrics.registry_mut().register(
+        "switchboard_registry_udp_push_acks",
+        "Nacos UDP pushes acknowledged by their subscriber",
+        acks.clone(),
+    );
+    metrics.add_scrape_hook(Box::new(move || {
+        if let Some(registry) = registry.upgrade() {
+            let snapshot = registry.snapshot();
+            services.set(snapshot.services.len() as i64);
+            instances.set(snapshot.instance_count as i64);
+            let healthy_count: usize = snapshot
+                .services
+                .values()
+                .map(|s| s.instances.values().filter(|i| i.record.healthy).count())
+                .sum();
+            healthy.set(healthy_count as i64);
+            beats.set(registry.tracked_beats() as i64);
+        }
+        if let Some(push) = push.upgrade() {
+            subscribers.set(push.subscriber_count() as i64);
+            let (sent, acked) = push.counts();
+            pushes.inc_by(sent.saturating_sub(pushes.get()));
+            acks.inc_by(acked.saturating_sub(acks.get()));
+        }
+    }));
+}

@@ -112,13 +112,14 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         .map_err(ServerError::ids("starting the Snowflake service"))?,
     );
     let segments = SegmentService::new(store.clone(), ids::segment_options(&args.ids));
-    let mut metrics = ApiMetrics::new();
-    node_metrics::register(&mut metrics, Arc::downgrade(&membership), open.embedded.clone());
-    ids::register_metrics(&mut metrics, Arc::downgrade(&snowflake), Arc::downgrade(&segments));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let naming_push = sb_api::nacos_push::NamingPush::start(registry.clone(), stop_rx.clone())
         .await
         .map_err(ServerError::io("binding the Nacos UDP push socket"))?;
+    let mut metrics = ApiMetrics::new();
+    node_metrics::register(&mut metrics, Arc::downgrade(&membership), open.embedded.clone());
+    node_metrics::register_registry(&mut metrics, Arc::downgrade(&registry), Arc::downgrade(&naming_push));
+    ids::register_metrics(&mut metrics, Arc::downgrade(&snowflake), Arc::downgrade(&segments));
     let api = Arc::new(Api {
         config: ApiConfig {
             max_value_bytes: args.max_value_bytes,

@@ -530,6 +530,8 @@ async fn nacos_naming_api_answers_in_nacos_shapes() {
     assert_eq!(metrics["instanceCount"], 1);
     let (_, switches) = api.nacos(M::GET, "/nacos/v1/ns/operator/switches", "").await;
     assert_eq!(switches["lightBeatEnabled"], true);
+    let scrape = api.http.get(api.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(scrape.contains("switchboard_registry_instances 1"), "{scrape}");
     // Without a token: Nacos's 403.
     let (status, body) = send(api.http.get(api.url("/nacos/v1/ns/instance/list?serviceName=svc"))).await;
     assert_eq!((status, body), (StatusCode::FORBIDDEN, json!("unknown user!")));
