@@ -629,3 +629,54 @@ fn nacos_sdk_registers_discovers_subscribes_and_expires_on_etcd() {
     run_sdk(&server, &token, "sdk.etcd", work.path());
     server.terminate();
 }
+
+#[tokio::test]
+async fn two_etcd_nodes_share_the_registry_and_a_beat_moves_an_instance_to_the_node_it_reaches() {
+    let store = format!("etcd://{}", common::etcd_endpoint());
+    let prefix = format!(
+        "/t-registry-two-etcd-{}/",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    );
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, token) =
+        start(dir_a.path(), &["--store", &store, "--root-prefix", &prefix, "--node-id", "node-a"]);
+    let b = Server::start(dir_b.path(), |command| {
+        command.args(TIMEOUT_FLAGS).args([
+            "--store",
+            &store,
+            "--root-prefix",
+            &prefix,
+            "--node-id",
+            "node-b",
+        ]);
+    });
+    let api_a = Api { http: client(), server: &a, token: token.clone() };
+    let api_b = Api { http: client(), server: &b, token };
+    let (status, _) = api_a
+        .call(reqwest::Method::POST, &format!("{SVC}/instances"), json!({"ip":"10.0.0.1","port":80}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Node B sees A's registration (its view follows the same etcd).
+    wait_until("node B to see the instance", async || {
+        ports(&api_b.get(&format!("{SVC}/instances")).await.1) == [(80, true)]
+    })
+    .await;
+    // The client's beats reach B: B adopts the instance onto its own session.
+    let (status, _) =
+        api_b.call(reqwest::Method::POST, &format!("{SVC}/instances/10.0.0.1:80/beat"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    wait_until("the instance to be owned by node B", async || {
+        api_a.get(&format!("{SVC}/instances")).await.1["instances"][0]["owner"] == "node-b"
+    })
+    .await;
+    // A dies without leaving: its session lease expires, the instance stays (B holds it).
+    drop(a);
+    for _ in 0..14 {
+        let (status, _) =
+            api_b.call(reqwest::Method::POST, &format!("{SVC}/instances/10.0.0.1:80/beat"), json!({})).await;
+        assert_eq!(status, StatusCode::OK, "the instance vanished with node A");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(ports(&api_b.get(&format!("{SVC}/instances")).await.1), [(80, true)]);
+    b.terminate();
+}
