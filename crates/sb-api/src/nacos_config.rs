@@ -50,6 +50,9 @@ fn config_key(params: &NacosParams) -> NacosResult<ConfigKey> {
 }
 
 pub async fn get(State(api): State<ApiState>, params: NacosParams) -> NacosResult<Response> {
+    if let Some(mode) = params.get("search") {
+        return search(&api, &params, mode);
+    }
     let key = config_key(&params)?;
     let Some(snapshot) = api.configs.get(&key) else {
         return Err(NacosError(ApiError::not_found("config data not exist")));
@@ -217,6 +220,108 @@ pub async fn listener(
     Ok(response)
 }
 
+/// One item of a `configs?search=` page (Nacos's `ConfigInfo`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigInfo {
+    id: String,
+    data_id: String,
+    group: String,
+    content: String,
+    md5: String,
+    tenant: String,
+    app_name: String,
+    #[serde(rename = "type")]
+    format: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigPageJson {
+    total_count: usize,
+    page_number: usize,
+    pages_available: usize,
+    page_items: Vec<ConfigInfo>,
+}
+
+/// `*` matches any run of characters, as in Nacos's blur search.
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return text.contains(pattern);
+    }
+    let mut rest = text;
+    for (i, part) in parts.iter().enumerate() {
+        if part.is_empty() {
+            continue;
+        }
+        match rest.find(part) {
+            Some(at) if i > 0 || at == 0 => rest = &rest[at + part.len()..],
+            _ => return false,
+        }
+    }
+    parts.last().is_none_or(|last| last.is_empty() || text.ends_with(last))
+}
+
+/// `configs?search=accurate|blur`: a page of a namespace's configs, with their content,
+/// from the view. `accurate` matches `dataId` and `group` exactly, `blur` by `*` patterns
+/// (or substrings); an empty one matches everything.
+fn search(api: &ApiState, params: &NacosParams, mode: &str) -> NacosResult<Response> {
+    let blur = match mode {
+        "accurate" => false,
+        "blur" => true,
+        other => {
+            return Err(NacosError(ApiError::invalid(
+                "search",
+                format!("caused: Param 'search' is '{other}', expected accurate or blur;"),
+            )))
+        }
+    };
+    let namespace = params.namespace("tenant");
+    let tenant = params.get("tenant").unwrap_or("").to_owned();
+    let matches = |pattern: Option<&str>, value: &str| match pattern {
+        None => true,
+        Some(p) if blur => wildcard_match(p, value),
+        Some(p) => p == value,
+    };
+    let (data_id, group) = (params.get("dataId"), params.get("group"));
+    let page_number = params.parse::<usize>("pageNo", "a page number")?.unwrap_or(1).max(1);
+    let page_size = params
+        .parse::<usize>("pageSize", "a page size")?
+        .unwrap_or(DEFAULT_HISTORY_PAGE_SIZE)
+        .clamp(1, MAX_HISTORY_PAGE_SIZE);
+    let state = api.configs.view().snapshot();
+    let exact_group = group.filter(|_| !blur);
+    let found: Vec<_> = state
+        .list(namespace, exact_group)
+        .into_iter()
+        .filter(|s| matches(data_id, &s.key.data_id) && matches(group, &s.key.group))
+        .collect();
+    let total_count = found.len();
+    let page_items = found
+        .into_iter()
+        .skip((page_number - 1).saturating_mul(page_size))
+        .take(page_size)
+        .map(|s| ConfigInfo {
+            id: s.version.to_string(),
+            data_id: s.key.data_id.clone(),
+            group: s.key.group.clone(),
+            content: s.content.to_string(),
+            md5: s.item.md5.clone(),
+            tenant: tenant.clone(),
+            app_name: s.item.app_name.clone(),
+            format: s.item.format.as_str(),
+        })
+        .collect();
+    let json = ConfigPageJson {
+        total_count,
+        page_number,
+        pages_available: total_count.div_ceil(page_size),
+        page_items,
+    };
+    Ok(Json(json).into_response())
+}
+
 /// Nacos's `ConfigHistoryInfo`.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -347,6 +452,15 @@ mod tests {
         let changed: Vec<ConfigKey> = lines.iter().map(|l| l.listen.key.clone()).collect();
         assert_eq!(encode_changed(&lines, &changed), "a.yaml%02G%01b%3Ac%02G%02dev%01");
         assert_eq!(encode_changed(&lines, &[]), "");
+    }
+
+    #[test]
+    fn blur_search_patterns() {
+        assert!(wildcard_match("app*", "app.yaml"));
+        assert!(wildcard_match("*.yaml", "app.yaml"));
+        assert!(wildcard_match("a*y*l", "app.yaml") && !wildcard_match("a*y*l", "app.yamlx"));
+        assert!(wildcard_match("pp.y", "app.yaml"));
+        assert!(!wildcard_match("web*", "app.yaml"));
     }
 
     #[test]

@@ -35,6 +35,9 @@ def check(condition, what):
 check(client.get_config(data_id, group, no_snapshot=True) is None, "an absent config reads as None")
 check(client.publish_config(data_id, group, "port: 8080\n", config_type="yaml"), "publish answers true")
 check(client.get_config(data_id, group, no_snapshot=True) == "port: 8080\n", "get returns the published content")
+page = client.get_configs(no_snapshot=True, group=group)
+check(page["totalCount"] == 1 and page["pageItems"][0]["dataId"] == data_id
+      and page["pageItems"][0]["content"] == "port: 8080\n", "get_configs lists it (%r)" % page)
 
 try:
     client.publish_config(data_id, group, "port: [8080\n", config_type="yaml")
