@@ -1,7 +1,8 @@
 //! Locks against the store floor they are built on, in one run, on the embedded store and
 //! on etcd (both through the port, as the server uses them):
-//! - `uncontended`: acquire + release of a free lock (a lease grant and two transactions)
-//!   against one durable put (a single commit); the target is p99 ≤ 3×;
+//! - `uncontended`: acquire + release of a free lock (two transactions on the critical path:
+//!   the enqueue on a pooled lease, the owner-checked delete) against one durable put (a
+//!   single commit); the target is p99 ≤ 3×;
 //! - `handoff`: a holder releases while a waiter is queued; the time from the release call
 //!   to the waiter's acquire returning, against a watch notification (put call to event
 //!   delivery) on the same store; the target is p99 ≤ 2×.
