@@ -48,7 +48,8 @@ pub async fn run(args: ElectArgs) -> anyhow::Result<()> {
         };
         match answer {
             Ok(grant) => break grant,
-            Err(error) if error.to_string().contains("409") => continue,
+            // A wait that ended (409 conflict): campaign again.
+            Err(error) if error.to_string().ends_with("(409 conflict)") => continue,
             Err(error) => return Err(error),
         }
     };
