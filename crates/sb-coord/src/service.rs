@@ -85,6 +85,18 @@ impl Coord {
         Arc::new(Coord { ctx: Ctx { store, cleanup, leases } })
     }
 
+    /// Waits (at most `timeout`) until the leases queued for revocation have been taken
+    /// up, so a stopping node leaves no waiter key behind for a TTL.
+    pub async fn drain(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.ctx.cleanup.capacity() < self.ctx.cleanup.max_capacity() {
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Acquires a lock or campaigns in an election: queues, waits at most `wait_ms`, and
     /// answers with the fencing and owner tokens. `value` is an election's proclamation.
     pub async fn acquire(

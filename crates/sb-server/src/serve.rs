@@ -187,6 +187,9 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     if let Some(sweeper) = config_sweeper {
         sweeper.abort();
     }
+    // Waiters cut off by the stop hand their leases to the coordination cleanup: revoke
+    // them now, so their keys do not outlive the node by a TTL.
+    api.coord.drain(Duration::from_secs(2)).await;
     drop(api);
     // Give the Snowflake worker id back at once (its high-water mark stays).
     snowflake.stop().await;

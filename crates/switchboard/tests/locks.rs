@@ -485,3 +485,39 @@ async fn lock_checker_across_two_nodes_on_etcd() {
     );
     assert!(report.long_pauses > 0 && report.guarded_ok > 0, "{report:?}");
 }
+
+#[tokio::test]
+async fn a_stopping_node_cuts_waiters_off_and_leaves_no_waiter_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), |_| {});
+    let token = server.printed_token().expect("a first start prints the admin token");
+    let (_, holder) =
+        post(&server, &token, "/api/v1/locks/stop/acquire", json!({"ttl_secs": 300, "wait_ms": 0})).await;
+    let waiter = {
+        let (url, token) = (server.url("/api/v1/locks/stop/acquire"), token.clone());
+        tokio::spawn(async move {
+            let response = client()
+                .post(url)
+                .bearer_auth(token)
+                .body(json!({"ttl_secs": 300, "wait_ms": 60_000}).to_string())
+                .send()
+                .await;
+            decode(response.expect("acquire")).await
+        })
+    };
+    for _ in 0..100 {
+        if get(&server, &token, "/api/v1/locks/stop").await.1["waiters"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.terminate();
+    let cut = waiter.await.unwrap();
+    assert_error(&cut, StatusCode::SERVICE_UNAVAILABLE, "unavailable", "stopping");
+    // After a restart the holder still holds (its TTL is 300 s), and no waiter is left.
+    let server = Server::start(dir.path(), |_| {});
+    let (status, held) = get(&server, &token, "/api/v1/locks/stop").await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    assert_eq!((&held["holder"]["token"], held["waiters"].as_u64()), (&holder["token"], Some(0)), "{held}");
+    server.terminate();
+}
