@@ -4,6 +4,7 @@
 //! re-checks all of its md5s, so no change is missed.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +47,24 @@ impl ConfigView {
     ) -> ListenOutcome {
         // Subscribe before the first check, so a change between the two is not lost.
         let mut changes = self.subscribe();
+        let _held = Held::new(&self.listening);
         listen_on(&mut changes, || self.snapshot(), keys, timeout, stop).await
+    }
+}
+
+/// Counts a held long-poll while it lives (also when its future is dropped).
+struct Held<'a>(&'a AtomicUsize);
+
+impl<'a> Held<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Held(count)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -190,12 +190,14 @@ pub enum ConfigChange {
 /// The watch-fed config view.
 pub struct ConfigView {
     view: View<ConfigState>,
+    /// Long-polls held right now (for metrics).
+    pub(crate) listening: std::sync::atomic::AtomicUsize,
 }
 
 impl ConfigView {
     pub async fn start(store: SharedStore) -> StoreResult<ConfigView> {
         let view = View::start(store, KeyRange::prefix(CONFIG_PREFIX), "config").await?;
-        Ok(ConfigView { view })
+        Ok(ConfigView { view, listening: std::sync::atomic::AtomicUsize::new(0) })
     }
 
     pub fn snapshot(&self) -> Arc<ConfigState> {
@@ -208,6 +210,11 @@ impl ConfigView {
 
     pub fn revision(&self) -> Revision {
         self.view.revision()
+    }
+
+    /// Long-polls held right now.
+    pub fn listening(&self) -> usize {
+        self.listening.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub async fn wait_for(&self, revision: Revision, timeout: Duration) -> Result<(), ViewError> {

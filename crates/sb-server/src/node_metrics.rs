@@ -142,3 +142,28 @@ pub fn register_registry(
         }
     }));
 }
+
+/// The config center's gauges, read from its view at each scrape.
+pub fn register_config(metrics: &mut ApiMetrics, configs: Weak<sb_config::ConfigService>) {
+    let gauge = |metrics: &mut ApiMetrics, name: &str, help: &str| {
+        let gauge = Gauge::<i64>::default();
+        metrics.registry_mut().register(name, help, gauge.clone());
+        gauge
+    };
+    let items = gauge(metrics, "switchboard_config_items", "Configs in the config view");
+    let listeners =
+        gauge(metrics, "switchboard_config_long_polls", "Nacos config long-polls held by this node");
+    let undecodable = gauge(
+        metrics,
+        "switchboard_config_undecodable_values",
+        "Stored config values the view skipped because they did not decode",
+    );
+    metrics.add_scrape_hook(Box::new(move || {
+        if let Some(configs) = configs.upgrade() {
+            let state = configs.view().snapshot();
+            items.set(state.len() as i64);
+            undecodable.set(state.undecodable() as i64);
+            listeners.set(configs.view().listening() as i64);
+        }
+    }));
+}

@@ -119,6 +119,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     let mut metrics = ApiMetrics::new();
     node_metrics::register(&mut metrics, Arc::downgrade(&membership), open.embedded.clone());
     node_metrics::register_registry(&mut metrics, Arc::downgrade(&registry), Arc::downgrade(&naming_push));
+    node_metrics::register_config(&mut metrics, Arc::downgrade(&configs));
     ids::register_metrics(&mut metrics, Arc::downgrade(&snowflake), Arc::downgrade(&segments));
     let api = Arc::new(Api {
         config: ApiConfig {

@@ -379,6 +379,9 @@ async fn config_nacos_api_configs_listener_and_history() {
         .expect("task")
         .expect("listen");
     assert_eq!(response.text().await.unwrap(), "svc.json%02G%02dev%01");
+    let metrics = http.get(server.url("/metrics")).send().await.expect("metrics").text().await.unwrap();
+    assert!(metrics.contains("switchboard_config_items 1"), "{metrics}");
+    assert!(metrics.contains("switchboard_config_long_polls 0"), "{metrics}");
     // Malformed bodies are 400s, never hangs.
     for probe in ["", "only-two\u{2}fields\u{1}", "a/b\u{2}G\u{2}x\u{1}"] {
         let response = listen(probe.to_owned(), 30_000).await.expect("listen");
