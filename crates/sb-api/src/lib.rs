@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod nacos;
 mod nacos_config;
+pub mod nacos_list_cache;
 pub mod nacos_naming;
 pub mod nacos_push;
 mod openapi;
@@ -97,6 +98,8 @@ pub struct Api {
     pub registry: Arc<sb_registry::Registry>,
     /// Nacos 1.x UDP pushes to subscribers.
     pub naming_push: Arc<nacos_push::NamingPush>,
+    /// Rendered Nacos `instance/list` answers, one per service revision and query.
+    pub nacos_lists: nacos_list_cache::NacosListCache,
     pub metrics: ApiMetrics,
     /// Snowflake and segment IDs.
     pub ids: IdServices,

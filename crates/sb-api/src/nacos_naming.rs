@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ErrorKind};
 use crate::nacos::{NacosError, NacosParams, NacosResult};
+use crate::nacos_list_cache::ListKey;
 use crate::ApiState;
 
 /// Nacos's naming response codes.
@@ -228,7 +229,7 @@ pub async fn list(
     State(api): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     params: NacosParams,
-) -> NacosResult<Json<Value>> {
+) -> NacosResult<Response> {
     let id = service_id(&params)?;
     let clusters = params.get("clusters").unwrap_or("");
     let healthy_only = params.flag("healthyOnly").unwrap_or(false);
@@ -255,8 +256,18 @@ pub async fn list(
         }
         None => CACHE_MILLIS,
     };
-    let selection = api.registry.instances(&id, &list_query(clusters, healthy_only));
-    Ok(Json(service_info_json(&api.registry, &id, clusters, &selection, cache_millis)))
+    let snapshot = api.registry.snapshot();
+    let revision = (snapshot.generation, snapshot.service(&id).map_or(0, |s| s.changed_revision));
+    drop(snapshot);
+    let render = || {
+        let selection = api.registry.instances(&id, &list_query(clusters, healthy_only));
+        let mut info = service_info_json(&api.registry, &id, clusters, &selection, cache_millis);
+        info["lastRefTime"] = json!(0);
+        info.to_string()
+    };
+    let key = ListKey { id: id.clone(), clusters: clusters.to_owned(), healthy_only, cache_millis };
+    let body = api.nacos_lists.answer(key, revision, render, now_ms());
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// `PUT /nacos/v1/ns/instance/beat`

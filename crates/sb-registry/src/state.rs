@@ -43,11 +43,28 @@ impl ServiceEntry {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RegistryState {
     pub services: imbl::OrdMap<ServiceId, ServiceEntry>,
     pub instance_count: usize,
     pub undecodable: u64,
+    /// Distinct for every state built from scratch (each load or reload of the view):
+    /// after a reload a service's last-change revision may repeat with other content, so
+    /// whatever is cached by revision is cached by (generation, revision).
+    pub generation: u64,
+}
+
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Default for RegistryState {
+    fn default() -> Self {
+        RegistryState {
+            services: imbl::OrdMap::new(),
+            instance_count: 0,
+            undecodable: 0,
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
 }
 
 impl RegistryState {

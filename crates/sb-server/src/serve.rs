@@ -136,6 +136,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         coord: sb_coord::Coord::new(store.clone()),
         registry: registry.clone(),
         naming_push,
+        nacos_lists: Default::default(),
         metrics,
         ids: IdServices { snowflake: snowflake.clone(), segments },
         log_level: log_control,
