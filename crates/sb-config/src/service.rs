@@ -141,6 +141,11 @@ impl ConfigService {
         ConfigService { store, view, settings }
     }
 
+    #[cfg(test)]
+    pub(crate) fn store_for_tests(&self) -> SharedStore {
+        self.store.clone()
+    }
+
     pub fn view(&self) -> &Arc<ConfigView> {
         &self.view
     }

@@ -16,8 +16,32 @@ use crate::*;
 async fn service(dir: &tempfile::TempDir, retention: Retention) -> ConfigService {
     let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path().join("store.redb"))).await.unwrap();
     let store = store as Arc<dyn Store> as SharedStore;
+    service_on(store, retention).await
+}
+
+async fn service_on(store: SharedStore, retention: Retention) -> ConfigService {
     let view = Arc::new(ConfigView::start(store.clone()).await.unwrap());
     ConfigService::new(store, view, ConfigSettings { retention, ..ConfigSettings::default() })
+}
+
+#[tokio::test]
+async fn a_fresh_view_loads_only_current_contents() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = service(&dir, Retention::default()).await;
+    let (a, b) = (key("a"), key("b"));
+    for n in 0..3 {
+        first.publish(&a, text(&format!("a{n}"))).await.unwrap();
+    }
+    let b_version = first.publish(&b, text("b0")).await.unwrap().version;
+    first.delete(&b, None, "t", "").await.unwrap();
+    first.publish(&key("c"), text("c0")).await.unwrap();
+    // A second view loads the store from scratch, as a restarted node does.
+    let second = service_on(first.store_for_tests(), Retention::default()).await;
+    assert_eq!(&*second.get(&a).unwrap().content, "a2");
+    assert!(second.get(&b).is_none(), "a deleted config stays deleted");
+    assert_eq!(second.view().snapshot().len(), 2);
+    let history = second.history(&b, 1, 10).await.unwrap();
+    assert_eq!(history.records.last().map(|r| r.version), Some(b_version));
 }
 
 fn text(content: &str) -> PublishRequest {

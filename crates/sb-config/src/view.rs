@@ -31,15 +31,45 @@ pub struct ConfigSnapshot {
     pub content: Arc<str>,
 }
 
+/// The newest history entry of an item: kept as stored until the item points at it, so a
+/// load (which sees every retained entry before the items, in key order) decodes only the
+/// current ones.
+#[derive(Clone, Debug)]
+enum Latest {
+    Stored(Arc<[u8]>),
+    Content(Arc<str>),
+}
+
 #[derive(Clone, Debug, Default)]
 struct Slot {
     item: Option<(Arc<ConfigItem>, Revision, Revision)>,
-    latest: Option<(EntryId, Arc<str>)>,
+    latest: Option<(EntryId, Latest)>,
 }
 
 impl Slot {
     fn is_empty(&self) -> bool {
         self.item.is_none() && self.latest.is_none()
+    }
+
+    /// Decodes the newest entry if the item points at it; `false` if it does not decode.
+    fn settle(&mut self) -> bool {
+        let Some((item, _, _)) = &self.item else { return true };
+        let Some((entry, Latest::Stored(bytes))) = &self.latest else { return true };
+        if item.entry != entry.to_string() {
+            return true;
+        }
+        match decode::<HistoryEntry>(bytes) {
+            Ok(history) => {
+                let entry = *entry;
+                self.latest = Some((entry, Latest::Content(Arc::from(history.content))));
+                true
+            }
+            Err(error) => {
+                warn!(entry = %entry, %error, "skipping undecodable config history entry");
+                self.latest = None;
+                false
+            }
+        }
     }
 }
 
@@ -54,6 +84,9 @@ impl ConfigState {
     fn update(&mut self, path: &str, change: impl FnOnce(&mut Slot)) {
         let mut slot = self.slots.get(path).map(|s| Slot::clone(s)).unwrap_or_default();
         change(&mut slot);
+        if !slot.settle() {
+            self.undecodable += 1;
+        }
         if slot.is_empty() {
             self.slots.remove(path);
         } else {
@@ -69,7 +102,7 @@ impl ConfigState {
     fn by_path(&self, path: &str, key: &ConfigKey) -> Option<ConfigSnapshot> {
         let slot = self.slots.get(path)?;
         let (item, version, created_version) = slot.item.as_ref()?;
-        let (entry, content) = slot.latest.as_ref()?;
+        let (entry, Latest::Content(content)) = slot.latest.as_ref()? else { return None };
         if item.entry != entry.to_string() {
             // Cannot happen after a whole revision is applied (item and entry commit
             // together, and the newest entry is the current one); never serve a mismatch.
@@ -163,16 +196,8 @@ impl ViewState for ConfigState {
                     if !newer {
                         return;
                     }
-                    match decode::<HistoryEntry>(&event.kv.value) {
-                        Ok(history) => {
-                            let content: Arc<str> = Arc::from(history.content);
-                            self.update(path, |slot| slot.latest = Some((entry, content)));
-                        }
-                        Err(error) => {
-                            self.undecodable += 1;
-                            warn!(key, %error, "skipping undecodable config history entry");
-                        }
-                    }
+                    let stored: Arc<[u8]> = Arc::from(event.kv.value.as_slice());
+                    self.update(path, |slot| slot.latest = Some((entry, Latest::Stored(stored))));
                 }
             }
         }
