@@ -28,6 +28,7 @@ pub mod nacos_naming;
 pub mod nacos_push;
 mod openapi;
 mod ops;
+mod ratelimit;
 mod registry;
 pub mod routes;
 mod watch;
@@ -103,6 +104,8 @@ pub struct Api {
     pub metrics: ApiMetrics,
     /// Snowflake and segment IDs.
     pub ids: IdServices,
+    /// Rate-limit rules, checks and permits.
+    pub ratelimit: Arc<sb_ratelimit::RateLimiter>,
     pub log_level: Option<Arc<dyn LogLevelControl>>,
     /// Turns true when the server stops; long-lived streams end on it.
     pub shutdown: tokio::sync::watch::Receiver<bool>,

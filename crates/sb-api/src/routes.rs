@@ -11,8 +11,8 @@ use axum::Router;
 
 use crate::error::{ApiError, ErrorKind};
 use crate::{
-    backup, config, elections, ids, kv, leases, locks, middleware, nacos_config, nacos_naming, ops, registry,
-    watch, ApiState,
+    backup, config, elections, ids, kv, leases, locks, middleware, nacos_config, nacos_naming, ops,
+    ratelimit, registry, watch, ApiState,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +137,13 @@ pub enum RouteId {
     NacosConfigListener,
     NacosConfigHistory,
     NacosConfigHistoryPrevious,
+    RateLimitRuleList,
+    RateLimitRuleGet,
+    RateLimitRulePut,
+    RateLimitRuleDelete,
+    RateLimitCheck,
+    RateLimitPermitAcquire,
+    RateLimitPermitRelease,
 }
 
 #[derive(Debug)]
@@ -765,6 +772,69 @@ pub static ROUTES: &[Route] = &[
         false,
         "Nacos 1.x: the history entry before a version",
     ),
+    route(
+        RouteId::RateLimitRuleList,
+        M::Get,
+        "/api/v1/ratelimit/rules",
+        "ratelimit",
+        A::Read,
+        false,
+        "List the rate-limit rules of a namespace (?namespace=, default public)",
+    ),
+    route(
+        RouteId::RateLimitRuleGet,
+        M::Get,
+        "/api/v1/ratelimit/rules/{name}",
+        "ratelimit",
+        A::Read,
+        false,
+        "Get a rate-limit rule",
+    ),
+    route(
+        RouteId::RateLimitRulePut,
+        M::Put,
+        "/api/v1/ratelimit/rules/{name}",
+        "ratelimit",
+        A::Write,
+        true,
+        "Create or replace a rate-limit rule (its counters start afresh)",
+    ),
+    route(
+        RouteId::RateLimitRuleDelete,
+        M::Delete,
+        "/api/v1/ratelimit/rules/{name}",
+        "ratelimit",
+        A::Delete,
+        true,
+        "Delete a rate-limit rule",
+    ),
+    route(
+        RouteId::RateLimitCheck,
+        M::Post,
+        "/api/v1/ratelimit/check",
+        "ratelimit",
+        A::Write,
+        false,
+        "Count hits against a rule for a set of descriptors: allowed, remaining, reset and retry times",
+    ),
+    route(
+        RouteId::RateLimitPermitAcquire,
+        M::Post,
+        "/api/v1/ratelimit/permits/acquire",
+        "ratelimit",
+        A::Write,
+        false,
+        "Take a concurrency permit (it expires after the rule's TTL unless released)",
+    ),
+    route(
+        RouteId::RateLimitPermitRelease,
+        M::Post,
+        "/api/v1/ratelimit/permits/release",
+        "ratelimit",
+        A::Write,
+        false,
+        "Give a concurrency permit back",
+    ),
 ];
 
 /// The handler of each route, exhaustively, so a route without a handler cannot compile.
@@ -840,6 +910,13 @@ fn handler(route: &Route) -> MethodRouter<ApiState> {
         RouteId::NacosConfigListener => on(filter, nacos_config::listener),
         RouteId::NacosConfigHistory => on(filter, nacos_config::history),
         RouteId::NacosConfigHistoryPrevious => on(filter, nacos_config::history_previous),
+        RouteId::RateLimitRuleList => on(filter, ratelimit::list_rules),
+        RouteId::RateLimitRuleGet => on(filter, ratelimit::get_rule),
+        RouteId::RateLimitRulePut => on(filter, ratelimit::put_rule),
+        RouteId::RateLimitRuleDelete => on(filter, ratelimit::delete_rule),
+        RouteId::RateLimitCheck => on(filter, ratelimit::check),
+        RouteId::RateLimitPermitAcquire => on(filter, ratelimit::acquire),
+        RouteId::RateLimitPermitRelease => on(filter, ratelimit::release),
     }
 }
 
@@ -937,6 +1014,9 @@ mod tests {
         RouteId::ElectionRenew,
         // A Nacos config long-poll is a read sent as POST.
         RouteId::NacosConfigListener,
+        RouteId::RateLimitCheck,
+        RouteId::RateLimitPermitAcquire,
+        RouteId::RateLimitPermitRelease,
     ];
 
     #[test]

@@ -65,6 +65,17 @@ pub struct ServeArgs {
     /// Config history entries older than this are dropped (0 keeps them, up to the count).
     #[arg(long, env = "SWITCHBOARD_CONFIG_HISTORY_MAX_AGE_SECS", default_value_t = 0)]
     pub config_history_max_age_secs: u64,
+    /// The Redis of the global rate-limit tier (redis://host:port[/db]); without it,
+    /// `redis` rules apply their failure policy.
+    #[arg(long, env = "SWITCHBOARD_REDIS")]
+    pub redis: Option<String>,
+    /// How long a rate-limit decision waits for Redis before the rule's failure policy
+    /// answers (and the tier is marked down until Redis answers again).
+    #[arg(long, env = "SWITCHBOARD_REDIS_TIMEOUT_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub redis_timeout_ms: u64,
+    /// Prepended to every rate-limit counter key in Redis.
+    #[arg(long, env = "SWITCHBOARD_REDIS_KEY_PREFIX", default_value = "switchboard:rl:")]
+    pub redis_key_prefix: String,
     /// On SIGTERM, how long in-flight requests may take before they are cut.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,

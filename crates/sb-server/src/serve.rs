@@ -13,6 +13,8 @@ use sb_api::auth::TOKENS_PREFIX;
 use sb_api::{Api, ApiConfig, ApiMetrics, IdServices, LogLevelControl, SystemLeases, KV_PREFIX};
 use sb_config::{ConfigService, ConfigSettings, ConfigView, Retention};
 use sb_ids::{SegmentService, SnowflakeService};
+use sb_ratelimit::{GlobalTier, RateLimiter, RuleCatalog};
+use sb_ratelimit_redis::{RedisTier, RedisTierOptions};
 use sb_registry::{Registry, RegistryOptions};
 use sb_store::LeaseId;
 use sb_store::{put_request_bytes, KeyRange, Membership, NodeId, NodeRecord, View};
@@ -28,6 +30,8 @@ use crate::node_metrics;
 
 /// Where a node records its registry session lease, to re-adopt it after a restart.
 const SESSION_LEASE_FILE: &str = "session-lease";
+/// How often idle rate-limit counters are forgotten.
+const RATELIMIT_SWEEP: Duration = Duration::from_secs(1);
 
 /// How long start-up waits for the membership view to show this node.
 const MEMBERSHIP_SETTLE: Duration = Duration::from_secs(2);
@@ -95,6 +99,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     // Publishes apply retention to their own item; the sweep catches quiet items aging out.
     let config_sweeper = max_age
         .map(|age| configs.spawn_sweeper((age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))));
+    let ratelimit = start_ratelimit(&args, &store, &membership).await?;
     let system_leases = Arc::new(SystemLeases::new());
     {
         let membership = Arc::downgrade(&membership);
@@ -121,6 +126,8 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     node_metrics::register_registry(&mut metrics, Arc::downgrade(&registry), Arc::downgrade(&naming_push));
     node_metrics::register_config(&mut metrics, Arc::downgrade(&configs));
     ids::register_metrics(&mut metrics, Arc::downgrade(&snowflake), Arc::downgrade(&segments));
+    ratelimit.register_metrics(metrics.registry_mut());
+    let sweeper = ratelimit.spawn_sweeper(RATELIMIT_SWEEP);
     let api = Arc::new(Api {
         config: ApiConfig {
             max_value_bytes: args.max_value_bytes,
@@ -139,6 +146,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         nacos_lists: Default::default(),
         metrics,
         ids: IdServices { snowflake: snowflake.clone(), segments },
+        ratelimit,
         log_level: log_control,
         shutdown: stop_rx.clone(),
     });
@@ -200,6 +208,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     registry.stop();
     write_session_lease(data_dir, registry.session_lease());
     drop(registry);
+    sweeper.abort();
     // Revoke the membership lease (other nodes see this one leave at once).
     match Arc::try_unwrap(membership) {
         Ok(membership) => membership.leave().await.map_err(ServerError::store("leaving the membership"))?,
@@ -249,6 +258,44 @@ async fn start_registry(
 fn write_session_lease(data_dir: &std::path::Path, lease: LeaseId) {
     if let Err(error) = std::fs::write(data_dir.join(SESSION_LEASE_FILE), lease.0.to_string()) {
         warn!(%error, "could not record the session lease; a restart will not re-adopt it");
+    }
+}
+
+/// The rate limiter: rules through a view, the local tier, and the Redis tier when
+/// `--redis` is given (started even if Redis is down: rules then apply their failure
+/// policy until it answers). A `local` failure policy divides by the membership view's
+/// live nodes.
+async fn start_ratelimit(
+    args: &ServeArgs,
+    store: &sb_store::SharedStore,
+    membership: &Arc<Membership>,
+) -> ServerResult<Arc<RateLimiter>> {
+    let catalog = RuleCatalog::start(store.clone(), ApiConfig::default().read_your_writes_timeout)
+        .await
+        .map_err(|e| ServerError::Store {
+            context: "loading the rate-limit rules".into(),
+            cause: into_store_error(e),
+        })?;
+    let global: Option<Arc<dyn GlobalTier>> = match &args.redis {
+        None => None,
+        Some(url) => {
+            let mut options = RedisTierOptions::new(url.clone());
+            options.timeout = Duration::from_millis(args.redis_timeout_ms);
+            options.key_prefix = args.redis_key_prefix.clone();
+            let tier = RedisTier::start(options).await.map_err(|e| ServerError::Config(e.to_string()))?;
+            Some(tier)
+        }
+    };
+    let membership = Arc::downgrade(membership);
+    let live_nodes: sb_ratelimit::LiveNodes =
+        Arc::new(move || membership.upgrade().map_or(1, |m| m.view().snapshot().entries.len()));
+    Ok(Arc::new(RateLimiter::new(Arc::new(catalog), global, live_nodes)))
+}
+
+fn into_store_error(error: sb_ratelimit::RateLimitError) -> sb_store::StoreError {
+    match error {
+        sb_ratelimit::RateLimitError::Store(store) => store,
+        other => sb_store::StoreError::Unavailable(other.to_string()),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The `switchboard` binary: `serve` runs a node (through `sb-server`); `kv`, `lease`,
-//! `id`, `lock`, `elect`, `svc` and `config` are HTTP clients of a running node; `backup` asks a running node (or, `--offline`,
+//! `id`, `lock`, `elect`, `svc`, `config` and `ratelimit` are HTTP clients of a running node; `backup` asks a running node (or, `--offline`,
 //! reads a store), and `restore` writes into an empty store.
 #![forbid(unsafe_code)]
 
@@ -10,6 +10,7 @@ mod id;
 mod kv;
 mod lease;
 mod lock;
+mod ratelimit;
 mod snapshot;
 mod sse;
 mod svc;
@@ -33,8 +34,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    // Boxed: its flags outweigh every other command.
     /// Run a node.
-    Serve(sb_server::ServeArgs),
+    Serve(Box<sb_server::ServeArgs>),
     /// Read, write, list and watch keys of a running node.
     Kv(kv::KvArgs),
     /// Grant, renew and revoke leases on a running node.
@@ -49,6 +51,9 @@ enum Command {
     Svc(svc::SvcArgs),
     /// Get, publish, list, delete, diff, roll back and watch configs on a running node.
     Config(config::ConfigArgs),
+    /// Rate-limit rules, checks and permits on a running node.
+    #[command(alias = "rl")]
+    Ratelimit(ratelimit::RateLimitArgs),
     /// Write a consistent snapshot of every key (at one revision) to a file, from a
     /// running node (or, with --offline, from a stopped embedded store or an etcd).
     Backup(snapshot::BackupArgs),
@@ -104,7 +109,7 @@ fn run() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => {
                 let control = log_control.map(|c| c as Arc<dyn sb_api::LogLevelControl>);
-                Ok(sb_server::run(args, control).await?)
+                Ok(sb_server::run(*args, control).await?)
             }
             Command::Kv(args) => kv::run(args).await,
             Command::Lease(args) => lease::run(args).await,
@@ -113,6 +118,7 @@ fn run() -> anyhow::Result<()> {
             Command::Elect(args) => elect::run(args).await,
             Command::Svc(args) => svc::run(args).await,
             Command::Config(args) => config::run(args).await,
+            Command::Ratelimit(args) => ratelimit::run(args).await,
             Command::Backup(args) => snapshot::backup(args).await,
             Command::Restore(args) => snapshot::restore(args).await,
         }
