@@ -60,6 +60,9 @@ pub(crate) async fn keep_session(shared: Arc<Shared>) {
 async fn regain_session(shared: &Shared, lost: LeaseId) -> RegistryResult<()> {
     let lease = shared.store.lease_grant(shared.options.session_ttl_secs).await?.id;
     shared.session.store(lease.0, Ordering::Release);
+    if let Some(observer) = &shared.options.on_session_change_opt {
+        observer(lease);
+    }
     let since =
         Instant::now().checked_sub(shared.options.timeouts.unhealthy_after).unwrap_or_else(Instant::now);
     let beating = shared.beats.beating_since(since);

@@ -31,7 +31,11 @@ use crate::state::{InstanceEntry, RegistryState};
 
 pub type RegistryView = View<RegistryState>;
 
-#[derive(Clone, Debug)]
+/// Told the new session lease whenever it changes (the node records it, to re-adopt it
+/// after a restart).
+pub type SessionObserver = Arc<dyn Fn(LeaseId) + Send + Sync>;
+
+#[derive(Clone)]
 pub struct RegistryOptions {
     /// This node's id, recorded as the owner of what it registers.
     pub node_id: String,
@@ -44,6 +48,7 @@ pub struct RegistryOptions {
     pub read_your_writes_timeout: Duration,
     /// How often beats are checked against the timeouts.
     pub check_interval: Duration,
+    pub on_session_change_opt: Option<SessionObserver>,
 }
 
 impl RegistryOptions {
@@ -55,6 +60,7 @@ impl RegistryOptions {
             previous_session_opt: None,
             read_your_writes_timeout: Duration::from_secs(5),
             check_interval: (unhealthy_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)),
+            on_session_change_opt: None,
         }
     }
 }

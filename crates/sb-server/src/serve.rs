@@ -240,6 +240,8 @@ async fn start_registry(
         Duration::from_millis(args.ip_delete_timeout_ms.max(args.heartbeat_timeout_ms)),
     );
     options.session_ttl_secs = args.session_ttl_secs;
+    let dir = data_dir.clone();
+    options.on_session_change_opt = Some(Arc::new(move |lease| write_session_lease(&dir, lease)));
     options.previous_session_opt = std::fs::read_to_string(data_dir.join(SESSION_LEASE_FILE))
         .ok()
         .and_then(|text| text.trim().parse::<i64>().ok())

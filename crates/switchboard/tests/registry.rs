@@ -680,3 +680,54 @@ async fn two_etcd_nodes_share_the_registry_and_a_beat_moves_an_instance_to_the_n
     assert_eq!(ports(&api_b.get(&format!("{SVC}/instances")).await.1), [(80, true)]);
     b.terminate();
 }
+
+#[tokio::test]
+async fn a_lost_session_on_etcd_is_regained_with_the_instances_still_beating() {
+    let endpoint = common::etcd_endpoint();
+    let store = format!("etcd://{endpoint}");
+    let prefix = format!(
+        "/t-registry-session-etcd-{}/",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (server, token) = start(dir.path(), &["--store", &store, "--root-prefix", &prefix]);
+    let api = Api { http: client(), server: &server, token };
+    let post = reqwest::Method::POST;
+    for port in [80, 81] {
+        let body = json!({"ip":"10.0.0.1","port":port});
+        assert_eq!(api.call(post.clone(), &format!("{SVC}/instances"), body).await.0, StatusCode::OK);
+    }
+    // Only 80 keeps beating; 81's client has stopped.
+    let beat = format!("{SVC}/instances/10.0.0.1:80/beat");
+    for _ in 0..6 {
+        api.call(post.clone(), &beat, json!({})).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // The session lease is lost (revoked behind the node's back, as an expiry during a
+    // partition would): both instances vanish with it.
+    let lease: i64 =
+        std::fs::read_to_string(dir.path().join("session-lease")).unwrap().trim().parse().unwrap();
+    let revoke = api
+        .http
+        .post(format!("http://{endpoint}/v3/lease/revoke"))
+        .body(json!({"ID": lease.to_string()}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(revoke.status().is_success(), "{:?}", revoke.text().await);
+    // The node takes a new session and puts back what still beats: 80, not 81.
+    let mut back = false;
+    for _ in 0..60 {
+        api.call(post.clone(), &beat, json!({})).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let session = std::fs::read_to_string(dir.path().join("session-lease")).unwrap_or_default();
+        if ports(&api.get(&format!("{SVC}/instances")).await.1) == [(80, true)]
+            && session.trim() != lease.to_string()
+        {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "instances after the session loss: {}", api.get(&format!("{SVC}/instances")).await.1);
+    server.terminate();
+}
