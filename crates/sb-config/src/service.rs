@@ -199,11 +199,24 @@ impl ConfigService {
         }
         validate_content(request.format, &request.content).map_err(ConfigError::InvalidContent)?;
         let item_key = key.item_key();
-        for _ in 0..MAX_ATTEMPTS {
-            let current = self.store.get(item_key.as_bytes()).await?;
-            let current_version = current.as_ref().map_or(0, |kv| kv.mod_revision);
+        for attempt in 0..MAX_ATTEMPTS {
+            // First from the view (no round trip; this node's own writes are in it), then,
+            // if the transaction's compare says it was stale, from the store.
+            let viewed = (attempt == 0).then(|| self.view.snapshot().for_write(key).0);
+            let (current_version, current_item) = match viewed {
+                Some(Some((item, version))) => (version, Some(ConfigItem::clone(&item))),
+                // An item absent from the view may exist elsewhere; creates read the store.
+                Some(None) | None => {
+                    let current = self.store.get(item_key.as_bytes()).await?;
+                    let version = current.as_ref().map_or(0, |kv| kv.mod_revision);
+                    (version, current.as_ref().map(decode_item).transpose()?)
+                }
+            };
             if let Some(expected) = request.if_match {
                 if expected != current_version {
+                    if attempt == 0 {
+                        continue; // the view may be behind: ask the store before refusing
+                    }
                     return Err(ConfigError::VersionMismatch {
                         key: key.to_string(),
                         expected,
@@ -211,7 +224,6 @@ impl ConfigService {
                     });
                 }
             }
-            let current_item = current.as_ref().map(decode_item).transpose()?;
             let schema = match &request.schema {
                 SchemaChange::Keep => current_item.as_ref().and_then(|i| i.schema.clone()),
                 SchemaChange::Set(schema) => Some(schema.clone()),
@@ -494,6 +506,12 @@ impl ConfigService {
     }
 
     async fn prune_quietly(&self, key: &ConfigKey) {
+        // The view counts each item's entries: without an age rule, only an item over its
+        // count needs the store.
+        let (_, entries) = self.view.snapshot().for_write(key);
+        if self.settings.retention.max_age.is_none() && entries <= self.settings.retention.keep_last {
+            return;
+        }
         if let Err(error) = self.prune(key).await {
             warn!(config = %key, %error, "config history retention failed; the next publish retries");
         }

@@ -44,11 +44,13 @@ enum Latest {
 struct Slot {
     item: Option<(Arc<ConfigItem>, Revision, Revision)>,
     latest: Option<(EntryId, Latest)>,
+    /// How many history entries the item has (retention runs only when over its count).
+    entries: usize,
 }
 
 impl Slot {
     fn is_empty(&self) -> bool {
-        self.item.is_none() && self.latest.is_none()
+        self.item.is_none() && self.latest.is_none() && self.entries == 0
     }
 
     /// Decodes the newest entry if the item points at it; `false` if it does not decode.
@@ -117,6 +119,17 @@ impl ConfigState {
         })
     }
 
+    /// What a writer needs to know of an item, as this view has it: the item and its version
+    /// (`None` when absent), and how many history entries it has.
+    pub(crate) fn for_write(&self, key: &ConfigKey) -> (Option<(Arc<ConfigItem>, Revision)>, usize) {
+        match self.slots.get(&key.path()) {
+            Some(slot) => {
+                (slot.item.as_ref().map(|(item, version, _)| (item.clone(), *version)), slot.entries)
+            }
+            None => (None, 0),
+        }
+    }
+
     /// The md5 of an item's current content, `""` when it does not exist (as Nacos).
     pub fn md5(&self, key: &ConfigKey) -> String {
         self.get(key).map(|s| s.item.md5.clone()).unwrap_or_default()
@@ -183,6 +196,7 @@ impl ViewState for ConfigState {
                 // Retention never deletes an item's current entry; an item that is gone
                 // loses its slot once its newest entry is gone.
                 EventKind::Delete => self.update(path, |slot| {
+                    slot.entries = slot.entries.saturating_sub(1);
                     if slot.latest.as_ref().is_some_and(|(id, _)| *id == entry) && slot.item.is_none() {
                         slot.latest = None;
                     }
@@ -194,10 +208,14 @@ impl ViewState for ConfigState {
                         .and_then(|s| s.latest.as_ref())
                         .is_none_or(|(id, _)| entry > *id);
                     if !newer {
+                        self.update(path, |slot| slot.entries += 1);
                         return;
                     }
                     let stored: Arc<[u8]> = Arc::from(event.kv.value.as_slice());
-                    self.update(path, |slot| slot.latest = Some((entry, Latest::Stored(stored))));
+                    self.update(path, |slot| {
+                        slot.entries += 1;
+                        slot.latest = Some((entry, Latest::Stored(stored)));
+                    });
                 }
             }
         }
