@@ -112,6 +112,18 @@ pub async fn run(args: IdsArgs) -> anyhow::Result<()> {
                 .await?;
                 println!("segment        {clients:>3} tasks {rate:>12.0} IDs/s  (target >= 10,000,000)");
             }
+            // How long this node's buffers would last without the store, at the rate it
+            // measured (what GET /api/v1/ids/segments reports).
+            if let Some(buffer) = segments.list_tags("public").await?.into_iter().find_map(|t| t.node_buffer)
+            {
+                println!(
+                    "segment        buffers hold {} IDs (step now {}), {:.0} IDs/s measured: {:.3} s without the store",
+                    buffer.remaining,
+                    buffer.current_step,
+                    buffer.rate_per_sec,
+                    buffer.seconds_left.unwrap_or(0.0)
+                );
+            }
         }
     }
     if args.wants("http-batch") || args.wants("http-single") {
