@@ -183,7 +183,10 @@ fn long_poll_timeout(headers: &HeaderMap) -> NacosResult<Option<Duration>> {
             format!("Long-Pulling-Timeout is {value:?}, expected milliseconds"),
         ))
     })?;
-    let no_hang_up = headers.get("longPullingNoHangUp").and_then(|v| v.to_str().ok()) == Some("true");
+    // Nacos's header; some clients spell it as the server's constant.
+    let no_hang_up = ["Long-Pulling-Timeout-No-Hangup", "longPullingNoHangUp"]
+        .iter()
+        .any(|name| headers.get(*name).and_then(|v| v.to_str().ok()) == Some("true"));
     if no_hang_up {
         return Ok(None);
     }

@@ -368,6 +368,16 @@ async fn config_nacos_api_configs_listener_and_history() {
     let current = format!("svc.json\u{2}G\u{2}{md5}\u{2}dev\u{1}");
     let response = listen(current.clone(), 1_000).await.expect("listen");
     assert_eq!(response.text().await.unwrap(), "");
+    // No hang-up (a client's first poll): answered at once even when nothing changed.
+    let response = http
+        .post(nacos(&server, "/nacos/v1/cs/configs/listener", &token))
+        .header("Long-Pulling-Timeout", "30000")
+        .header("Long-Pulling-Timeout-No-Hangup", "true")
+        .form(&[("Listening-Configs", current.clone())])
+        .send();
+    let response =
+        tokio::time::timeout(Duration::from_secs(5), response).await.expect("not held").expect("listen");
+    assert_eq!(response.text().await.unwrap(), "");
     // Up to date, then a publish: the held poll answers with the key.
     let held = tokio::spawn(listen(current, 20_000));
     tokio::time::sleep(Duration::from_millis(300)).await;
