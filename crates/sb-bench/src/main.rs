@@ -12,6 +12,8 @@
 //!   handoff against a watch notification, on the embedded store and etcd;
 //! - `sb-bench naming`, `sb-bench config`: the registry and the config center over the
 //!   Nacos 1.x API against r-nacos (and the bare-hyper ceiling);
+//! - `sb-bench ratelimit`: local GCRA in-process vs. `governor`, the Redis tier vs.
+//!   `redis-benchmark` EVALSHA, the HTTP check vs. bare hyper, and the Redis failover time;
 //! - `sb-bench ceiling`: the bare-hyper server itself.
 #![forbid(unsafe_code)]
 
@@ -22,6 +24,7 @@ mod http_bench;
 mod ids_bench;
 mod nacos_targets;
 mod naming_bench;
+mod ratelimit_bench;
 mod report;
 mod store_bench;
 
@@ -54,6 +57,9 @@ enum Command {
     /// The config center over the Nacos 1.x config API vs. r-nacos (get, publish,
     /// publish → listener, RSS with 10k configs, 10k long-polls), and get vs. bare hyper.
     Config(config_bench::ConfigArgs),
+    /// Rate limits: local GCRA vs. governor in-process, the Redis tier vs. redis-benchmark
+    /// EVALSHA, the HTTP check vs. bare hyper, and the time to switch when Redis dies.
+    Ratelimit(ratelimit_bench::RateLimitArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,5 +73,6 @@ fn main() -> anyhow::Result<()> {
         Command::Coord(args) => runtime.block_on(coord_bench::run(args)),
         Command::Naming(args) => runtime.block_on(naming_bench::run(args)),
         Command::Config(args) => runtime.block_on(config_bench::run(args)),
+        Command::Ratelimit(args) => runtime.block_on(ratelimit_bench::run(args)),
     }
 }
