@@ -51,6 +51,8 @@ pub struct NamingPush {
     subscribers: Mutex<HashMap<ServiceId, HashMap<SocketAddr, Subscriber>>>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_ref: AtomicU64,
+    /// How many subscribers the table holds (kept beside it, so a poll never sums it).
+    subscriber_count: std::sync::atomic::AtomicUsize,
     pushes: AtomicU64,
     acks: AtomicU64,
 }
@@ -68,6 +70,7 @@ impl NamingPush {
             subscribers: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             next_ref: AtomicU64::new(crate::nacos_naming::now_ms() * 1_000_000),
+            subscriber_count: std::sync::atomic::AtomicUsize::new(0),
             pushes: AtomicU64::new(0),
             acks: AtomicU64::new(0),
         });
@@ -79,18 +82,22 @@ impl NamingPush {
 
     /// Adds or refreshes a subscriber of a service.
     pub fn subscribe(&self, id: ServiceId, clusters: String, healthy_only: bool, target: SocketAddr) {
+        let subscriber = Subscriber { clusters, healthy_only, last_seen: Instant::now() };
         let mut subscribers = self.subscribers.lock();
-        let total: usize = subscribers.values().map(HashMap::len).sum();
-        let entry = subscribers.entry(id).or_default();
-        if total >= MAX_SUBSCRIBERS && !entry.contains_key(&target) {
+        if let Some(known) = subscribers.get_mut(&id).and_then(|entry| entry.get_mut(&target)) {
+            *known = subscriber;
+            return;
+        }
+        if self.subscriber_count.load(Ordering::Relaxed) >= MAX_SUBSCRIBERS {
             warn!(limit = MAX_SUBSCRIBERS, "too many UDP push subscribers; this one polls only");
             return;
         }
-        entry.insert(target, Subscriber { clusters, healthy_only, last_seen: Instant::now() });
+        subscribers.entry(id).or_default().insert(target, subscriber);
+        self.subscriber_count.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn subscriber_count(&self) -> usize {
-        self.subscribers.lock().values().map(HashMap::len).sum()
+        self.subscriber_count.load(Ordering::Relaxed)
     }
 
     /// Pushes sent and acknowledgements received so far.
@@ -129,7 +136,9 @@ impl NamingPush {
         let targets: Vec<(SocketAddr, Subscriber)> = {
             let mut subscribers = self.subscribers.lock();
             let Some(entry) = subscribers.get_mut(id) else { return };
+            let before = entry.len();
             entry.retain(|_, s| now.saturating_duration_since(s.last_seen) < SUBSCRIBER_TTL);
+            self.subscriber_count.fetch_sub(before - entry.len(), Ordering::Relaxed);
             let targets = entry.iter().map(|(a, s)| (*a, s.clone())).collect();
             if entry.is_empty() {
                 subscribers.remove(id);
@@ -182,10 +191,28 @@ impl NamingPush {
         }
     }
 
+    /// Forgets subscribers that stopped polling, across every service.
+    fn sweep_subscribers(&self, now: Instant) {
+        let mut subscribers = self.subscribers.lock();
+        let mut removed = 0;
+        subscribers.retain(|_, entry| {
+            let before = entry.len();
+            entry.retain(|_, s| now.saturating_duration_since(s.last_seen) < SUBSCRIBER_TTL);
+            removed += before - entry.len();
+            !entry.is_empty()
+        });
+        self.subscriber_count.fetch_sub(removed, Ordering::Relaxed);
+    }
+
     async fn retry(self: Arc<Self>) {
+        let mut tick: u64 = 0;
         loop {
             tokio::time::sleep(RETRY_AFTER).await;
             let now = Instant::now();
+            tick += 1;
+            if tick.is_multiple_of(20) {
+                self.sweep_subscribers(now);
+            }
             let resend: Vec<(SocketAddr, Arc<Vec<u8>>)> = {
                 let mut pending = self.pending.lock();
                 pending.retain(|_, p| {
