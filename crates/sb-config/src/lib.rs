@@ -10,6 +10,7 @@
 mod diff;
 mod error;
 mod format;
+mod history;
 mod listen;
 mod model;
 mod retention;

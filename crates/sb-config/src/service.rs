@@ -9,15 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sb_store::codec::{decode, encode};
-use sb_store::{Compare, CompareOp, KeyRange, KeyValue, RangeRequest, Revision, SharedStore, Txn, TxnOp};
+use sb_store::{Compare, CompareOp, KeyValue, Revision, SharedStore, Txn, TxnOp};
 use tracing::warn;
 
-use crate::diff::unified_diff;
 use crate::error::{ConfigError, ConfigResult};
 use crate::format::{validate_content, ConfigFormat};
 use crate::model::{
-    content_md5, split_history_path, ConfigItem, ConfigKey, EntryId, HistoryEntry, HistoryOp, HISTORY_PREFIX,
-    MAX_METADATA_BYTES,
+    content_md5, ConfigItem, ConfigKey, EntryId, HistoryEntry, HistoryOp, MAX_METADATA_BYTES,
 };
 use crate::retention::Retention;
 use crate::view::{ConfigSnapshot, ConfigView};
@@ -91,7 +89,7 @@ pub struct HistoryPage {
 }
 
 pub struct ConfigService {
-    store: SharedStore,
+    pub(crate) store: SharedStore,
     view: Arc<ConfigView>,
     settings: ConfigSettings,
 }
@@ -104,7 +102,7 @@ fn decode_item(kv: &KeyValue) -> ConfigResult<ConfigItem> {
     decode::<ConfigItem>(&kv.value).map_err(|e| ConfigError::Corrupt(e.to_string()))
 }
 
-fn decode_entry(kv: &KeyValue) -> ConfigResult<HistoryEntry> {
+pub(crate) fn decode_entry(kv: &KeyValue) -> ConfigResult<HistoryEntry> {
     decode::<HistoryEntry>(&kv.value).map_err(|e| ConfigError::Corrupt(e.to_string()))
 }
 
@@ -372,10 +370,9 @@ impl ConfigService {
     ) -> ConfigResult<PublishOutcome> {
         let record = self.history_entry(key, version).await?;
         if record.entry.op == HistoryOp::Delete {
-            return Err(ConfigError::VersionNotFound {
-                key: format!("{key} (version {version} is a delete)"),
-                version,
-            });
+            return Err(ConfigError::NotFound(format!(
+                "{key} version {version}: that version is a delete, with no content to roll back to"
+            )));
         }
         let request = PublishRequest {
             content: record.entry.content,
@@ -396,99 +393,6 @@ impl ConfigService {
             .wait_for(revision, self.settings.read_your_writes_timeout)
             .await
             .map_err(|source| ConfigError::NotCaughtUp { revision, source })
-    }
-
-    /// The item's history keys in commit order, without values.
-    async fn history_keys(&self, key: &ConfigKey) -> ConfigResult<Vec<(Vec<u8>, EntryId, Revision)>> {
-        let request = RangeRequest::prefix(key.history_prefix()).keys_only();
-        let response = self.store.range(request).await?;
-        Ok(response
-            .kvs
-            .into_iter()
-            .filter_map(|kv| {
-                let text = std::str::from_utf8(&kv.key).ok()?;
-                let (_, entry) = split_history_path(text.strip_prefix(HISTORY_PREFIX)?)?;
-                Some((kv.key.clone(), entry, kv.create_revision))
-            })
-            .collect())
-    }
-
-    async fn latest_entry(&self, key: &ConfigKey) -> ConfigResult<Option<EntryId>> {
-        Ok(self.history_keys(key).await?.last().map(|(_, id, _)| *id))
-    }
-
-    /// A page of history, newest first. `page` starts at 1.
-    pub async fn history(&self, key: &ConfigKey, page: usize, page_size: usize) -> ConfigResult<HistoryPage> {
-        let mut keys = self.history_keys(key).await?;
-        keys.reverse();
-        let total = keys.len();
-        let start = page.saturating_sub(1).saturating_mul(page_size);
-        let chosen: Vec<_> = keys.into_iter().skip(start).take(page_size).collect();
-        let mut records = Vec::with_capacity(chosen.len());
-        // The chosen keys are contiguous in key order: one range read.
-        if let (Some(newest), Some(oldest)) = (chosen.first(), chosen.last()) {
-            let mut end = newest.0.clone();
-            end.push(0);
-            let range = KeyRange::Between { start: oldest.0.clone(), end };
-            let response = self.store.range(RangeRequest::new(range)).await?;
-            for kv in response.kvs.iter().rev() {
-                let Some((_, entry_id)) = std::str::from_utf8(&kv.key)
-                    .ok()
-                    .and_then(|k| k.strip_prefix(HISTORY_PREFIX))
-                    .and_then(split_history_path)
-                else {
-                    continue;
-                };
-                records.push(HistoryRecord {
-                    version: kv.create_revision,
-                    entry_id,
-                    entry: decode_entry(kv)?,
-                });
-            }
-        }
-        Ok(HistoryPage { total, records })
-    }
-
-    /// One version's history entry.
-    pub async fn history_entry(&self, key: &ConfigKey, version: Revision) -> ConfigResult<HistoryRecord> {
-        let keys = self.history_keys(key).await?;
-        let found = keys.into_iter().find(|(_, _, rev)| *rev == version);
-        let not_found = || ConfigError::VersionNotFound { key: key.to_string(), version };
-        let (store_key, entry_id, _) = found.ok_or_else(not_found)?;
-        let kv = self.store.get(&store_key).await?.ok_or_else(not_found)?;
-        Ok(HistoryRecord { version, entry_id, entry: decode_entry(&kv)? })
-    }
-
-    /// The entry committed just before `version` (Nacos's `history/previous`).
-    pub async fn previous_entry(&self, key: &ConfigKey, version: Revision) -> ConfigResult<HistoryRecord> {
-        let keys = self.history_keys(key).await?;
-        let position = keys
-            .iter()
-            .position(|(_, _, rev)| *rev == version)
-            .ok_or_else(|| ConfigError::VersionNotFound { key: key.to_string(), version })?;
-        let previous = position
-            .checked_sub(1)
-            .and_then(|p| keys.get(p))
-            .ok_or_else(|| ConfigError::NotFound(format!("{key}: nothing before version {version}")))?;
-        self.history_entry(key, previous.2).await
-    }
-
-    /// A unified diff from version `from` to version `to` (the current version if `None`).
-    pub async fn diff(&self, key: &ConfigKey, from: Revision, to: Option<Revision>) -> ConfigResult<String> {
-        let old = self.history_entry(key, from).await?;
-        let (new_content, to) = match to {
-            Some(to) => (self.history_entry(key, to).await?.entry.content, to),
-            None => {
-                let current = self.get(key).ok_or_else(|| ConfigError::NotFound(key.to_string()))?;
-                (current.content.to_string(), current.version)
-            }
-        };
-        Ok(unified_diff(
-            &old.entry.content,
-            &new_content,
-            &format!("{key} version {from}"),
-            &format!("{key} version {to}"),
-        ))
     }
 
     /// Applies retention to one item's history; the newest entry always stays.
