@@ -5,6 +5,7 @@
 //! This is the in-process API the gateway calls; the HTTP handlers are thin over it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use crate::error::{RateLimitError, RateLimitResult};
 use crate::local::LocalTier;
 use crate::rule::{validate_name, Algorithm, FailurePolicy, Rule, Tier};
 use crate::tier::GlobalTier;
+use sb_store::view::Entry;
 
 /// The most hits one check may ask for, whatever the rule.
 pub const MAX_HITS: i64 = 1_000_000_000;
@@ -215,7 +217,8 @@ impl RateLimiter {
         descriptors: &D,
         hits: i64,
     ) -> RateLimitResult<Answer> {
-        let (rule, revision) = self.rule(namespace, rule_name)?;
+        let entry = self.rule(namespace, rule_name)?;
+        let (rule, revision) = (&entry.value, entry.mod_revision);
         if let Algorithm::Concurrency { .. } = rule.algorithm {
             return Err(RateLimitError::invalid(
                 "rule",
@@ -236,7 +239,7 @@ impl RateLimiter {
         }
         let hits = hits as u64;
         let limit = Limit::of(&rule.algorithm);
-        let Some(key) = counter_key(namespace, &rule, revision, descriptors)? else {
+        let Some(key) = counter_key(namespace, rule, revision, descriptors)? else {
             return Ok(self.count(not_matched(limit)));
         };
         if rule.tier == Tier::Local {
@@ -268,9 +271,10 @@ impl RateLimiter {
         rule_name: &str,
         descriptors: &D,
     ) -> RateLimitResult<PermitAnswer> {
-        let (rule, revision) = self.rule(namespace, rule_name)?;
+        let entry = self.rule(namespace, rule_name)?;
+        let (rule, revision) = (&entry.value, entry.mod_revision);
         let Algorithm::Concurrency { permit_ttl_ms, .. } = rule.algorithm else {
-            return Err(not_a_concurrency_rule(rule_name, &rule));
+            return Err(not_a_concurrency_rule(rule_name, rule));
         };
         let limit = Limit::of(&rule.algorithm);
         let answer = |decision: Decision, permit_id: Option<String>, served_by| PermitAnswer {
@@ -279,7 +283,7 @@ impl RateLimiter {
             permit_ttl_ms,
             served_by,
         };
-        let Some(key) = counter_key(namespace, &rule, revision, descriptors)? else {
+        let Some(key) = counter_key(namespace, rule, revision, descriptors)? else {
             let free = not_matched(limit);
             return Ok(answer(
                 free.decision,
@@ -288,7 +292,7 @@ impl RateLimiter {
             ));
         };
         let Limit::Concurrency { ttl_ns, .. } = limit else {
-            return Err(not_a_concurrency_rule(rule_name, &rule));
+            return Err(not_a_concurrency_rule(rule_name, rule));
         };
         if rule.tier == Tier::Local {
             let id = new_permit_id(PermitOrigin::Local);
@@ -327,14 +331,15 @@ impl RateLimiter {
         descriptors: &D,
         permit_id: &str,
     ) -> RateLimitResult<ReleaseAnswer> {
-        let (rule, revision) = self.rule(namespace, rule_name)?;
+        let entry = self.rule(namespace, rule_name)?;
+        let (rule, revision) = (&entry.value, entry.mod_revision);
         if !matches!(rule.algorithm, Algorithm::Concurrency { .. }) {
-            return Err(not_a_concurrency_rule(rule_name, &rule));
+            return Err(not_a_concurrency_rule(rule_name, rule));
         }
         let origin = permit_origin(permit_id)?;
         let not_found =
             || RateLimitError::PermitNotFound { rule: rule_name.to_owned(), permit_id: permit_id.to_owned() };
-        let key = counter_key(namespace, &rule, revision, descriptors)?;
+        let key = counter_key(namespace, rule, revision, descriptors)?;
         let (key, origin) = match (key, origin) {
             (_, PermitOrigin::Untracked) => {
                 return Ok(ReleaseAnswer { released: true, served_by: ServedBy::FallbackOpen });
@@ -366,14 +371,14 @@ impl RateLimiter {
         }
     }
 
-    fn rule(&self, namespace: &str, name: &str) -> RateLimitResult<(Rule, i64)> {
+    /// The rule as the view has it (shared, not copied: this is on every decision).
+    fn rule(&self, namespace: &str, name: &str) -> RateLimitResult<Arc<Entry<Rule>>> {
         validate_name("namespace", namespace)?;
         validate_name("rule", name)?;
-        let entry = self.catalog.lookup(namespace, name).ok_or_else(|| RateLimitError::RuleNotFound {
+        self.catalog.lookup(namespace, name).ok_or_else(|| RateLimitError::RuleNotFound {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-        })?;
-        Ok((entry.value.clone(), entry.mod_revision))
+        })
     }
 
     fn global_up(&self) -> Option<&Arc<dyn GlobalTier>> {
@@ -440,7 +445,7 @@ pub fn counter_key<D: Descriptors + ?Sized>(
     key.push(KEY_SEPARATOR);
     key.push_str(&rule.name);
     key.push(KEY_SEPARATOR);
-    key.push_str(&revision.to_string());
+    let _ = write!(key, "{revision}");
     for wanted in &rule.descriptors {
         let Some(value) = descriptors.descriptor(&wanted.key) else {
             let keys: Vec<&str> = rule.descriptors.iter().map(|d| d.key.as_str()).collect();
