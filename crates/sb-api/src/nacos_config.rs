@@ -78,7 +78,8 @@ pub async fn publish(
     let key = config_key(&params)?;
     // An empty content is a missing one, as in Nacos.
     let content = params.required("content")?.to_owned();
-    let format = match params.get("type") {
+    // Nacos 2.x clients send `unset` for "no type given".
+    let format = match params.get("type").filter(|t| !t.eq_ignore_ascii_case("unset")) {
         Some(name) => ConfigFormat::parse(name).map_err(nacos_error)?,
         None => api.configs.get(&key).map_or(ConfigFormat::Text, |s| s.item.format),
     };
