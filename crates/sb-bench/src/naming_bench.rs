@@ -129,10 +129,11 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
         let floor = get_load(&ceiling, 1, Duration::from_secs(2), "/", "").await?;
         floor.print("push", "hyper-rtt");
         for target in std::iter::once(&sb).chain(peer.as_ref()) {
-            let outcome = push_latency(target, args.push_samples).await?;
-            outcome.print("push", target.name);
+            let [total, after_ack] = push_latency(target, args.push_samples).await?;
+            total.print("push", target.name);
+            after_ack.print("push-ack", target.name);
         }
-        println!("(register → UDP push received, one at a time; the floor is a bare-hyper round trip at concurrency 1)\n");
+        println!("(push: register sent → UDP push received; push-ack: register answered → push received (0 if the push came first); one at a time; the floor is a bare-hyper round trip at concurrency 1)\n");
     }
     if wants("rss") {
         for target in std::iter::once(&sb).chain(peer.as_ref()) {
@@ -280,8 +281,9 @@ async fn store_revision(sb: &Target) -> anyhow::Result<i64> {
     revision.with_context(|| format!("no revision in {text}"))
 }
 
-/// Register one instance at a time and time until the subscriber's UDP push shows it.
-async fn push_latency(target: &Target, samples: usize) -> anyhow::Result<Outcome> {
+/// Register one instance at a time and time until the subscriber's UDP push shows it: from
+/// the register request, and from its answer.
+async fn push_latency(target: &Target, samples: usize) -> anyhow::Result<[Outcome; 2]> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     let udp_port = socket.local_addr()?.port();
     let mut conn = connect(&target.addr).await?;
@@ -289,6 +291,7 @@ async fn push_latency(target: &Target, samples: usize) -> anyhow::Result<Outcome
     let subscribe = format!("serviceName={service}&clientIP=127.0.0.1&udpPort={udp_port}");
     nacos(&mut conn, target, "GET", "/nacos/v1/ns/instance/list", &subscribe).await?;
     let mut recorded = Samples::default();
+    let mut after_ack = Samples::default();
     let began = Instant::now();
     let mut buffer = vec![0u8; 65536];
     for n in 0..samples {
@@ -300,6 +303,7 @@ async fn push_latency(target: &Target, samples: usize) -> anyhow::Result<Outcome
         let start = Instant::now();
         let query = format!("serviceName={service}&ip=10.8.0.1&port={port}&ephemeral=false");
         nacos(&mut conn, target, "POST", "/nacos/v1/ns/instance", &query).await?;
+        let answered = Instant::now();
         let needle = format!("\"port\":{port}");
         let deadline = start + Duration::from_secs(2);
         let mut seen = false;
@@ -317,11 +321,14 @@ async fn push_latency(target: &Target, samples: usize) -> anyhow::Result<Outcome
         }
         if seen {
             recorded.record(start.elapsed());
+            after_ack.record(Instant::now().saturating_duration_since(answered));
         } else {
             recorded.errors += 1;
+            after_ack.errors += 1;
         }
     }
-    Ok(Outcome::from_samples(recorded, began.elapsed()))
+    let elapsed = began.elapsed();
+    Ok([Outcome::from_samples(recorded, elapsed), Outcome::from_samples(after_ack, elapsed)])
 }
 
 fn decode_packet(bytes: &[u8]) -> String {
