@@ -493,6 +493,15 @@ async fn ratelimit_two_etcd_nodes_share_one_redis_limit_and_split_it_without_red
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(back, "the Redis tier came back by itself");
+    // One log line for the switch, however many requests hit the dead Redis.
+    let down_lines = a
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|line| line.contains("global rate-limit tier is down"))
+        .count();
+    assert_eq!(down_lines, 1, "one log line when the tier goes down: {:#?}", a.stderr.lock().unwrap());
     let metrics = api_a.http.get(a.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("switchboard_ratelimit_global_tier_failovers_total 1"), "{metrics}");
     assert!(metrics.contains("switchboard_ratelimit_global_tier_up 1"), "{metrics}");
