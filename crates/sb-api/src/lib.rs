@@ -28,6 +28,7 @@ pub mod nacos_naming;
 pub mod nacos_push;
 mod openapi;
 mod ops;
+mod prometheus_sd;
 mod ratelimit;
 mod registry;
 pub mod routes;

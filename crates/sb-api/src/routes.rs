@@ -12,7 +12,7 @@ use axum::Router;
 use crate::error::{ApiError, ErrorKind};
 use crate::{
     backup, config, elections, ids, kv, leases, locks, middleware, nacos_config, nacos_naming, ops,
-    ratelimit, registry, watch, ApiState,
+    prometheus_sd, ratelimit, registry, watch, ApiState,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +98,7 @@ pub enum RouteId {
     ElectionObserve,
     ElectionResign,
     ElectionRenew,
+    PrometheusSd,
     ServicesList,
     ServiceGet,
     ServicePut,
@@ -420,6 +421,15 @@ pub static ROUTES: &[Route] = &[
         A::Write,
         false,
         "Renew the leader's lease with its owner token",
+    ),
+    route(
+        RouteId::PrometheusSd,
+        M::Get,
+        "/api/v1/prometheus/sd",
+        "registry",
+        A::Read,
+        false,
+        "Prometheus HTTP service discovery: enabled instances as `http_sd` target groups (`namespace`, `group`, `service` filters)",
     ),
     route(
         RouteId::ServicesList,
@@ -871,6 +881,7 @@ fn handler(route: &Route) -> MethodRouter<ApiState> {
         RouteId::ElectionObserve => on(filter, elections::observe),
         RouteId::ElectionResign => on(filter, elections::resign),
         RouteId::ElectionRenew => on(filter, elections::renew),
+        RouteId::PrometheusSd => on(filter, prometheus_sd::sd),
         RouteId::ServicesList => on(filter, registry::list_services),
         RouteId::ServiceGet => on(filter, registry::get_service),
         RouteId::ServicePut => on(filter, registry::put_service),

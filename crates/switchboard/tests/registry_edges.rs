@@ -1,0 +1,154 @@
+//! End-to-end tests of the registry's edges against the real binary: Prometheus HTTP
+//! service discovery, the DNS interface (with the real `dig`) and active health checks.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::Server;
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+
+fn start(dir: &Path, extra: &[&str]) -> (Server, String) {
+    let server = Server::start(dir, |command| {
+        command.args(["--session-ttl-secs", "5"]).args(extra);
+    });
+    let token = std::fs::read_to_string(dir.join("admin-token")).expect("admin token").trim().to_owned();
+    (server, token)
+}
+
+struct Api<'a> {
+    http: Client,
+    server: &'a Server,
+    token: String,
+}
+
+impl Api<'_> {
+    fn new(server: &Server, token: String) -> Api<'_> {
+        let http = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+        Api { http, server, token }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.http.get(self.server.url(path)).bearer_auth(&self.token)).await
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> (StatusCode, Value) {
+        let request = self.http.request(method, self.server.url(path)).bearer_auth(&self.token);
+        self.send(request.header("content-type", "application/json").body(body.to_string())).await
+    }
+
+    async fn register(&self, ns: &str, group: &str, service: &str, body: Value) {
+        let path = format!("/api/v1/namespaces/{ns}/services/{service}/instances?group={group}");
+        let (status, answer) = self.call(reqwest::Method::POST, &path, body).await;
+        assert!(status.is_success(), "register {service}: {status} {answer}");
+    }
+}
+
+fn valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks the shape Prometheus's `http_sd` requires: a JSON array of objects, each with
+/// `targets` (an array of strings) and `labels` (an object of valid label names to
+/// strings). Returns `target → labels`.
+fn validate_http_sd(body: &Value) -> std::collections::BTreeMap<String, serde_json::Map<String, Value>> {
+    let groups = body.as_array().unwrap_or_else(|| panic!("http_sd is a JSON array: {body}"));
+    let mut out = std::collections::BTreeMap::new();
+    for group in groups {
+        let object = group.as_object().expect("a target group is an object");
+        assert!(object.keys().all(|k| k == "targets" || k == "labels"), "only targets and labels: {group}");
+        let labels = object["labels"].as_object().expect("labels is an object");
+        for (name, value) in labels {
+            assert!(valid_label_name(name), "label name {name:?} is valid for Prometheus");
+            assert!(value.is_string(), "label {name} is a string: {value}");
+        }
+        let targets = object["targets"].as_array().expect("targets is an array");
+        assert!(!targets.is_empty());
+        for target in targets {
+            let target = target.as_str().expect("a target is a string");
+            let (host, port) = target.rsplit_once(':').expect("host:port");
+            assert!(port.parse::<u16>().is_ok(), "target {target} has a port");
+            assert!(!host.is_empty());
+            out.insert(target.to_owned(), labels.clone());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn prometheus_http_sd_lists_enabled_instances_with_sanitised_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, token) = start(dir.path(), &[]);
+    let api = Api::new(&server, token);
+    api.register(
+        "public",
+        "DEFAULT_GROUP",
+        "orders",
+        json!({"ip": "10.0.0.1", "port": 9100, "cluster": "c1", "ephemeral": false,
+               "metadata": {"version": "1.2", "preserved.heart-beat": "x", "zone:a": "z"}}),
+    )
+    .await;
+    api.register(
+        "public",
+        "DEFAULT_GROUP",
+        "orders",
+        json!({"ip": "::1", "port": 9101, "ephemeral": false, "healthy": false}),
+    )
+    .await;
+    api.register(
+        "public",
+        "DEFAULT_GROUP",
+        "orders",
+        json!({"ip": "10.0.0.3", "port": 9102, "enabled": false}),
+    )
+    .await;
+    api.register("dev", "g2", "payments", json!({"ip": "10.0.1.1", "port": 8080})).await;
+
+    let (status, body) = api.get("/api/v1/prometheus/sd").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let all = validate_http_sd(&body);
+    assert_eq!(all.keys().cloned().collect::<Vec<_>>(), ["10.0.0.1:9100", "10.0.1.1:8080", "[::1]:9101"]);
+    let first = &all["10.0.0.1:9100"];
+    let label = |labels: &serde_json::Map<String, Value>, name: &str| {
+        labels.get(&format!("__meta_switchboard_{name}")).and_then(Value::as_str).map(str::to_owned)
+    };
+    assert_eq!(label(first, "namespace").as_deref(), Some("public"));
+    assert_eq!(label(first, "group").as_deref(), Some("DEFAULT_GROUP"));
+    assert_eq!(label(first, "service").as_deref(), Some("orders"));
+    assert_eq!(label(first, "cluster").as_deref(), Some("c1"));
+    assert_eq!(label(first, "healthy").as_deref(), Some("true"));
+    assert_eq!(label(first, "metadata_version").as_deref(), Some("1.2"));
+    assert_eq!(label(first, "metadata_preserved_heart_beat").as_deref(), Some("x"));
+    assert_eq!(label(first, "metadata_zone_a").as_deref(), Some("z"));
+    assert_eq!(label(&all["[::1]:9101"], "healthy").as_deref(), Some("false"));
+    assert_eq!(label(&all["[::1]:9101"], "cluster").as_deref(), Some("DEFAULT"));
+    assert_eq!(label(&all["10.0.1.1:8080"], "namespace").as_deref(), Some("dev"));
+
+    // Filters.
+    let (_, body) = api.get("/api/v1/prometheus/sd?namespace=dev").await;
+    assert_eq!(validate_http_sd(&body).keys().collect::<Vec<_>>(), ["10.0.1.1:8080"]);
+    let (_, body) = api.get("/api/v1/prometheus/sd?group=g2").await;
+    assert_eq!(validate_http_sd(&body).keys().collect::<Vec<_>>(), ["10.0.1.1:8080"]);
+    let (_, body) = api.get("/api/v1/prometheus/sd?namespace=public&service=orders").await;
+    assert_eq!(validate_http_sd(&body).len(), 2);
+    let (_, body) = api.get("/api/v1/prometheus/sd?service=nothing").await;
+    assert_eq!(body, json!([]));
+
+    // Bad input and no credentials.
+    let (status, body) = api.get("/api/v1/prometheus/sd?namespace=a/b").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("namespace"), "{body}");
+    let response = api.http.get(server.url("/api/v1/prometheus/sd")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
