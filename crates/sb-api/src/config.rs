@@ -14,8 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::stream::{self, Stream};
 use sb_config::{
-    check_namespace, ConfigChange, ConfigChanges, ConfigFormat, ConfigKey, ConfigSnapshot, HistoryRecord,
-    PublishOutcome, PublishRequest, SchemaChange,
+    check_namespace, parse_ips, parse_labels, ConfigChange, ConfigChanges, ConfigFormat, ConfigKey,
+    ConfigSnapshot, GrayClient, GrayRequest, GraySelector, HistoryRecord, PublishOutcome, PublishRequest,
+    SchemaChange,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -25,6 +26,9 @@ use crate::error::{human_bytes, ApiError, ErrorKind};
 use crate::extract::{if_match_revision, Params};
 use crate::middleware::RequestContext;
 use crate::ApiState;
+
+/// The header a client sends its gray-release labels in: `env=canary,zone=a`.
+pub const LABELS_HEADER: &str = "x-switchboard-labels";
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const DEFAULT_PAGE_SIZE: usize = 20;
@@ -50,6 +54,9 @@ pub(crate) struct ItemJson {
     modified_at_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     schema: Option<Value>,
+    /// This is the item's gray version, served because the caller matches its selector.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    gray: bool,
 }
 
 impl ItemJson {
@@ -71,6 +78,7 @@ impl ItemJson {
             created_at_ms: item.created_ms,
             modified_at_ms: item.modified_ms,
             schema: item.schema.clone(),
+            gray: snapshot.gray,
         }
     }
 }
@@ -159,6 +167,24 @@ fn who(
     (author, ip)
 }
 
+/// The caller as gray release sees it: its IP (after `--trusted-proxies`) and its labels.
+fn gray_client(
+    context: &Option<Extension<RequestContext>>,
+    headers: &HeaderMap,
+) -> Result<GrayClient, ApiError> {
+    let ip = context.as_ref().and_then(|c| c.client);
+    let labels = match headers.get(LABELS_HEADER) {
+        None => Default::default(),
+        Some(value) => {
+            let text = value.to_str().map_err(|_| {
+                ApiError::invalid("X-Switchboard-Labels", "X-Switchboard-Labels is not visible ASCII")
+            })?;
+            parse_labels(text).map_err(|e| ApiError::invalid("X-Switchboard-Labels", e.to_string()))?
+        }
+    };
+    Ok(GrayClient { ip, labels })
+}
+
 pub async fn list(
     State(api): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
@@ -180,10 +206,17 @@ pub async fn list(
 pub async fn get(
     State(api): State<ApiState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
+    context: Option<Extension<RequestContext>>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = item_path(path)?;
-    let snapshot =
-        api.configs.get(&key).ok_or_else(|| ApiError::not_found(format!("config {key} not found")))?;
+    let client = gray_client(&context, &headers)?;
+    let snapshot = api
+        .configs
+        .view()
+        .snapshot()
+        .get_for(&key, &client)
+        .ok_or_else(|| ApiError::not_found(format!("config {key} not found")))?;
     Ok(with_etag(Json(ItemJson::new(&snapshot, true)).into_response(), snapshot.version))
 }
 
@@ -372,12 +405,15 @@ pub async fn rollback(
 pub async fn watch(
     State(api): State<ApiState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
+    context: Option<Extension<RequestContext>>,
+    headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let key = item_path(path)?;
+    let client = gray_client(&context, &headers)?;
     // Subscribe before the first read, so a change in between is not lost.
     let changes = api.configs.view().subscribe();
     api.metrics.sse_streams.inc();
-    let state = WatchState { api: api.clone(), key, changes, last_md5: None, first: true };
+    let state = WatchState { api: api.clone(), key, client, changes, last_md5: None, first: true };
     let events = stream::unfold(state, next_event);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
@@ -385,6 +421,7 @@ pub async fn watch(
 struct WatchState {
     api: ApiState,
     key: ConfigKey,
+    client: GrayClient,
     changes: ConfigChanges,
     /// The md5 last sent: `Some("")` after a delete was sent.
     last_md5: Option<String>,
@@ -417,7 +454,7 @@ async fn next_event(mut state: WatchState) -> Option<(Result<Event, Infallible>,
             }
         }
         let first = std::mem::take(&mut state.first);
-        let current = state.api.configs.get(&state.key);
+        let current = state.api.configs.view().snapshot().get_for(&state.key, &state.client);
         let md5 = current.as_ref().map(|s| s.item.md5.clone()).unwrap_or_default();
         if state.last_md5.as_deref() == Some(md5.as_str()) || (first && current.is_none()) {
             state.last_md5 = Some(md5);
@@ -437,4 +474,141 @@ async fn next_event(mut state: WatchState) -> Option<(Result<Event, Infallible>,
         };
         return Some((Ok(event), state));
     }
+}
+
+#[derive(Serialize)]
+struct GrayJson {
+    namespace: String,
+    group: String,
+    data_id: String,
+    /// The gray entry's version (in the item's history).
+    version: i64,
+    entry_id: String,
+    selector: GraySelector,
+    format: ConfigFormat,
+    md5: String,
+    size: usize,
+    author: String,
+    at_ms: u64,
+    content: String,
+    /// The main version the gray stands beside.
+    main_version: Option<i64>,
+}
+
+pub async fn gray_get(
+    State(api): State<ApiState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let key = item_path(path)?;
+    let state = api.configs.view().snapshot();
+    let gray =
+        state.gray(&key).ok_or_else(|| ApiError::not_found(format!("config {key} has no gray version")))?;
+    let record = &gray.record;
+    Ok(Json(GrayJson {
+        namespace: key.namespace.clone(),
+        group: key.group.clone(),
+        data_id: key.data_id.clone(),
+        version: gray.version,
+        entry_id: record.entry.clone(),
+        selector: record.selector.clone(),
+        format: record.format,
+        md5: record.md5.clone(),
+        size: record.size,
+        author: record.author.clone(),
+        at_ms: record.at_ms,
+        content: gray.content.to_string(),
+        main_version: state.get(&key).map(|s| s.version),
+    })
+    .into_response())
+}
+
+/// The selector of a gray publish: `ips` (an array or a comma-separated string) and
+/// `labels` (an object or `env=canary,zone=a`).
+fn selector_field(body: &serde_json::Map<String, Value>) -> Result<GraySelector, ApiError> {
+    let bad = |e: sb_config::ConfigError| ApiError::from(e);
+    let ips = match body.get("ips") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(text)) => parse_ips(text.split(',')).map_err(bad)?,
+        Some(Value::Array(items)) => {
+            let texts = items
+                .iter()
+                .map(Value::as_str)
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| ApiError::invalid("ips", "ips must be an array of strings"))?;
+            parse_ips(texts).map_err(bad)?
+        }
+        Some(other) => {
+            return Err(ApiError::invalid("ips", format!("ips must be an array of strings, got {other}")))
+        }
+    };
+    let labels = match body.get("labels") {
+        None | Some(Value::Null) => Default::default(),
+        Some(Value::String(text)) => parse_labels(text).map_err(bad)?,
+        Some(Value::Object(map)) => {
+            let mut text = String::new();
+            for (name, value) in map {
+                let value = value.as_str().ok_or_else(|| {
+                    ApiError::invalid("labels", format!("label {name:?} must have a string value"))
+                })?;
+                if name.contains([',', '=']) || value.contains([',', '=']) {
+                    return Err(ApiError::invalid(
+                        "labels",
+                        format!("label {name:?}={value:?} may not contain , or ="),
+                    ));
+                }
+                text.push_str(&format!("{name}={value},"));
+            }
+            parse_labels(&text).map_err(bad)?
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "labels",
+                format!("labels must be an object of strings, got {other}"),
+            ))
+        }
+    };
+    Ok(GraySelector { ips, labels })
+}
+
+pub async fn gray_publish(
+    State(api): State<ApiState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    subject: Option<Extension<Subject>>,
+    context: Option<Extension<RequestContext>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = item_path(path)?;
+    let body = read_body(&api, body).await?;
+    let content =
+        string_field(&body, "content")?.ok_or_else(|| ApiError::invalid("content", "content is required"))?;
+    let selector = selector_field(&body)?;
+    let (author, source_ip) = who(&subject, &context);
+    let outcome =
+        api.configs.publish_gray(&key, GrayRequest { content, selector, author, source_ip }).await?;
+    Ok(Json(serde_json::json!({
+        "namespace": key.namespace, "group": key.group, "data_id": key.data_id,
+        "version": outcome.version, "md5": outcome.md5, "gray": true
+    }))
+    .into_response())
+}
+
+pub async fn gray_abort(
+    State(api): State<ApiState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let key = item_path(path)?;
+    let revision = api.configs.abort_gray(&key).await?;
+    Ok(Json(serde_json::json!({"revision": revision, "aborted": true})).into_response())
+}
+
+pub async fn gray_promote(
+    State(api): State<ApiState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    subject: Option<Extension<Subject>>,
+    context: Option<Extension<RequestContext>>,
+) -> Result<Response, ApiError> {
+    let key = item_path(path)?;
+    let (author, ip) = who(&subject, &context);
+    let outcome = api.configs.promote_gray(&key, &author, &ip).await?;
+    Ok(publish_response(&key, outcome))
 }

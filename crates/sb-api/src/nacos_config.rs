@@ -10,7 +10,8 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use sb_config::{
-    ConfigFormat, ConfigKey, HistoryRecord, ListenKey, ListenOutcome, PublishRequest, SchemaChange,
+    parse_ips, ConfigFormat, ConfigKey, GrayClient, GrayRequest, GraySelector, HistoryRecord, ListenKey,
+    ListenOutcome, PublishRequest, SchemaChange,
 };
 use serde::Serialize;
 
@@ -49,16 +50,50 @@ fn config_key(params: &NacosParams) -> NacosResult<ConfigKey> {
     ConfigKey::new(params.namespace("tenant"), group, data_id).map_err(nacos_error)
 }
 
-pub async fn get(State(api): State<ApiState>, params: NacosParams) -> NacosResult<Response> {
+/// On Nacos paths the client IP selects a gray (Nacos's beta by `betaIps`).
+fn nacos_client(context: &Option<Extension<RequestContext>>) -> GrayClient {
+    GrayClient::by_ip(context.as_ref().and_then(|c| c.client))
+}
+
+fn is_beta(params: &NacosParams) -> bool {
+    params.get("beta").is_some_and(|b| b.eq_ignore_ascii_case("true"))
+}
+
+/// Nacos's `RestResult`: `{"code":200,"message":…,"data":…}`.
+fn rest_result(message: &str, data: serde_json::Value) -> Response {
+    Json(serde_json::json!({"code": 200, "message": message, "data": data})).into_response()
+}
+
+pub async fn get(
+    State(api): State<ApiState>,
+    context: Option<Extension<RequestContext>>,
+    params: NacosParams,
+) -> NacosResult<Response> {
     if let Some(mode) = params.get("search") {
         return search(&api, &params, mode);
     }
     let key = config_key(&params)?;
-    let Some(snapshot) = api.configs.get(&key) else {
+    if is_beta(&params) {
+        // Nacos's queryBeta: the beta's ConfigInfo4Beta, or null data.
+        let data = api.configs.view().snapshot().gray(&key).map(|gray| {
+            let ips: Vec<String> = gray.record.selector.ips.iter().map(ToString::to_string).collect();
+            serde_json::json!({
+                "id": gray.version.to_string(), "dataId": key.data_id, "group": key.group,
+                "tenant": params.get("tenant").unwrap_or(""), "content": &*gray.content,
+                "md5": gray.record.md5, "type": gray.record.format.as_str(), "betaIps": ips.join(","),
+            })
+        });
+        return Ok(rest_result("query beta ok", data.unwrap_or(serde_json::Value::Null)));
+    }
+    let client = nacos_client(&context);
+    let Some(snapshot) = api.configs.view().snapshot().get_for(&key, &client) else {
         return Err(NacosError(ApiError::not_found("config data not exist")));
     };
     let mut response = plain(snapshot.content.to_string());
     let headers = response.headers_mut();
+    if snapshot.gray {
+        headers.insert("isBeta", HeaderValue::from_static("true"));
+    }
     if let Ok(md5) = HeaderValue::from_str(&snapshot.item.md5) {
         headers.insert("Content-MD5", md5);
     }
@@ -73,11 +108,27 @@ pub async fn publish(
     State(api): State<ApiState>,
     subject: Option<Extension<Subject>>,
     context: Option<Extension<RequestContext>>,
+    headers: HeaderMap,
     params: NacosParams,
 ) -> NacosResult<Response> {
     let key = config_key(&params)?;
     // An empty content is a missing one, as in Nacos.
     let content = params.required("content")?.to_owned();
+    // Nacos's beta: a `betaIps` header publishes a gray version to those client IPs.
+    let beta_ips = headers.get("betaIps").map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned());
+    if let Some(beta_ips) = beta_ips.filter(|ips| !ips.trim().is_empty()) {
+        let ips = parse_ips(beta_ips.split(',')).map_err(nacos_error)?;
+        let selector = GraySelector { ips, labels: Default::default() };
+        let author = params
+            .get("src_user")
+            .map(str::to_owned)
+            .or_else(|| subject.as_ref().map(|s| s.name.clone()))
+            .unwrap_or_default();
+        let source_ip = context.and_then(|c| c.client).map(|ip| ip.to_string()).unwrap_or_default();
+        let request = GrayRequest { content, selector, author, source_ip };
+        api.configs.publish_gray(&key, request).await.map_err(nacos_error)?;
+        return Ok(plain("true"));
+    }
     // Nacos 2.x clients send `unset` for "no type given".
     let format = match params.get("type").filter(|t| !t.eq_ignore_ascii_case("unset")) {
         Some(name) => ConfigFormat::parse(name).map_err(nacos_error)?,
@@ -113,6 +164,11 @@ pub async fn delete(
     params: NacosParams,
 ) -> NacosResult<Response> {
     let key = config_key(&params)?;
+    if is_beta(&params) {
+        // Nacos's stopBeta.
+        api.configs.abort_gray(&key).await.map_err(nacos_error)?;
+        return Ok(rest_result("stop beta ok", serde_json::Value::Bool(true)));
+    }
     let author = subject.map(|s| s.name.clone()).unwrap_or_default();
     let ip = context.and_then(|c| c.client).map(|ip| ip.to_string()).unwrap_or_default();
     // Deleting an absent config is `true` in Nacos too.
@@ -196,22 +252,24 @@ fn long_poll_timeout(headers: &HeaderMap) -> NacosResult<Option<Duration>> {
 
 pub async fn listener(
     State(api): State<ApiState>,
+    context: Option<Extension<RequestContext>>,
     headers: HeaderMap,
     params: NacosParams,
 ) -> NacosResult<Response> {
+    let client = nacos_client(&context);
     let probe = params.required("Listening-Configs")?;
     let lines = parse_listening(probe)?;
     let timeout = long_poll_timeout(&headers)?;
     let keys: Vec<ListenKey> = lines.iter().map(|l| l.listen.clone()).collect();
     let view = api.configs.view();
     let changed = match timeout {
-        None => view.changed_now(&keys),
+        None => view.changed_now(&keys, &client),
         Some(timeout) => {
             let mut shutdown = api.shutdown.clone();
             let stop = async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;
             };
-            match view.listen(&keys, timeout, stop).await {
+            match view.listen(&keys, &client, timeout, stop).await {
                 ListenOutcome::Changed(changed) => changed,
                 ListenOutcome::TimedOut | ListenOutcome::Stopped => Vec::new(),
             }

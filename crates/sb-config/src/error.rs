@@ -33,6 +33,12 @@ pub enum ConfigError {
     /// Another writer kept winning the race for the same item.
     #[error("config {0} changed concurrently too many times, retry")]
     Contended(String),
+    /// A gray selector with a malformed IP or label, or none at all.
+    #[error("gray selector is not valid: {0}")]
+    InvalidSelector(String),
+    /// Promote or abort of an item with no gray version.
+    #[error("config {0} has no gray version")]
+    NoGray(String),
     #[error("stored config value is unreadable: {0}")]
     Corrupt(String),
     #[error("the write committed at revision {revision}, but this node has not caught up: {source}")]

@@ -13,7 +13,7 @@ impl ConfigService {
     pub(crate) async fn history_keys(
         &self,
         key: &ConfigKey,
-    ) -> ConfigResult<Vec<(Vec<u8>, EntryId, Revision)>> {
+    ) -> ConfigResult<Vec<(Vec<u8>, EntryId, Revision, bool)>> {
         let request = RangeRequest::prefix(key.history_prefix()).keys_only();
         let response = self.store.range(request).await?;
         Ok(response
@@ -21,14 +21,14 @@ impl ConfigService {
             .into_iter()
             .filter_map(|kv| {
                 let text = std::str::from_utf8(&kv.key).ok()?;
-                let (_, entry) = split_history_path(text.strip_prefix(HISTORY_PREFIX)?)?;
-                Some((kv.key.clone(), entry, kv.create_revision))
+                let (_, entry, gray) = split_history_path(text.strip_prefix(HISTORY_PREFIX)?)?;
+                Some((kv.key.clone(), entry, kv.create_revision, gray))
             })
             .collect())
     }
 
     pub(crate) async fn latest_entry(&self, key: &ConfigKey) -> ConfigResult<Option<EntryId>> {
-        Ok(self.history_keys(key).await?.last().map(|(_, id, _)| *id))
+        Ok(self.history_keys(key).await?.last().map(|(_, id, _, _)| *id))
     }
 
     /// A page of history, newest first. `page` starts at 1.
@@ -46,7 +46,7 @@ impl ConfigService {
             let range = KeyRange::Between { start: oldest.0.clone(), end };
             let response = self.store.range(RangeRequest::new(range)).await?;
             for kv in response.kvs.iter().rev() {
-                let Some((_, entry_id)) = std::str::from_utf8(&kv.key)
+                let Some((_, entry_id, _)) = std::str::from_utf8(&kv.key)
                     .ok()
                     .and_then(|k| k.strip_prefix(HISTORY_PREFIX))
                     .and_then(split_history_path)
@@ -66,9 +66,9 @@ impl ConfigService {
     /// One version's history entry.
     pub async fn history_entry(&self, key: &ConfigKey, version: Revision) -> ConfigResult<HistoryRecord> {
         let keys = self.history_keys(key).await?;
-        let found = keys.into_iter().find(|(_, _, rev)| *rev == version);
+        let found = keys.into_iter().find(|(_, _, rev, _)| *rev == version);
         let not_found = || ConfigError::VersionNotFound { key: key.to_string(), version };
-        let (store_key, entry_id, _) = found.ok_or_else(not_found)?;
+        let (store_key, entry_id, _, _) = found.ok_or_else(not_found)?;
         let kv = self.store.get(&store_key).await?.ok_or_else(not_found)?;
         Ok(HistoryRecord { version, entry_id, entry: decode_entry(&kv)? })
     }
@@ -78,7 +78,7 @@ impl ConfigService {
         let keys = self.history_keys(key).await?;
         let position = keys
             .iter()
-            .position(|(_, _, rev)| *rev == version)
+            .position(|(_, _, rev, _)| *rev == version)
             .ok_or_else(|| ConfigError::VersionNotFound { key: key.to_string(), version })?;
         let previous = position
             .checked_sub(1)

@@ -10,6 +10,7 @@
 mod diff;
 mod error;
 mod format;
+mod gray;
 mod history;
 mod listen;
 mod model;
@@ -23,13 +24,14 @@ mod tests;
 pub use diff::unified_diff;
 pub use error::{ConfigError, ConfigResult};
 pub use format::{validate_content, ConfigFormat, ContentError};
+pub use gray::{parse_ips, parse_labels, GrayClient, GrayRecord, GrayRequest, GraySelector};
 pub use listen::{ListenKey, ListenOutcome};
 pub use model::{
     check_namespace, content_md5, ConfigItem, ConfigKey, EntryId, HistoryEntry, HistoryOp, CONFIG_PREFIX,
-    HISTORY_PREFIX, ITEMS_PREFIX,
+    GRAY_PREFIX, HISTORY_PREFIX, ITEMS_PREFIX,
 };
 pub use retention::Retention;
 pub use service::{
     ConfigService, ConfigSettings, HistoryPage, HistoryRecord, PublishOutcome, PublishRequest, SchemaChange,
 };
-pub use view::{ConfigChange, ConfigChanges, ConfigSnapshot, ConfigState, ConfigView};
+pub use view::{ConfigChange, ConfigChanges, ConfigSnapshot, ConfigState, ConfigView, GraySnapshot};

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::gray::GrayClient;
 use crate::model::ConfigKey;
 use crate::view::{ConfigChange, ConfigChanges, ConfigState, ConfigView};
 
@@ -27,14 +28,15 @@ pub enum ListenOutcome {
     Stopped,
 }
 
-fn differing(state: &ConfigState, keys: &[ListenKey]) -> Vec<ConfigKey> {
-    keys.iter().filter(|k| state.md5(&k.key) != k.md5).map(|k| k.key.clone()).collect()
+/// The keys whose md5, as `client` reads them (gray or main), differs from what it holds.
+fn differing(state: &ConfigState, keys: &[ListenKey], client: &GrayClient) -> Vec<ConfigKey> {
+    keys.iter().filter(|k| state.md5_for(&k.key, client) != k.md5).map(|k| k.key.clone()).collect()
 }
 
 impl ConfigView {
     /// The items whose md5 differs now, without waiting.
-    pub fn changed_now(&self, keys: &[ListenKey]) -> Vec<ConfigKey> {
-        differing(&self.snapshot(), keys)
+    pub fn changed_now(&self, keys: &[ListenKey], client: &GrayClient) -> Vec<ConfigKey> {
+        differing(&self.snapshot(), keys, client)
     }
 
     /// Long-poll: answers at once if anything differs, else waits for a change to one of
@@ -42,13 +44,14 @@ impl ConfigView {
     pub async fn listen(
         &self,
         keys: &[ListenKey],
+        client: &GrayClient,
         timeout: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> ListenOutcome {
         // Subscribe before the first check, so a change between the two is not lost.
         let mut changes = self.subscribe();
         let _held = Held::new(&self.listening);
-        listen_on(&mut changes, || self.snapshot(), keys, timeout, stop).await
+        listen_on(&mut changes, || self.snapshot(), keys, client, timeout, stop).await
     }
 }
 
@@ -73,10 +76,11 @@ pub(crate) async fn listen_on(
     changes: &mut ConfigChanges,
     current: impl Fn() -> Arc<ConfigState>,
     keys: &[ListenKey],
+    client: &GrayClient,
     timeout: Duration,
     stop: impl std::future::Future<Output = ()>,
 ) -> ListenOutcome {
-    let now = differing(&current(), keys);
+    let now = differing(&current(), keys, client);
     if !now.is_empty() {
         return ListenOutcome::Changed(now);
     }
@@ -96,7 +100,7 @@ pub(crate) async fn listen_on(
             ConfigChange::Changed(key) => watched.contains(key),
         });
         if relevant {
-            let now = differing(&current(), keys);
+            let now = differing(&current(), keys, client);
             if !now.is_empty() {
                 return ListenOutcome::Changed(now);
             }

@@ -21,6 +21,12 @@ use crate::format::ConfigFormat;
 pub const CONFIG_PREFIX: &str = "config/";
 pub const ITEMS_PREFIX: &str = "config/items/";
 pub const HISTORY_PREFIX: &str = "config/history/";
+/// `config/gray/{ns}/{group}/{data_id}`: the item's gray release, a [`crate::GrayRecord`]
+/// pointing at a gray history entry (never a copy of the content).
+pub const GRAY_PREFIX: &str = "config/gray/";
+/// The suffix of a gray history entry's key: the view tells main and gray entries apart by
+/// key alone, so it never decodes an entry to learn which it is.
+pub const GRAY_ENTRY_SUFFIX: &str = "g";
 
 const MAX_NAME_BYTES: usize = 256;
 const MAX_NAMESPACE_BYTES: usize = 128;
@@ -85,6 +91,15 @@ impl ConfigKey {
 
     pub fn history_key(&self, entry: &EntryId) -> String {
         format!("{}{}", self.history_prefix(), entry)
+    }
+
+    /// The key of a gray history entry (the id with [`GRAY_ENTRY_SUFFIX`]).
+    pub fn gray_history_key(&self, entry: &EntryId) -> String {
+        format!("{}{}{GRAY_ENTRY_SUFFIX}", self.history_prefix(), entry)
+    }
+
+    pub fn gray_key(&self) -> String {
+        format!("{GRAY_PREFIX}{self}")
     }
 
     /// The key of an item path (`{ns}/{group}/{data_id}`), as found below a prefix.
@@ -173,6 +188,10 @@ pub enum HistoryOp {
     Update,
     Rollback,
     Delete,
+    /// A gray version (served only to the clients its selector matches).
+    Gray,
+    /// A gray version promoted to the main version.
+    Promote,
 }
 
 impl HistoryOp {
@@ -180,7 +199,7 @@ impl HistoryOp {
     pub fn nacos_letter(self) -> &'static str {
         match self {
             HistoryOp::Create => "I",
-            HistoryOp::Update | HistoryOp::Rollback => "U",
+            HistoryOp::Update | HistoryOp::Rollback | HistoryOp::Gray | HistoryOp::Promote => "U",
             HistoryOp::Delete => "D",
         }
     }
@@ -218,10 +237,14 @@ pub fn content_md5(content: &str) -> String {
     hex::encode(Md5::digest(content.as_bytes()))
 }
 
-/// Splits a history key's path (below [`HISTORY_PREFIX`]) into the item path and entry id.
-pub fn split_history_path(path: &str) -> Option<(&str, EntryId)> {
+/// Splits a history key's path (below [`HISTORY_PREFIX`]) into the item path, the entry id
+/// and whether it is a gray entry.
+pub fn split_history_path(path: &str) -> Option<(&str, EntryId, bool)> {
     let (item, entry) = path.rsplit_once('/')?;
-    Some((item, EntryId::parse(entry)?))
+    match entry.strip_suffix(GRAY_ENTRY_SUFFIX) {
+        Some(id) => Some((item, EntryId::parse(id)?, true)),
+        None => Some((item, EntryId::parse(entry)?, false)),
+    }
 }
 
 #[cfg(test)]

@@ -88,13 +88,26 @@ pub struct HistoryPage {
     pub records: Vec<HistoryRecord>,
 }
 
+/// Why a publish happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PublishKind {
+    Publish,
+    /// Restores this version's content.
+    Rollback(Revision),
+    /// The gray content becomes the main version; the gray record (at this mod revision)
+    /// goes in the same transaction.
+    Promote {
+        gray_version: Revision,
+    },
+}
+
 pub struct ConfigService {
     pub(crate) store: SharedStore,
     view: Arc<ConfigView>,
     settings: ConfigSettings,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -106,7 +119,7 @@ pub(crate) fn decode_entry(kv: &KeyValue) -> ConfigResult<HistoryEntry> {
     decode::<HistoryEntry>(&kv.value).map_err(|e| ConfigError::Corrupt(e.to_string()))
 }
 
-fn encode_value<T: sb_store::codec::StoredValue>(value: &T) -> ConfigResult<Vec<u8>> {
+pub(crate) fn encode_value<T: sb_store::codec::StoredValue>(value: &T) -> ConfigResult<Vec<u8>> {
     encode(value).map_err(|e| ConfigError::Corrupt(e.to_string()))
 }
 
@@ -181,15 +194,19 @@ impl ConfigService {
     }
 
     pub async fn publish(&self, key: &ConfigKey, request: PublishRequest) -> ConfigResult<PublishOutcome> {
-        self.publish_op(key, request, None).await
+        self.publish_op(key, request, PublishKind::Publish).await
     }
 
-    async fn publish_op(
+    pub(crate) async fn publish_op(
         &self,
         key: &ConfigKey,
         request: PublishRequest,
-        rolled_back_from: Option<Revision>,
+        kind: PublishKind,
     ) -> ConfigResult<PublishOutcome> {
+        let rolled_back_from = match kind {
+            PublishKind::Rollback(version) => Some(version),
+            _ => None,
+        };
         // Size and syntax first: they do not depend on the item.
         let limit = self.settings.max_content_bytes;
         if request.content.len() > limit {
@@ -251,10 +268,11 @@ impl ConfigService {
             let now = now_ms();
             let entry_id = EntryId::next(now, after);
             let md5 = content_md5(&request.content);
-            let op = match (rolled_back_from, &current_item) {
-                (Some(_), _) => HistoryOp::Rollback,
-                (None, None) => HistoryOp::Create,
-                (None, Some(_)) => HistoryOp::Update,
+            let op = match (kind, &current_item) {
+                (PublishKind::Rollback(_), _) => HistoryOp::Rollback,
+                (PublishKind::Promote { .. }, _) => HistoryOp::Promote,
+                (PublishKind::Publish, None) => HistoryOp::Create,
+                (PublishKind::Publish, Some(_)) => HistoryOp::Update,
             };
             let history = HistoryEntry {
                 op,
@@ -282,12 +300,17 @@ impl ConfigService {
                 modified_ms: now,
                 schema,
             };
-            let txn = Txn::new()
-                .when([Compare::mod_revision(item_key.clone(), CompareOp::Equal, current_version)])
-                .and_then([
-                    TxnOp::put(key.history_key(&entry_id), encode_value(&history)?),
-                    TxnOp::put(item_key.clone(), encode_value(&item)?),
-                ]);
+            let mut compares =
+                vec![Compare::mod_revision(item_key.clone(), CompareOp::Equal, current_version)];
+            let mut ops = vec![
+                TxnOp::put(key.history_key(&entry_id), encode_value(&history)?),
+                TxnOp::put(item_key.clone(), encode_value(&item)?),
+            ];
+            if let PublishKind::Promote { gray_version } = kind {
+                compares.push(Compare::mod_revision(key.gray_key(), CompareOp::Equal, gray_version));
+                ops.push(TxnOp::delete(key.gray_key()));
+            }
+            let txn = Txn::new().when(compares).and_then(ops);
             let response = self.store.txn(txn).await?;
             if !response.succeeded {
                 continue; // someone else wrote the item; read again (If-Match then reports it)
@@ -347,6 +370,8 @@ impl ConfigService {
                 .and_then([
                     TxnOp::put(key.history_key(&entry_id), encode_value(&history)?),
                     TxnOp::delete(item_key.clone()),
+                    // A gray release ends with its item.
+                    TxnOp::delete(key.gray_key()),
                 ]);
             let response = self.store.txn(txn).await?;
             if !response.succeeded {
@@ -385,10 +410,10 @@ impl ConfigService {
             if_match,
             schema: crate::service::SchemaChange::Keep,
         };
-        self.publish_op(key, request, Some(version)).await
+        self.publish_op(key, request, PublishKind::Rollback(version)).await
     }
 
-    async fn wait_for(&self, revision: Revision) -> ConfigResult<()> {
+    pub(crate) async fn wait_for(&self, revision: Revision) -> ConfigResult<()> {
         self.view
             .wait_for(revision, self.settings.read_your_writes_timeout)
             .await
@@ -398,8 +423,17 @@ impl ConfigService {
     /// Applies retention to one item's history; the newest entry always stays.
     pub async fn prune(&self, key: &ConfigKey) -> ConfigResult<usize> {
         let keys = self.history_keys(key).await?;
-        let doomed =
-            self.settings.retention.doomed(&keys.iter().map(|(_, id, _)| *id).collect::<Vec<_>>(), now_ms());
+        // The newest main entry is the current content and the newest gray entry may be
+        // the gray content: neither is ever pruned.
+        let newest_main = keys.iter().rposition(|(_, _, _, gray)| !gray);
+        let newest_gray = keys.iter().rposition(|(_, _, _, gray)| *gray);
+        let doomed: Vec<usize> = self
+            .settings
+            .retention
+            .doomed(&keys.iter().map(|(_, id, _, _)| *id).collect::<Vec<_>>(), now_ms())
+            .into_iter()
+            .filter(|i| Some(*i) != newest_main && Some(*i) != newest_gray)
+            .collect();
         let mut deleted = 0;
         for chunk in doomed.chunks(100) {
             let ops: Vec<TxnOp> = chunk.iter().map(|&i| TxnOp::delete(keys[i].0.clone())).collect();

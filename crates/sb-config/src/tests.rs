@@ -10,6 +10,7 @@ use sb_store::view::{ViewChange, ViewState};
 use sb_store::{Event, EventKind, KeyValue, SharedStore, Store};
 use sb_store_embedded::{EmbeddedOptions, EmbeddedStore};
 
+use crate::gray::GrayClient;
 use crate::listen::listen_on;
 use crate::*;
 
@@ -103,17 +104,20 @@ async fn listeners_answer_on_stale_md5s_and_on_changes() {
     let never = std::future::pending::<()>;
     let view = service.view().clone();
     assert_eq!(
-        view.listen(&[stale], Duration::from_secs(5), never()).await,
+        view.listen(&[stale], &GrayClient::default(), Duration::from_secs(5), never()).await,
         ListenOutcome::Changed(vec![a.clone()])
     );
     assert_eq!(
-        view.listen(std::slice::from_ref(&held), Duration::from_millis(50), never()).await,
+        view.listen(std::slice::from_ref(&held), &GrayClient::default(), Duration::from_millis(50), never())
+            .await,
         ListenOutcome::TimedOut
     );
     let waiting = {
         let view = view.clone();
         let held = held.clone();
-        tokio::spawn(async move { view.listen(&[held], Duration::from_secs(10), never()).await })
+        tokio::spawn(async move {
+            view.listen(&[held], &GrayClient::default(), Duration::from_secs(10), never()).await
+        })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     service.publish(&key("other"), text("unrelated")).await.unwrap();
@@ -177,7 +181,15 @@ async fn after_a_view_reset_listeners_recheck_every_md5() {
         let state = state.clone();
         tokio::spawn(async move {
             let current = move || state.lock().clone();
-            listen_on(&mut changes, current, &held, Duration::from_secs(10), std::future::pending()).await
+            listen_on(
+                &mut changes,
+                current,
+                &held,
+                &GrayClient::default(),
+                Duration::from_secs(10),
+                std::future::pending(),
+            )
+            .await
         })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -235,4 +247,57 @@ async fn two_nodes_on_one_store_never_lose_a_publish_whatever_their_views_show()
     assert_eq!(history.total, 20, "every publish is in the history");
     let ids: Vec<_> = history.records.iter().map(|r| r.entry_id).collect();
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "entries sort in commit order");
+}
+
+#[tokio::test]
+async fn gray_serves_matching_clients_survives_a_reload_and_promotes_or_aborts() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = service(&dir, Retention { keep_last: 2, max_age: None }).await;
+    let a = key("a");
+    let main = service.publish(&a, text("main")).await.unwrap();
+    let selector =
+        GraySelector { ips: parse_ips(["10.0.0.1"]).unwrap(), labels: parse_labels("env=canary").unwrap() };
+    let gray = |content: &str| GrayRequest {
+        content: content.into(),
+        selector: selector.clone(),
+        author: "t".into(),
+        source_ip: String::new(),
+    };
+    // Several grays: retention (keep 2) must keep the main entry and the newest gray.
+    for n in 0..3 {
+        service.publish_gray(&a, gray(&format!("gray{n}"))).await.unwrap();
+        service.prune(&a).await.unwrap();
+    }
+    let canary = GrayClient { ip: None, labels: parse_labels("env=canary").unwrap() };
+    let by_ip = GrayClient::by_ip(Some("10.0.0.1".parse().unwrap()));
+    let other = GrayClient::by_ip(Some("10.0.0.2".parse().unwrap()));
+    for s in [&service, &service_on(service.store_for_tests(), Retention::default()).await] {
+        let state = s.view().snapshot();
+        assert_eq!(&*state.get_for(&a, &canary).unwrap().content, "gray2");
+        assert_eq!(&*state.get_for(&a, &by_ip).unwrap().content, "gray2");
+        assert_eq!(&*state.get_for(&a, &other).unwrap().content, "main");
+        assert_eq!(state.get(&a).unwrap().version, main.version);
+    }
+    let held = vec![ListenKey { key: a.clone(), md5: content_md5("main") }];
+    assert!(service.view().changed_now(&held, &other).is_empty());
+    assert_eq!(service.view().changed_now(&held, &canary), vec![a.clone()]);
+    // Abort: everyone reads main; the gray entries stay in history.
+    service.abort_gray(&a).await.unwrap();
+    assert_eq!(&*service.view().snapshot().get_for(&a, &canary).unwrap().content, "main");
+    assert!(matches!(service.abort_gray(&a).await, Err(ConfigError::NoGray(_))));
+    assert!(matches!(service.promote_gray(&a, "t", "").await, Err(ConfigError::NoGray(_))));
+    let history = service.history(&a, 1, 10).await.unwrap();
+    assert!(history.records.iter().any(|r| r.entry.op == HistoryOp::Gray));
+    // Promote: the gray content becomes the main version, for everyone.
+    service.publish_gray(&a, gray("next")).await.unwrap();
+    let promoted = service.promote_gray(&a, "t", "").await.unwrap();
+    let state = service.view().snapshot();
+    assert!(state.gray(&a).is_none());
+    assert_eq!(&*state.get_for(&a, &other).unwrap().content, "next");
+    assert_eq!(state.get(&a).unwrap().version, promoted.version);
+    assert_eq!(service.history_entry(&a, promoted.version).await.unwrap().entry.op, HistoryOp::Promote);
+    // Bad selectors.
+    let empty = GrayRequest { selector: GraySelector::default(), ..gray("x") };
+    assert!(matches!(service.publish_gray(&a, empty).await, Err(ConfigError::InvalidSelector(_))));
+    assert!(matches!(service.publish_gray(&key("none"), gray("x")).await, Err(ConfigError::NotFound(_))));
 }

@@ -14,9 +14,10 @@ use sb_store::{Event, EventKind, KeyRange, Revision, SharedStore, StoreResult, V
 use tokio::sync::broadcast;
 use tracing::warn;
 
+use crate::gray::{GrayClient, GrayRecord};
 use crate::model::{
-    split_history_path, ConfigItem, ConfigKey, EntryId, HistoryEntry, CONFIG_PREFIX, HISTORY_PREFIX,
-    ITEMS_PREFIX,
+    split_history_path, ConfigItem, ConfigKey, EntryId, HistoryEntry, CONFIG_PREFIX, GRAY_PREFIX,
+    HISTORY_PREFIX, ITEMS_PREFIX,
 };
 
 /// What a read sees of one item.
@@ -28,6 +29,17 @@ pub struct ConfigSnapshot {
     pub version: Revision,
     /// The revision that created the item (since its last delete).
     pub created_version: Revision,
+    pub content: Arc<str>,
+    /// This is the item's gray version (served to a client its selector matches).
+    pub gray: bool,
+}
+
+/// An item's gray release as the view has it.
+#[derive(Clone, Debug)]
+pub struct GraySnapshot {
+    pub record: Arc<GrayRecord>,
+    /// The gray record's mod revision (= the gray entry's version).
+    pub version: Revision,
     pub content: Arc<str>,
 }
 
@@ -46,32 +58,58 @@ struct Slot {
     latest: Option<(EntryId, Latest)>,
     /// How many history entries the item has (retention runs only when over its count).
     entries: usize,
+    /// The gray record and its mod revision.
+    gray: Option<(Arc<GrayRecord>, Revision)>,
+    /// The newest gray entry (main and gray entries are told apart by key).
+    gray_latest: Option<(EntryId, Latest)>,
+}
+
+/// Decodes `latest` if `pointer` names it; `false` if it does not decode.
+fn settle_entry(pointer: Option<&str>, latest: &mut Option<(EntryId, Latest)>) -> bool {
+    let Some(pointer) = pointer else { return true };
+    let Some((entry, Latest::Stored(bytes))) = latest.as_ref() else { return true };
+    if pointer != entry.to_string() {
+        return true;
+    }
+    match decode::<HistoryEntry>(bytes) {
+        Ok(history) => {
+            let entry = *entry;
+            *latest = Some((entry, Latest::Content(Arc::from(history.content))));
+            true
+        }
+        Err(error) => {
+            warn!(entry = %entry, %error, "skipping undecodable config history entry");
+            *latest = None;
+            false
+        }
+    }
 }
 
 impl Slot {
     fn is_empty(&self) -> bool {
-        self.item.is_none() && self.latest.is_none() && self.entries == 0
+        self.item.is_none()
+            && self.latest.is_none()
+            && self.entries == 0
+            && self.gray.is_none()
+            && self.gray_latest.is_none()
     }
 
-    /// Decodes the newest entry if the item points at it; `false` if it does not decode.
+    /// Decodes the newest entries the item and the gray record point at; `false` if one
+    /// does not decode.
     fn settle(&mut self) -> bool {
-        let Some((item, _, _)) = &self.item else { return true };
-        let Some((entry, Latest::Stored(bytes))) = &self.latest else { return true };
-        if item.entry != entry.to_string() {
-            return true;
+        let main = settle_entry(self.item.as_ref().map(|(item, _, _)| item.entry.as_str()), &mut self.latest);
+        let gray =
+            settle_entry(self.gray.as_ref().map(|(gray, _)| gray.entry.as_str()), &mut self.gray_latest);
+        main && gray
+    }
+
+    fn gray(&self) -> Option<GraySnapshot> {
+        let (record, version) = self.gray.as_ref()?;
+        let (entry, Latest::Content(content)) = self.gray_latest.as_ref()? else { return None };
+        if record.entry != entry.to_string() {
+            return None;
         }
-        match decode::<HistoryEntry>(bytes) {
-            Ok(history) => {
-                let entry = *entry;
-                self.latest = Some((entry, Latest::Content(Arc::from(history.content))));
-                true
-            }
-            Err(error) => {
-                warn!(entry = %entry, %error, "skipping undecodable config history entry");
-                self.latest = None;
-                false
-            }
-        }
+        Some(GraySnapshot { record: record.clone(), version: *version, content: content.clone() })
     }
 }
 
@@ -116,7 +154,42 @@ impl ConfigState {
             version: *version,
             created_version: *created_version,
             content: content.clone(),
+            gray: false,
         })
+    }
+
+    /// The item's gray release, if it has one.
+    pub fn gray(&self, key: &ConfigKey) -> Option<GraySnapshot> {
+        self.slots.get(&key.path())?.gray()
+    }
+
+    /// What `client` reads: the gray version if its selector matches the client, else the
+    /// main version.
+    pub fn get_for(&self, key: &ConfigKey, client: &GrayClient) -> Option<ConfigSnapshot> {
+        let main = self.get(key)?;
+        match self.gray(key) {
+            Some(gray) if gray.record.selector.matches(client) => {
+                let mut item = ConfigItem::clone(&main.item);
+                item.format = gray.record.format;
+                item.md5 = gray.record.md5.clone();
+                item.size = gray.record.size;
+                item.author = gray.record.author.clone();
+                item.modified_ms = gray.record.at_ms;
+                Some(ConfigSnapshot {
+                    item: Arc::new(item),
+                    version: gray.version,
+                    content: gray.content,
+                    gray: true,
+                    ..main
+                })
+            }
+            _ => Some(main),
+        }
+    }
+
+    /// The md5 `client` would read, `""` when the item does not exist (as Nacos).
+    pub fn md5_for(&self, key: &ConfigKey, client: &GrayClient) -> String {
+        self.get_for(key, client).map(|s| s.item.md5.clone()).unwrap_or_default()
     }
 
     /// What a writer needs to know of an item, as this view has it: the item and its version
@@ -190,8 +263,55 @@ impl ViewState for ConfigState {
                     }
                 },
             }
+        } else if let Some(path) = key.strip_prefix(GRAY_PREFIX) {
+            match event.kind {
+                EventKind::Delete => self.update(path, |slot| {
+                    slot.gray = None;
+                    slot.gray_latest = None;
+                }),
+                EventKind::Put => match decode::<GrayRecord>(&event.kv.value) {
+                    Ok(record) => {
+                        let value = (Arc::new(record), event.kv.mod_revision);
+                        self.update(path, |slot| slot.gray = Some(value));
+                    }
+                    Err(error) => {
+                        self.undecodable += 1;
+                        warn!(key, %error, "skipping undecodable config gray record");
+                        self.update(path, |slot| slot.gray = None);
+                    }
+                },
+            }
         } else if let Some(rest) = key.strip_prefix(HISTORY_PREFIX) {
-            let Some((path, entry)) = split_history_path(rest) else { return };
+            let Some((path, entry, gray)) = split_history_path(rest) else { return };
+            if gray {
+                // Only the newest gray entry can be the gray content; an older one only
+                // counts (and a gray that was aborted keeps no content in memory).
+                match event.kind {
+                    EventKind::Delete => self.update(path, |slot| {
+                        slot.entries = slot.entries.saturating_sub(1);
+                        if slot.gray_latest.as_ref().is_some_and(|(id, _)| *id == entry)
+                            && slot.gray.is_none()
+                        {
+                            slot.gray_latest = None;
+                        }
+                    }),
+                    EventKind::Put => {
+                        let newer = self
+                            .slots
+                            .get(path)
+                            .and_then(|s| s.gray_latest.as_ref())
+                            .is_none_or(|(id, _)| entry > *id);
+                        let stored: Arc<[u8]> = Arc::from(event.kv.value.as_slice());
+                        self.update(path, |slot| {
+                            slot.entries += 1;
+                            if newer {
+                                slot.gray_latest = Some((entry, Latest::Stored(stored)));
+                            }
+                        });
+                    }
+                }
+                return;
+            }
             match event.kind {
                 // Retention never deletes an item's current entry; an item that is gone
                 // loses its slot once its newest entry is gone.
@@ -290,7 +410,10 @@ impl ConfigChanges {
                 Ok(ViewChange::Applied { events, .. }) => {
                     let changed: Vec<ConfigChange> = events
                         .iter()
-                        .filter_map(|event| key_text(&event.kv.key)?.strip_prefix(ITEMS_PREFIX))
+                        .filter_map(|event| {
+                            let key = key_text(&event.kv.key)?;
+                            key.strip_prefix(ITEMS_PREFIX).or_else(|| key.strip_prefix(GRAY_PREFIX))
+                        })
                         .filter_map(ConfigKey::from_path)
                         .map(ConfigChange::Changed)
                         .collect();

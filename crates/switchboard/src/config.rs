@@ -1,4 +1,4 @@
-//! `switchboard config get|list|publish|delete|history|diff|rollback|watch`: the config
+//! `switchboard config get|list|publish|delete|history|diff|rollback|watch|gray|promote|abort`: the config
 //! center's native API from the command line. `publish` reads a file (or `-` for stdin)
 //! and infers the format from the file's extension; `-o json` prints the API's JSON.
 
@@ -30,7 +30,12 @@ pub struct ConfigArgs {
 #[derive(clap::Subcommand)]
 enum ConfigCommand {
     /// Print a config's content (-o json: with its version and metadata).
-    Get { data_id: String },
+    Get {
+        data_id: String,
+        /// Read as a client with these gray-release labels (`env=canary,zone=a`).
+        #[arg(long)]
+        labels: Option<String>,
+    },
     /// List the namespace's configs (of --group only with --only-group).
     #[command(alias = "ls")]
     List {
@@ -81,6 +86,22 @@ enum ConfigCommand {
     },
     /// Print a line for every publish and delete of a config, until interrupted.
     Watch { data_id: String },
+    /// Publish FILE as the gray version for --ips and/or --labels; without FILE, print the
+    /// current gray version.
+    Gray {
+        data_id: String,
+        file: Option<String>,
+        /// Client IPs that get the gray version (comma-separated).
+        #[arg(long)]
+        ips: Option<String>,
+        /// Labels a client must carry to get it (`env=canary,zone=a`).
+        #[arg(long)]
+        labels: Option<String>,
+    },
+    /// Make the gray version the main version (a new publish).
+    Promote { data_id: String },
+    /// End the gray release; everyone reads the main version again.
+    Abort { data_id: String },
 }
 
 /// `json` for `app.json`, `yaml` for `app.yml`; text for anything unknown.
@@ -127,8 +148,12 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
         None => request,
     };
     match args.command {
-        ConfigCommand::Get { data_id } => {
-            let value = client.call(client.request(Method::GET, &item(&data_id))).await?;
+        ConfigCommand::Get { data_id, labels } => {
+            let mut request = client.request(Method::GET, &item(&data_id));
+            if let Some(labels) = labels {
+                request = request.header("X-Switchboard-Labels", labels);
+            }
+            let value = client.call(request).await?;
             match output {
                 Output::Json => println!("{value}"),
                 _ => print!("{}", value["content"].as_str().unwrap_or_default()),
@@ -259,6 +284,56 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
             }
         }
         ConfigCommand::Watch { data_id } => watch(&client, output, &item(&data_id)).await?,
+        ConfigCommand::Gray { data_id, file: None, .. } => {
+            let value = client.call(client.request(Method::GET, &format!("{}/gray", item(&data_id)))).await?;
+            match output {
+                Output::Json => println!("{value}"),
+                _ => {
+                    println!("gray version {} for {}", value["version"], value["selector"]);
+                    print!("{}", value["content"].as_str().unwrap_or_default());
+                }
+            }
+        }
+        ConfigCommand::Gray { data_id, file: Some(file), ips, labels } => {
+            let content = read_input(&file)?;
+            let mut body = json!({"content": content});
+            if let Some(ips) = ips {
+                body["ips"] = Value::String(ips);
+            }
+            if let Some(labels) = labels {
+                body["labels"] = Value::String(labels);
+            }
+            let request = client
+                .request(Method::PUT, &format!("{}/gray", item(&data_id)))
+                .header("content-type", "application/json")
+                .body(body.to_string());
+            let value = client.call(request).await?;
+            match output {
+                Output::Json => println!("{value}"),
+                _ => println!(
+                    "published gray {} version {} md5 {}",
+                    data_id,
+                    value["version"],
+                    value["md5"].as_str().unwrap_or_default()
+                ),
+            }
+        }
+        ConfigCommand::Promote { data_id } => {
+            let value =
+                client.call(client.request(Method::POST, &format!("{}/promote", item(&data_id)))).await?;
+            match output {
+                Output::Json => println!("{value}"),
+                _ => println!("promoted the gray {}: now version {}", data_id, value["version"]),
+            }
+        }
+        ConfigCommand::Abort { data_id } => {
+            let value =
+                client.call(client.request(Method::DELETE, &format!("{}/gray", item(&data_id)))).await?;
+            match output {
+                Output::Json => println!("{value}"),
+                _ => println!("aborted the gray release of {} at revision {}", data_id, value["revision"]),
+            }
+        }
     }
     Ok(())
 }
