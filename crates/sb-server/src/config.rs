@@ -79,6 +79,18 @@ pub struct ServeArgs {
     /// On SIGTERM, how long in-flight requests may take before they are cut.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// The registry's DNS interface, UDP and TCP [default: 127.0.0.1:8600; `off` disables
+    /// it]. Port 0 picks a free port, printed at start. A default address that is taken is
+    /// a warning (several nodes on one host); an address given here that cannot be bound is
+    /// an error.
+    #[arg(long, env = "SWITCHBOARD_DNS_LISTEN")]
+    pub dns_listen: Option<String>,
+    /// Networks (CIDRs or addresses, comma-separated) that may query the DNS interface.
+    #[arg(long, env = "SWITCHBOARD_DNS_ALLOW", value_delimiter = ',', value_parser = parse_cidr, default_value = "127.0.0.0/8,::1/128")]
+    pub dns_allow: Vec<IpNet>,
+    /// The TTL of DNS answers, in seconds.
+    #[arg(long, env = "SWITCHBOARD_DNS_TTL_SECS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    pub dns_ttl_secs: u32,
     #[command(flatten)]
     pub ids: IdArgs,
 }

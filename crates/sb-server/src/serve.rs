@@ -151,12 +151,16 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         shutdown: stop_rx.clone(),
     });
     let router = sb_api::router(api.clone());
+    let dns = start_dns(&args, registry.clone()).await?;
 
     info!(node = %node_id, store = store.kind(), addr = %local_addr, nodes = membership.live_nodes().len(), "node ready");
     let base_url = format!("http://{local_addr}");
     println!("switchboard: node {node_id} on {}", open.description);
     println!("switchboard: {} live node(s) in the membership view", membership.live_nodes().len());
     println!("switchboard: listening on {base_url}; stop with Ctrl-C");
+    if let Some(dns) = &dns {
+        println!("switchboard: dns on {} (udp+tcp)", dns.local_addr);
+    }
     match &bootstrap {
         Bootstrap::Generated { token, file } => println!("{}", first_start_banner(token, file, &base_url)),
         Bootstrap::FromEnv => println!("switchboard: the admin token is the one in {ADMIN_TOKEN_ENV}"),
@@ -197,6 +201,9 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     if let Some(sweeper) = config_sweeper {
         sweeper.abort();
     }
+    if let Some(dns) = dns {
+        dns.stop().await;
+    }
     // Waiters cut off by the stop hand their leases to the coordination cleanup: revoke
     // them now, so their keys do not outlive the node by a TTL.
     api.coord.drain(Duration::from_secs(2)).await;
@@ -226,6 +233,34 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     }
     println!("switchboard: node {node_id} left the membership and stopped");
     Ok(())
+}
+
+/// The DNS interface: on by default at 127.0.0.1:8600, where a taken port is only a
+/// warning; an explicitly given address must bind.
+async fn start_dns(args: &ServeArgs, registry: Arc<Registry>) -> ServerResult<Option<sb_dns::DnsServer>> {
+    const DEFAULT_DNS: &str = "127.0.0.1:8600";
+    let explicit = args.dns_listen.as_deref().map(str::trim);
+    if explicit.is_some_and(|l| l.eq_ignore_ascii_case("off")) {
+        return Ok(None);
+    }
+    let text = explicit.unwrap_or(DEFAULT_DNS);
+    let listen: SocketAddr = text.parse().map_err(|_| {
+        ServerError::Config(format!("--dns-listen {text:?} is not an address like 127.0.0.1:8600 (or off)"))
+    })?;
+    let options = sb_dns::DnsOptions {
+        listen,
+        allow: args.dns_allow.clone(),
+        ttl_secs: args.dns_ttl_secs,
+        tcp_timeout: Duration::from_secs(5),
+    };
+    match sb_dns::DnsServer::start(registry, options).await {
+        Ok(dns) => Ok(Some(dns)),
+        Err(error) if explicit.is_none() => {
+            warn!(%error, addr = DEFAULT_DNS, "the DNS interface is off: its default address cannot be bound");
+            Ok(None)
+        }
+        Err(error) => Err(ServerError::Config(format!("binding the DNS interface on {text}: {error}"))),
+    }
 }
 
 async fn start_registry(

@@ -152,3 +152,128 @@ async fn prometheus_http_sd_lists_enabled_instances_with_sanitised_labels() {
     let response = api.http.get(server.url("/api/v1/prometheus/sd")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// `dig @addr -p port +short name type` (and the status line with `+noall +comments`).
+fn dig(dns: &str, args: &[&str]) -> String {
+    let (host, port) = dns.rsplit_once(':').expect("host:port");
+    let output = std::process::Command::new("dig")
+        .args([format!("@{host}"), "-p".into(), port.into(), "+time=2".into(), "+tries=2".into()])
+        .args(args)
+        .output()
+        .expect("dig runs (Debian's bind9-dnsutils; scripts/test installs it)");
+    assert!(output.status.success(), "dig {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+fn sorted_lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test]
+async fn dig_gets_a_srv_and_nxdomain_answers_from_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, token) = start(dir.path(), &["--dns-listen", "127.0.0.1:0", "--dns-ttl-secs", "3"]);
+    let dns = common::wait_for_line(&server.stdout, "its dns address", |lines| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix("switchboard: dns on "))
+            .map(|r| r.split(' ').next().unwrap().to_owned())
+    });
+    let api = Api::new(&server, token);
+    let persistent = |ip: &str, port: u16, weight: f64, healthy: bool| json!({"ip": ip, "port": port, "weight": weight, "healthy": healthy, "ephemeral": false});
+    api.register("public", "DEFAULT_GROUP", "orders", persistent("10.0.0.1", 8080, 1.0, true)).await;
+    api.register("public", "DEFAULT_GROUP", "orders", persistent("10.0.0.2", 8081, 2.5, true)).await;
+    api.register("public", "DEFAULT_GROUP", "orders", persistent("10.0.0.3", 8082, 1.0, false)).await;
+    api.register("public", "DEFAULT_GROUP", "orders", persistent("fd00::7", 8083, 1.0, true)).await;
+    api.register("dev", "g1", "providers:com.x.Y:1.0", persistent("10.1.0.1", 20880, 1.0, true)).await;
+
+    // A: the healthy IPv4 instances, by the short and the full name, in any case.
+    let a = dig(&dns, &["+short", "orders.svc.switchboard", "A"]);
+    assert_eq!(sorted_lines(&a), ["10.0.0.1", "10.0.0.2"]);
+    let a = dig(&dns, &["+short", "ORDERS.default_group.Public.svc.switchboard.", "A"]);
+    assert_eq!(sorted_lines(&a), ["10.0.0.1", "10.0.0.2"]);
+    assert_eq!(sorted_lines(&dig(&dns, &["+short", "orders.svc.switchboard", "AAAA"])), ["fd00::7"]);
+    // Over TCP too.
+    let a = dig(&dns, &["+tcp", "+short", "orders.DEFAULT_GROUP.public.svc.switchboard", "A"]);
+    assert_eq!(sorted_lines(&a), ["10.0.0.1", "10.0.0.2"]);
+
+    // SRV: priority, weight (× 100), port, a target under addr.switchboard. with its
+    // address in the additional section.
+    let srv = dig(&dns, &["+short", "orders.svc.switchboard", "SRV"]);
+    assert_eq!(
+        sorted_lines(&srv),
+        [
+            "0 100 8080 10-0-0-1.addr.switchboard.",
+            "0 100 8083 fd00--7.addr.switchboard.",
+            "0 250 8081 10-0-0-2.addr.switchboard.",
+        ]
+    );
+    let full = dig(&dns, &["+noall", "+additional", "orders.svc.switchboard", "SRV"]);
+    assert!(full.contains("10-0-0-1.addr.switchboard.") && full.contains("10.0.0.1"), "{full}");
+    assert!(full.contains("fd00::7"), "{full}");
+    assert_eq!(dig(&dns, &["+short", "10-0-0-2.addr.switchboard", "A"]).trim(), "10.0.0.2");
+    // The TTL is the configured one.
+    let answer = dig(&dns, &["+noall", "+answer", "orders.svc.switchboard", "A"]);
+    assert!(answer.lines().all(|l| l.split_whitespace().nth(1) == Some("3")), "{answer}");
+
+    // A name no label can carry, through the base32 encoding.
+    let encoded = format!("b32-{}.g1.dev.svc.switchboard", data_encoding_lower("providers:com.x.Y:1.0"));
+    assert_eq!(dig(&dns, &["+short", &encoded, "A"]).trim(), "10.1.0.1");
+
+    // NXDOMAIN for an unknown service; NOERROR with no answer for a known one without
+    // records of the type; REFUSED outside the zone.
+    let status = |name: &str, kind: &str| {
+        let out = dig(&dns, &["+noall", "+comments", name, kind]);
+        out.split("status: ").nth(1).and_then(|r| r.split(',').next()).unwrap_or_default().to_owned()
+    };
+    assert_eq!(status("nothing.svc.switchboard", "A"), "NXDOMAIN");
+    assert_eq!(status("orders.nogroup.public.svc.switchboard", "A"), "NXDOMAIN");
+    assert_eq!(status("providers.g1.dev.svc.switchboard", "A"), "NXDOMAIN");
+    assert_eq!(status("example.com", "A"), "REFUSED");
+
+    // The protection threshold applies: with none healthy, every enabled instance answers.
+    api.register("public", "DEFAULT_GROUP", "sick", persistent("10.2.0.1", 80, 1.0, false)).await;
+    api.register("public", "DEFAULT_GROUP", "sick", persistent("10.2.0.2", 80, 1.0, false)).await;
+    assert_eq!(sorted_lines(&dig(&dns, &["+short", "sick.svc.switchboard", "A"])), ["10.2.0.1", "10.2.0.2"]);
+    // A deregistered instance leaves the answers at once (answers come from the view).
+    let path = "/api/v1/namespaces/public/services/orders/instances/10.0.0.2:8081";
+    let (status_code, body) = api.call(reqwest::Method::DELETE, path, json!({})).await;
+    assert!(status_code.is_success(), "{status_code} {body}");
+    assert_eq!(sorted_lines(&dig(&dns, &["+short", "orders.svc.switchboard", "A"])), ["10.0.0.1"]);
+}
+
+/// RFC 4648 base32, lowercase, no padding (what the DNS encoding uses), written out here
+/// so the test does not share the server's code.
+fn data_encoding_lower(text: &str) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut out = String::new();
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for byte in text.bytes() {
+        buffer = (buffer << 8) | u32::from(byte);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((buffer >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+#[test]
+fn dns_refuses_networks_it_does_not_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _token) = start(dir.path(), &["--dns-listen", "127.0.0.1:0", "--dns-allow", "10.0.0.0/8"]);
+    let dns = common::wait_for_line(&server.stdout, "its dns address", |lines| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix("switchboard: dns on "))
+            .map(|r| r.split(' ').next().unwrap().to_owned())
+    });
+    let out = dig(&dns, &["+noall", "+comments", "orders.svc.switchboard", "A"]);
+    assert!(out.contains("status: REFUSED"), "{out}");
+}
