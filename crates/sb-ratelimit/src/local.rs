@@ -6,7 +6,10 @@
 //! permits take a per-key mutex, so two keys never wait on each other. Idle keys are swept
 //! (see [`LocalTier::sweep`]), so memory follows the keys in use, not every key ever seen.
 //!
-//! Time is `tokio::time::Instant` from the tier's creation, so paused-time tests drive it.
+//! Time is nanoseconds since the tier's creation, read from the TSC through `quanta` (a
+//! monotonic clock read costs more than the rest of a decision); a tier made with
+//! [`LocalTier::with_tokio_clock`] reads `tokio::time::Instant` instead, so paused-time
+//! tests drive it.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -23,7 +26,14 @@ const SHARDS: usize = 64;
 pub struct LocalTier {
     shards: Box<[RwLock<HashTable<Slot>>]>,
     hasher: foldhash::fast::RandomState,
-    epoch: Instant,
+    clock: TierClock,
+}
+
+enum TierClock {
+    /// The fastest stable clock (`quanta`): raw readings since `start`, scaled to ns.
+    Fast { clock: quanta::Clock, start: u64 },
+    /// tokio's clock, which paused-time tests control.
+    Tokio(Instant),
 }
 
 struct Slot {
@@ -98,16 +108,30 @@ impl Default for LocalTier {
 
 impl LocalTier {
     pub fn new() -> LocalTier {
+        let clock = quanta::Clock::new();
+        let start = clock.raw();
+        Self::with_clock(TierClock::Fast { clock, start })
+    }
+
+    /// A tier on tokio's clock (for tests in paused time).
+    pub fn with_tokio_clock() -> LocalTier {
+        Self::with_clock(TierClock::Tokio(Instant::now()))
+    }
+
+    fn with_clock(clock: TierClock) -> LocalTier {
         LocalTier {
             shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
             hasher: foldhash::fast::RandomState::default(),
-            epoch: Instant::now(),
+            clock,
         }
     }
 
     /// The tier's clock: nanoseconds since it was created.
     pub fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        match &self.clock {
+            TierClock::Fast { clock, start } => clock.delta_as_nanos(*start, clock.raw()),
+            TierClock::Tokio(epoch) => epoch.elapsed().as_nanos() as u64,
+        }
     }
 
     /// A decision for `hits` on `key` (GCRA or a window; a concurrency limit is asked

@@ -83,7 +83,7 @@ fn permits_are_bounded_released_and_expire() {
 
 #[tokio::test(start_paused = true)]
 async fn a_crashed_holders_permit_expires_with_its_ttl() {
-    let tier = LocalTier::new();
+    let tier = LocalTier::with_tokio_clock();
     assert!(tier.acquire("k", 1, 500 * MS, "crashed").allowed);
     let denied = tier.acquire("k", 1, 500 * MS, "next");
     assert!(!denied.allowed);
@@ -95,7 +95,7 @@ async fn a_crashed_holders_permit_expires_with_its_ttl() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_keys_are_swept() {
-    let tier = LocalTier::new();
+    let tier = LocalTier::with_tokio_clock();
     tier.check("gcra", gcra_limit(10, 1), 1);
     tier.check("window", Limit::FixedWindow { limit: 5, window_ns: 100 * MS }, 1);
     tier.acquire("permits", 1, 100 * MS, "p");

@@ -45,7 +45,7 @@ fn assert_within(name: &str, got: u64, expected: f64, tolerance: f64) {
 #[tokio::test(start_paused = true)]
 async fn gcra_allows_rate_times_time_plus_burst() {
     let secs = run_secs();
-    let tier = LocalTier::new();
+    let tier = LocalTier::with_tokio_clock();
     let allowed = saturate(&tier, "gcra", limit(r#"{"algorithm":"gcra","rate":500,"burst":50}"#), secs).await;
     assert_within("gcra", allowed, 500.0 * secs as f64 + 50.0, 0.01);
 }
@@ -53,7 +53,7 @@ async fn gcra_allows_rate_times_time_plus_burst() {
 #[tokio::test(start_paused = true)]
 async fn sliding_window_allows_rate_times_time() {
     let secs = run_secs();
-    let tier = LocalTier::new();
+    let tier = LocalTier::with_tokio_clock();
     let rule = r#"{"algorithm":"sliding_window","limit":100,"window_ms":200}"#;
     let allowed = saturate(&tier, "sliding", limit(rule), secs).await;
     assert_within("sliding window", allowed, 500.0 * secs as f64, 0.01);
@@ -62,7 +62,7 @@ async fn sliding_window_allows_rate_times_time() {
 #[tokio::test(start_paused = true)]
 async fn fixed_window_stays_between_rate_times_time_and_one_window_more() {
     let secs = run_secs();
-    let tier = LocalTier::new();
+    let tier = LocalTier::with_tokio_clock();
     // Start mid-window, as a real client would.
     tokio::time::advance(Duration::from_millis(70)).await;
     let rule = r#"{"algorithm":"fixed_window","limit":100,"window_ms":200}"#;
@@ -78,7 +78,7 @@ async fn fixed_window_stays_between_rate_times_time_and_one_window_more() {
 #[tokio::test(start_paused = true)]
 async fn permits_are_never_held_by_more_than_n() {
     let secs = run_secs();
-    let tier = LocalTier::new();
+    let tier = LocalTier::with_tokio_clock();
     let Limit::Concurrency { max_permits, ttl_ns } =
         limit(r#"{"algorithm":"concurrency","max_permits":5,"permit_ttl_ms":300}"#)
     else {
