@@ -15,6 +15,7 @@ mod config;
 mod elections;
 pub mod error;
 mod extract;
+mod health;
 pub mod ids;
 mod kv;
 mod leases;
@@ -98,6 +99,8 @@ pub struct Api {
     pub coord: Arc<sb_coord::Coord>,
     /// The service registry (native and Nacos naming APIs).
     pub registry: Arc<sb_registry::Registry>,
+    /// Active health checks of persistent instances.
+    pub health: Arc<sb_health::HealthChecks>,
     /// Nacos 1.x UDP pushes to subscribers.
     pub naming_push: Arc<nacos_push::NamingPush>,
     /// Rendered Nacos `instance/list` answers, one per service revision and query.

@@ -46,7 +46,7 @@ impl From<RegistryError> for ApiError {
     }
 }
 
-fn service_id(
+pub(crate) fn service_id(
     path: Result<Path<Vec<String>>, PathRejection>,
     params: &Params,
 ) -> Result<(ServiceId, Vec<String>), ApiError> {
@@ -59,7 +59,7 @@ fn service_id(
     Ok((id, rest.iter().skip(1).cloned().collect()))
 }
 
-fn instance_addr(rest: &[String], params: &Params) -> Result<InstanceAddr, ApiError> {
+pub(crate) fn instance_addr(rest: &[String], params: &Params) -> Result<InstanceAddr, ApiError> {
     let socket = rest.first().map(String::as_str).unwrap_or_default();
     Ok(InstanceAddr::parse_socket(params.get("cluster").unwrap_or(""), socket)?)
 }

@@ -11,7 +11,7 @@ use axum::Router;
 
 use crate::error::{ApiError, ErrorKind};
 use crate::{
-    backup, config, elections, ids, kv, leases, locks, middleware, nacos_config, nacos_naming, ops,
+    backup, config, elections, health, ids, kv, leases, locks, middleware, nacos_config, nacos_naming, ops,
     prometheus_sd, ratelimit, registry, watch, ApiState,
 };
 
@@ -110,6 +110,9 @@ pub enum RouteId {
     InstanceDeregister,
     InstanceBeat,
     InstanceDrain,
+    InstanceCheckGet,
+    InstanceCheckPut,
+    InstanceCheckDelete,
     NacosInstanceRegister,
     NacosInstanceUpdate,
     NacosInstanceDeregister,
@@ -535,6 +538,33 @@ pub static ROUTES: &[Route] = &[
         "Disable an instance now and delete it after `delay_secs`",
     ),
     route(
+        RouteId::InstanceCheckGet,
+        M::Get,
+        "/api/v1/namespaces/{ns}/services/{service}/instances/{instance}/check",
+        "registry",
+        A::Read,
+        false,
+        "A persistent instance's active health check (`group`, `cluster`)",
+    ),
+    route(
+        RouteId::InstanceCheckPut,
+        M::Put,
+        "/api/v1/namespaces/{ns}/services/{service}/instances/{instance}/check",
+        "registry",
+        A::Write,
+        true,
+        "Set a persistent instance's active health check: http (method, path, expect_status) or tcp, interval_ms, timeout_ms, healthy_threshold, unhealthy_threshold",
+    ),
+    route(
+        RouteId::InstanceCheckDelete,
+        M::Delete,
+        "/api/v1/namespaces/{ns}/services/{service}/instances/{instance}/check",
+        "registry",
+        A::Delete,
+        true,
+        "Remove a persistent instance's active health check",
+    ),
+    route(
         RouteId::NacosInstanceRegister,
         M::Post,
         "/nacos/v1/ns/instance",
@@ -933,6 +963,9 @@ fn handler(route: &Route) -> MethodRouter<ApiState> {
         RouteId::InstanceDeregister => on(filter, registry::deregister),
         RouteId::InstanceBeat => on(filter, registry::beat),
         RouteId::InstanceDrain => on(filter, registry::drain),
+        RouteId::InstanceCheckGet => on(filter, health::get_check),
+        RouteId::InstanceCheckPut => on(filter, health::put_check),
+        RouteId::InstanceCheckDelete => on(filter, health::delete_check),
         RouteId::NacosInstanceRegister => on(filter, nacos_naming::register),
         RouteId::NacosInstanceUpdate => on(filter, nacos_naming::update),
         RouteId::NacosInstanceDeregister => on(filter, nacos_naming::deregister),

@@ -221,6 +221,22 @@ impl Registry {
         Ok(response.revision)
     }
 
+    /// Sets an instance's health (active health checks); `None` when it already had it.
+    pub async fn set_health(
+        &self,
+        id: &ServiceId,
+        addr: &InstanceAddr,
+        healthy: bool,
+    ) -> RegistryResult<Option<Revision>> {
+        let entry = self.existing(id, addr)?;
+        if entry.record.healthy == healthy {
+            return Ok(None);
+        }
+        let mut record = entry.record.clone();
+        record.healthy = healthy;
+        self.rewrite(id, &entry, &record).await.map(Some)
+    }
+
     pub async fn update_instance(
         &self,
         id: &ServiceId,

@@ -91,6 +91,11 @@ pub struct ServeArgs {
     /// The TTL of DNS answers, in seconds.
     #[arg(long, env = "SWITCHBOARD_DNS_TTL_SECS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=3600))]
     pub dns_ttl_secs: u32,
+    /// Active health checks: how often a node re-reads the checks and the membership view
+    /// to pick up its share (a departed node's share moves within this plus one
+    /// membership TTL).
+    #[arg(long, env = "SWITCHBOARD_HEALTH_RECONCILE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub health_reconcile_ms: u64,
     #[command(flatten)]
     pub ids: IdArgs,
 }

@@ -128,6 +128,17 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     ids::register_metrics(&mut metrics, Arc::downgrade(&snowflake), Arc::downgrade(&segments));
     ratelimit.register_metrics(metrics.registry_mut());
     let sweeper = ratelimit.spawn_sweeper(RATELIMIT_SWEEP);
+    let health = Arc::new(
+        sb_health::HealthChecks::start(
+            store.clone(),
+            registry.clone(),
+            membership.clone(),
+            node_id.to_string(),
+            Duration::from_millis(args.health_reconcile_ms),
+        )
+        .await
+        .map_err(ServerError::store("loading the health checks"))?,
+    );
     let api = Arc::new(Api {
         config: ApiConfig {
             max_value_bytes: args.max_value_bytes,
@@ -142,6 +153,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         system_leases,
         coord: sb_coord::Coord::new(store.clone()),
         registry: registry.clone(),
+        health: health.clone(),
         naming_push,
         nacos_lists: Default::default(),
         metrics,
@@ -204,6 +216,8 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     if let Some(dns) = dns {
         dns.stop().await;
     }
+    // Stop probing before the registry goes: no health write after the node has left.
+    drop(health);
     // Waiters cut off by the stop hand their leases to the coordination cleanup: revoke
     // them now, so their keys do not outlive the node by a TTL.
     api.coord.drain(Duration::from_secs(2)).await;

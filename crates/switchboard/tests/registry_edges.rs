@@ -277,3 +277,90 @@ fn dns_refuses_networks_it_does_not_allow() {
     let out = dig(&dns, &["+noall", "+comments", "orders.svc.switchboard", "A"]);
     assert!(out.contains("status: REFUSED"), "{out}");
 }
+
+/// A tiny HTTP target whose answer status the test sets.
+async fn flapping_target(status: std::sync::Arc<std::sync::atomic::AtomicU16>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let status = status.load(std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_flapping_http_target_crosses_its_thresholds_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, token) = start(dir.path(), &["--dns-listen", "off", "--health-reconcile-ms", "100"]);
+    let api = Api::new(&server, token);
+    let status = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let port = flapping_target(status.clone()).await;
+    api.register(
+        "public",
+        "DEFAULT_GROUP",
+        "web",
+        json!({"ip": "127.0.0.1", "port": port, "ephemeral": false}),
+    )
+    .await;
+    let check_path = format!("/api/v1/namespaces/public/services/web/instances/127.0.0.1:{port}/check");
+
+    // Bad definitions: 400 naming the field.
+    for (body, field) in [
+        (json!({"kind": "http", "interval_ms": 0}), "interval_ms"),
+        (json!({"kind": "http", "interval_ms": 500, "timeout_ms": 900}), "timeout_ms"),
+        (json!({"kind": "icmp"}), "kind"),
+    ] {
+        let (code, answer) = api.call(reqwest::Method::PUT, &check_path, body).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
+
+    let check = json!({"kind": "http", "method": "GET", "path": "/health", "expect_status": [200, 299],
+                       "interval_ms": 150, "timeout_ms": 100, "healthy_threshold": 2, "unhealthy_threshold": 3});
+    let (code, answer) = api.call(reqwest::Method::PUT, &check_path, check).await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    let (code, answer) = api.get(&check_path).await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    assert_eq!(answer["kind"], "http");
+
+    let healthy = async || -> bool {
+        let (_, list) = api.get("/api/v1/namespaces/public/services/web/instances").await;
+        list["instances"][0]["healthy"].as_bool().expect("one instance")
+    };
+    let wait_for = async |want: bool| {
+        for _ in 0..100 {
+            if healthy().await == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the instance did not become healthy={want} within 10 s");
+    };
+    assert!(healthy().await);
+    status.store(503, std::sync::atomic::Ordering::SeqCst);
+    wait_for(false).await;
+    status.store(200, std::sync::atomic::Ordering::SeqCst);
+    wait_for(true).await;
+    // One failure is under the unhealthy threshold of 3: the instance stays healthy.
+    status.store(500, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(160)).await;
+    status.store(200, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..10 {
+        assert!(healthy().await, "a single failure stays under the threshold");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (code, answer) = api.call(reqwest::Method::DELETE, &check_path, json!({})).await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    assert_eq!(answer["deleted"], true);
+}

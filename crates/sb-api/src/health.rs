@@ -1,0 +1,59 @@
+//! Active health checks of persistent instances, on the native API:
+//! `GET|PUT|DELETE /api/v1/namespaces/{ns}/services/{service}/instances/{ip}:{port}/check`
+//! (`?group=`, `?cluster=`). A thin translator over `sb_health::HealthChecks`.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::extract::{ApiJson, Params};
+use crate::registry::{instance_addr, service_id};
+use crate::ApiState;
+
+pub async fn get_check(
+    State(api): State<ApiState>,
+    path: Result<Path<Vec<String>>, PathRejection>,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    let (id, rest) = service_id(path, &params)?;
+    let addr = instance_addr(&rest, &params)?;
+    let spec = api.health.get(&id, &addr).ok_or_else(|| {
+        ApiError::not_found(format!("instance {} of service {id} has no health check", addr.socket()))
+    })?;
+    Ok(Json(serde_json::to_value(spec).unwrap_or(Value::Null)))
+}
+
+pub async fn put_check(
+    State(api): State<ApiState>,
+    path: Result<Path<Vec<String>>, PathRejection>,
+    params: Params,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let (id, rest) = service_id(path, &params)?;
+    let addr = instance_addr(&rest, &params)?;
+    let spec = sb_health::CheckSpec::from_json(&body).map_err(|e| ApiError::invalid(e.field, e.message))?;
+    let instance = api.registry.snapshot().instance(&id, &addr).cloned().ok_or_else(|| {
+        ApiError::not_found(format!("instance {} of service {id} is not registered", addr.socket()))
+    })?;
+    if instance.record.ephemeral {
+        return Err(ApiError::invalid(
+            "instance",
+            format!("instance {} is ephemeral: its heartbeats tell its health; checks are for persistent instances", addr.socket()),
+        ));
+    }
+    let revision = api.health.put(&id, &addr, &spec).await?;
+    Ok(Json(json!({"revision": revision, "check": spec})))
+}
+
+pub async fn delete_check(
+    State(api): State<ApiState>,
+    path: Result<Path<Vec<String>>, PathRejection>,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    let (id, rest) = service_id(path, &params)?;
+    let addr = instance_addr(&rest, &params)?;
+    let deleted = api.health.delete(&id, &addr).await?;
+    Ok(Json(json!({"deleted": deleted})))
+}
