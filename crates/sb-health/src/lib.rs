@@ -197,13 +197,13 @@ pub fn owner<'a>(nodes: impl IntoIterator<Item = &'a str>, key: &[u8]) -> Option
 }
 
 /// One probe: `Ok(())` when the target is healthy.
-pub async fn probe(addr: std::net::SocketAddr, spec: &CheckSpec) -> Result<(), String> {
+pub async fn probe(addr: std::net::SocketAddr, spec: &CheckSpec, node_id: &str) -> Result<(), String> {
     let timeout = Duration::from_millis(spec.timeout_ms);
     let work = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
         let CheckKind::Http { method, path, expect_status } = &spec.kind else { return Ok(()) };
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: switchboard-health\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: switchboard-health/{node_id}\r\nConnection: close\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
         let mut head = Vec::with_capacity(256);
@@ -335,7 +335,8 @@ async fn reconcile_loop(
                 continue;
             }
             debug!(service = %id, instance = %addr.socket(), "probing");
-            let task = tokio::spawn(run_check(registry.clone(), permits.clone(), id, addr, spec));
+            let task =
+                tokio::spawn(run_check(registry.clone(), permits.clone(), id, addr, spec, node_id.clone()));
             running.insert(key.clone(), Running { revision, task });
         }
     }
@@ -353,6 +354,7 @@ async fn run_check(
     id: ServiceId,
     addr: InstanceAddr,
     spec: CheckSpec,
+    node_id: String,
 ) {
     let interval = Duration::from_millis(spec.interval_ms);
     // A random start within one interval spreads the probes of many checks.
@@ -364,7 +366,7 @@ async fn run_check(
     loop {
         tick.tick().await;
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let result = probe(target, &spec).await;
+        let result = probe(target, &spec, &node_id).await;
         drop(permit);
         match &result {
             Ok(()) => {

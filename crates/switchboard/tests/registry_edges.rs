@@ -364,3 +364,89 @@ async fn a_flapping_http_target_crosses_its_thresholds_both_ways() {
     assert_eq!(code, StatusCode::OK, "{answer}");
     assert_eq!(answer["deleted"], true);
 }
+
+/// An HTTP target answering 200 that records which node probed it (from the User-Agent).
+async fn recording_target(seen: std::sync::Arc<std::sync::Mutex<Vec<(u16, String)>>>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 1024];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                if let Some(node) =
+                    text.lines().find_map(|l| l.strip_prefix("User-Agent: switchboard-health/"))
+                {
+                    seen.lock().unwrap().push((port, node.trim().to_owned()));
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn two_etcd_nodes_split_the_checks_and_one_takes_over_when_the_other_stops() {
+    let store = format!("etcd://{}", common::etcd_endpoint());
+    let prefix = format!(
+        "/t-health-two-etcd-{}/",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    );
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let common_flags =
+        ["--store", &store, "--root-prefix", &prefix, "--dns-listen", "off", "--health-reconcile-ms", "100"];
+    let (a, token) = start(dir_a.path(), &[&common_flags[..], &["--node-id", "node-a"]].concat());
+    let b = Server::start(dir_b.path(), |command| {
+        command.args(common_flags).args(["--node-id", "node-b"]);
+    });
+    let api = Api::new(&a, token);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut ports = Vec::new();
+    for _ in 0..16 {
+        let port = recording_target(seen.clone()).await;
+        ports.push(port);
+        api.register(
+            "public",
+            "DEFAULT_GROUP",
+            "web",
+            json!({"ip": "127.0.0.1", "port": port, "ephemeral": false}),
+        )
+        .await;
+        let path = format!("/api/v1/namespaces/public/services/web/instances/127.0.0.1:{port}/check");
+        let check = json!({"kind": "http", "interval_ms": 200, "timeout_ms": 150});
+        let (code, answer) = api.call(reqwest::Method::PUT, &path, check).await;
+        assert_eq!(code, StatusCode::OK, "{answer}");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    seen.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let owners = |seen: &[(u16, String)]| {
+        let mut by_port: std::collections::BTreeMap<u16, std::collections::BTreeSet<String>> =
+            Default::default();
+        for (port, node) in seen {
+            by_port.entry(*port).or_default().insert(node.clone());
+        }
+        by_port
+    };
+    let split = owners(&seen.lock().unwrap());
+    assert_eq!(split.len(), 16, "every target is probed: {split:?}");
+    assert!(split.values().all(|nodes| nodes.len() == 1), "each by exactly one node: {split:?}");
+    let nodes: std::collections::BTreeSet<&String> = split.values().flatten().collect();
+    assert_eq!(nodes.len(), 2, "both nodes take a share: {split:?}");
+
+    // node-b stops (SIGKILL: no leave); within the membership TTL (2 s) node-a probes all.
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    seen.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = owners(&seen.lock().unwrap());
+    assert_eq!(after.len(), 16, "every target is still probed: {after:?}");
+    assert!(after.values().all(|nodes| nodes.iter().all(|n| n == "node-a")), "{after:?}");
+}
