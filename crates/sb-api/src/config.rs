@@ -612,3 +612,48 @@ pub async fn gray_promote(
     let outcome = api.configs.promote_gray(&key, &author, &ip).await?;
     Ok(publish_response(&key, outcome))
 }
+
+/// The largest import file accepted.
+const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
+
+pub async fn export(
+    State(api): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let Path(ns) =
+        path.map_err(|r| ApiError::invalid("path", format!("the path is not valid: {}", r.body_text())))?;
+    check_namespace(&ns)?;
+    let doc = api.configs.export(&ns, params.get("group").filter(|g| !g.is_empty()));
+    let mut response = doc.to_yaml()?.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
+    Ok(response)
+}
+
+pub async fn import(
+    State(api): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    params: Params,
+    subject: Option<Extension<Subject>>,
+    context: Option<Extension<RequestContext>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path(ns) =
+        path.map_err(|r| ApiError::invalid("path", format!("the path is not valid: {}", r.body_text())))?;
+    check_namespace(&ns)?;
+    let policy = sb_config::ConflictPolicy::parse(params.get("policy").unwrap_or("abort"))
+        .map_err(|e| ApiError::invalid("policy", e.to_string()))?;
+    let bytes = axum::body::to_bytes(body, MAX_IMPORT_BYTES).await.map_err(|_| {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("the import file is over {}, the limit", human_bytes(MAX_IMPORT_BYTES)),
+        )
+        .with_field("file")
+    })?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| ApiError::invalid("file", format!("the file is not UTF-8: {e}")))?;
+    let doc = sb_config::ExportDoc::parse(text)?;
+    let (author, ip) = who(&subject, &context);
+    let report = api.configs.import(&ns, doc, policy, &author, &ip).await?;
+    Ok(Json(report).into_response())
+}

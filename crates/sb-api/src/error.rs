@@ -174,6 +174,8 @@ impl From<sb_config::ConfigError> for ApiError {
             E::NotFound(_) => ApiError::not_found(message),
             E::VersionNotFound { .. } => ApiError::not_found(message).with_field("version"),
             E::InvalidSelector(_) => ApiError::invalid("selector", message),
+            E::InvalidImport(_) => ApiError::invalid("file", message),
+            E::ImportConflict(_) => ApiError::new(ErrorKind::Conflict, message),
             E::NoGray(_) => ApiError::new(ErrorKind::Conflict, message),
             E::Corrupt(_) => ApiError::new(ErrorKind::Internal, message),
             E::NotCaughtUp { .. } => ApiError::new(ErrorKind::Unavailable, message),

@@ -39,6 +39,12 @@ pub enum ConfigError {
     /// Promote or abort of an item with no gray version.
     #[error("config {0} has no gray version")]
     NoGray(String),
+    /// An import file or entry that is not valid (nothing was written).
+    #[error("import refused: {0}")]
+    InvalidImport(String),
+    /// An import that met a conflict it may not resolve.
+    #[error("import conflict: {0}")]
+    ImportConflict(String),
     #[error("stored config value is unreadable: {0}")]
     Corrupt(String),
     #[error("the write committed at revision {revision}, but this node has not caught up: {source}")]

@@ -158,7 +158,7 @@ fn strip_position(message: &str) -> String {
     }
 }
 
-fn yaml_to_json(yaml: &yaml_rust2::Yaml) -> serde_json::Value {
+pub(crate) fn yaml_to_json(yaml: &yaml_rust2::Yaml) -> serde_json::Value {
     use serde_json::Value;
     use yaml_rust2::Yaml;
     match yaml {

@@ -16,6 +16,7 @@ mod listen;
 mod model;
 mod retention;
 mod service;
+mod transfer;
 mod view;
 
 #[cfg(test)]
@@ -34,4 +35,5 @@ pub use retention::Retention;
 pub use service::{
     ConfigService, ConfigSettings, HistoryPage, HistoryRecord, PublishOutcome, PublishRequest, SchemaChange,
 };
+pub use transfer::{ConflictPolicy, ExportDoc, ExportItem, ImportReport, EXPORT_KIND, OPS_PER_ITEM};
 pub use view::{ConfigChange, ConfigChanges, ConfigSnapshot, ConfigState, ConfigView, GraySnapshot};

@@ -123,7 +123,7 @@ pub(crate) fn encode_value<T: sb_store::codec::StoredValue>(value: &T) -> Config
     encode(value).map_err(|e| ConfigError::Corrupt(e.to_string()))
 }
 
-fn check_metadata(description: &str, tags: &[String]) -> ConfigResult<()> {
+pub(crate) fn check_metadata(description: &str, tags: &[String]) -> ConfigResult<()> {
     let size = description.len() + tags.iter().map(String::len).sum::<usize>();
     if size > MAX_METADATA_BYTES {
         return Err(ConfigError::InvalidName {

@@ -301,3 +301,56 @@ async fn gray_serves_matching_clients_survives_a_reload_and_promotes_or_aborts()
     assert!(matches!(service.publish_gray(&a, empty).await, Err(ConfigError::InvalidSelector(_))));
     assert!(matches!(service.publish_gray(&key("none"), gray("x")).await, Err(ConfigError::NotFound(_))));
 }
+
+#[tokio::test]
+async fn export_import_round_trips_in_batches_and_refuses_bad_files_before_writing() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (service(&dir_a, Retention::default()).await, service(&dir_b, Retention::default()).await);
+    for n in 0..50 {
+        let request = PublishRequest {
+            content: format!("n: {n}\nlist:\n  - \"x\"\n"),
+            format: ConfigFormat::Yaml,
+            description: Some(format!("item {n}")),
+            tags: Some(vec!["t".into()]),
+            ..text("")
+        };
+        a.publish(&ConfigKey::new("dev", "G", format!("c{n}.yaml")).unwrap(), request).await.unwrap();
+    }
+    a.publish(&ConfigKey::new("dev", "H", "plain").unwrap(), text("line one\n  two: 'q'\n")).await.unwrap();
+    let exported = a.export("dev", None).to_yaml().unwrap();
+    let doc = ExportDoc::parse(&exported).unwrap();
+    assert_eq!(doc.items.len(), 51);
+    let report = b.import("dev", doc.clone(), ConflictPolicy::Abort, "t", "").await.unwrap();
+    assert_eq!((report.created.len(), report.batches), (51, 2), "{report:?}");
+    let mut again = b.export("dev", None);
+    again.exported_at_ms = doc.exported_at_ms;
+    assert_eq!(again, doc);
+    // Importing the same file again changes nothing; other content conflicts.
+    let report = b.import("dev", doc.clone(), ConflictPolicy::Abort, "t", "").await.unwrap();
+    assert_eq!(report.unchanged.len(), 51);
+    let mut changed = doc.clone();
+    changed.items[3].content = "n: changed\n".into();
+    changed.items[3].md5 = String::new();
+    let before = b.view().revision();
+    assert!(matches!(
+        b.import("dev", changed.clone(), ConflictPolicy::Abort, "t", "").await,
+        Err(ConfigError::ImportConflict(_))
+    ));
+    assert_eq!(b.view().revision(), before, "an aborted import writes nothing");
+    let report = b.import("dev", changed.clone(), ConflictPolicy::Skip, "t", "").await.unwrap();
+    assert_eq!(report.skipped.len(), 1);
+    let report = b.import("dev", changed, ConflictPolicy::Overwrite, "t", "").await.unwrap();
+    assert_eq!(report.overwritten, vec!["dev/G/c11.yaml".to_owned()]);
+    // A bad entry anywhere: nothing is written, the error names it.
+    let mut bad = doc.clone();
+    bad.items[40].content = "n: [".into();
+    bad.items[40].md5 = String::new();
+    let fresh = tempfile::tempdir().unwrap();
+    let c = service(&fresh, Retention::default()).await;
+    let error = c.import("dev", bad, ConflictPolicy::Abort, "t", "").await.unwrap_err().to_string();
+    assert!(error.contains("items[40]"), "{error}");
+    assert!(c.view().snapshot().is_empty());
+    assert!(ExportDoc::parse("kind: other\nitems: []\n").is_err());
+    let error = ExportDoc::parse(&exported.replace("format: yaml", "format: 7")).unwrap_err().to_string();
+    assert!(error.contains("items[0]"), "{error}");
+}

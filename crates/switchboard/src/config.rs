@@ -1,4 +1,4 @@
-//! `switchboard config get|list|publish|delete|history|diff|rollback|watch|gray|promote|abort`: the config
+//! `switchboard config get|list|publish|delete|history|diff|rollback|watch|gray|promote|abort|export|import`: the config
 //! center's native API from the command line. `publish` reads a file (or `-` for stdin)
 //! and infers the format from the file's extension; `-o json` prints the API's JSON.
 
@@ -102,6 +102,22 @@ enum ConfigCommand {
     Promote { data_id: String },
     /// End the gray release; everyone reads the main version again.
     Abort { data_id: String },
+    /// Export the namespace's configs (of --group only with --only-group) as one YAML file.
+    Export {
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<String>,
+        #[arg(long)]
+        only_group: bool,
+    },
+    /// Import an export file (`-` reads stdin) into --ns: every entry is validated before
+    /// any write; nothing is written if one is bad.
+    Import {
+        file: String,
+        /// What to do with a config that exists with other content: skip, overwrite or abort.
+        #[arg(long, default_value = "abort")]
+        policy: String,
+    },
 }
 
 /// `json` for `app.json`, `yaml` for `app.yml`; text for anything unknown.
@@ -324,6 +340,42 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
             match output {
                 Output::Json => println!("{value}"),
                 _ => println!("promoted the gray {}: now version {}", data_id, value["version"]),
+            }
+        }
+        ConfigCommand::Export { out, only_group } => {
+            let mut path = format!("/api/v1/namespaces/{}/configs-export", segment(&args.ns));
+            if only_group {
+                path.push_str(&format!("?group={}", segment(&args.group)));
+            }
+            let response = client.send(client.request(Method::GET, &path)).await?;
+            let text = response.text().await.context("reading the export")?;
+            match out {
+                Some(out) => std::fs::write(&out, text).with_context(|| format!("writing {out}"))?,
+                None => print!("{text}"),
+            }
+        }
+        ConfigCommand::Import { file, policy } => {
+            let text = read_input(&file)?;
+            let path = format!(
+                "/api/v1/namespaces/{}/configs-import?policy={}",
+                segment(&args.ns),
+                segment(&policy)
+            );
+            let request =
+                client.request(Method::POST, &path).header("content-type", "application/yaml").body(text);
+            let value = client.call(request).await?;
+            let count = |field: &str| value[field].as_array().map_or(0, Vec::len);
+            match output {
+                Output::Json => println!("{value}"),
+                _ => println!(
+                    "imported {} config(s): {} created, {} overwritten, {} skipped, {} unchanged, in {} batch(es)",
+                    value["total"],
+                    count("created"),
+                    count("overwritten"),
+                    count("skipped"),
+                    count("unchanged"),
+                    value["batches"]
+                ),
             }
         }
         ConfigCommand::Abort { data_id } => {
