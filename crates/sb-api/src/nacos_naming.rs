@@ -92,7 +92,14 @@ fn spec(params: &NacosParams) -> NacosResult<InstanceSpec> {
 
 /// `POST /nacos/v1/ns/instance`
 pub async fn register(State(api): State<ApiState>, params: NacosParams) -> NacosResult<Response> {
-    api.registry.register(spec(&params)?).await.map_err(nacos_error)?;
+    let spec = spec(&params)?;
+    let (id, addr, persistent) = (spec.service.clone(), spec.addr.clone(), !spec.ephemeral);
+    api.registry.register(spec).await.map_err(nacos_error)?;
+    // Nacos's default for a persistent instance: a TCP check on its port.
+    if persistent && api.health.get(&id, &addr).is_none() {
+        let check = sb_health::CheckSpec::tcp_default();
+        api.health.put(&id, &addr, &check).await.map_err(|e| nacos_error(e.into()))?;
+    }
     Ok(ok())
 }
 

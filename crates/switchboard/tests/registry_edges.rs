@@ -450,3 +450,24 @@ async fn two_etcd_nodes_split_the_checks_and_one_takes_over_when_the_other_stops
     assert_eq!(after.len(), 16, "every target is still probed: {after:?}");
     assert!(after.values().all(|nodes| nodes.iter().all(|n| n == "node-a")), "{after:?}");
 }
+
+#[tokio::test]
+async fn a_persistent_nacos_instance_gets_a_tcp_check_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, token) = start(dir.path(), &["--dns-listen", "off"]);
+    let api = Api::new(&server, token.clone());
+    for (port, ephemeral) in [(9001, false), (9002, true)] {
+        let url = server.url(&format!(
+            "/nacos/v1/ns/instance?accessToken={token}&serviceName=legacy&ip=10.9.0.1&port={port}&ephemeral={ephemeral}"
+        ));
+        let (code, body) = api.send(api.http.post(url)).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+    }
+    let (code, check) =
+        api.get("/api/v1/namespaces/public/services/legacy/instances/10.9.0.1:9001/check").await;
+    assert_eq!(code, StatusCode::OK, "{check}");
+    assert_eq!(check["kind"], "tcp");
+    assert_eq!(check["interval_ms"], 5000);
+    let (code, _) = api.get("/api/v1/namespaces/public/services/legacy/instances/10.9.0.1:9002/check").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}
