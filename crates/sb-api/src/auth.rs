@@ -47,6 +47,12 @@ impl StoredValue for BootstrapRecord {
     const FORMAT_VERSION: u32 = 1;
 }
 
+/// The common name of the client certificate a TLS connection presented (verified against
+/// `--tls-client-ca`), attached to each of its requests by the listener. A request with no
+/// token acts as this name (a service account); a token, when sent, takes precedence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCertSubject(pub Arc<str>);
+
 /// Who a request acts as.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subject {

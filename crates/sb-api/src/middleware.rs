@@ -126,6 +126,15 @@ async fn authenticate(context: &RouteContext, request: Request, nacos: bool) -> 
         }
     }
     let Some(token) = token else {
+        if let Some(auth::ClientCertSubject(name)) =
+            parts.extensions.get::<auth::ClientCertSubject>().cloned()
+        {
+            parts.extensions.insert(auth::Subject {
+                name: name.to_string(),
+                roles: std::sync::Arc::from(Vec::<String>::new()),
+            });
+            return Ok(Request::from_parts(parts, body));
+        }
         let message = if nacos {
             "unknown user!"
         } else {

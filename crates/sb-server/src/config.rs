@@ -98,6 +98,8 @@ pub struct ServeArgs {
     pub health_reconcile_ms: u64,
     #[command(flatten)]
     pub ids: IdArgs,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// Unique IDs: Snowflake and segments.

@@ -13,6 +13,7 @@ pub mod logging;
 mod node_metrics;
 mod serve;
 mod store_args;
+pub mod tls;
 
 pub use bootstrap::{ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE};
 pub use config::{config_file_args, IdArgs, ServeArgs};

@@ -44,6 +44,14 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         .await
         .map_err(ServerError::io(format!("listening on --listen {}", args.listen)))?;
     let local_addr = listener.local_addr().map_err(ServerError::io("reading the listen address"))?;
+    // Certificates are checked before anything else starts: a bad file stops the node here.
+    let tls = crate::tls::Tls::from_args(&args.tls)?;
+    let tls_reloader = match &tls {
+        Some(tls) => {
+            Some(tls.resolver.spawn_reloader(Duration::from_millis(args.tls.tls_reload_interval_ms))?)
+        }
+        None => None,
+    };
     let data_dir = &args.store.data_dir;
     std::fs::create_dir_all(data_dir)
         .map_err(ServerError::io(format!("creating --data-dir {}", data_dir.display())))?;
@@ -166,7 +174,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     let dns = start_dns(&args, registry.clone()).await?;
 
     info!(node = %node_id, store = store.kind(), addr = %local_addr, nodes = membership.live_nodes().len(), "node ready");
-    let base_url = format!("http://{local_addr}");
+    let base_url = format!("{}://{local_addr}", if tls.is_some() { "https" } else { "http" });
     println!("switchboard: node {node_id} on {}", open.description);
     println!("switchboard: {} live node(s) in the membership view", membership.live_nodes().len());
     println!("switchboard: listening on {base_url}; stop with Ctrl-C");
@@ -182,11 +190,16 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     }
 
     let mut graceful_rx = stop_rx;
-    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = graceful_rx.wait_for(|stop| *stop).await;
-        });
-    let mut server = tokio::spawn(std::future::IntoFuture::into_future(server));
+    let mut server = match tls {
+        None => {
+            let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async move {
+                    let _ = graceful_rx.wait_for(|stop| *stop).await;
+                });
+            tokio::spawn(std::future::IntoFuture::into_future(server))
+        }
+        Some(tls) => tokio::spawn(crate::tls::serve(listener, tls.acceptor, router, graceful_rx)),
+    };
     let ended_early = tokio::select! {
         _ = shutdown => None,
         result = &mut server => Some(result),
@@ -209,6 +222,9 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
             "in-flight requests did not finish in time; closing them"
         );
         server.abort();
+    }
+    if let Some(reloader) = tls_reloader {
+        reloader.abort();
     }
     if let Some(sweeper) = config_sweeper {
         sweeper.abort();

@@ -25,6 +25,21 @@ pub struct ConnectArgs {
     /// The bearer token; without it, `<data-dir>/admin-token` when it is readable.
     #[arg(long, env = "SWITCHBOARD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// For an https:// endpoint: the PEM CA bundle that signed the server's certificate.
+    #[arg(long = "cacert", id = "client_cacert", env = "SWITCHBOARD_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// A PEM client certificate to present (for a server with --tls-client-ca); needs --key.
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        env = "SWITCHBOARD_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// The PEM private key of --cert.
+    #[arg(long = "key", id = "client_key", env = "SWITCHBOARD_KEY", global = true, requires = "client_cert")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +71,48 @@ enum TokenSource {
     None(PathBuf),
 }
 
+/// The client's TLS: rustls with ring, trusting only `--cacert` (this build carries no
+/// system roots), presenting `--cert`/`--key` when given.
+pub fn tls_config(connect: &ConnectArgs) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let Some(cacert) = &connect.cacert else {
+        bail!("an https:// endpoint needs --cacert <the CA bundle that signed the server's certificate>");
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(cacert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading --cacert {}", cacert.display()))?;
+    if certs.is_empty() {
+        bail!("--cacert {} holds no PEM certificate", cacert.display());
+    }
+    for cert in certs {
+        roots
+            .add(cert)
+            .with_context(|| format!("--cacert {}: a certificate is unusable", cacert.display()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("configuring TLS")?
+        .with_root_certificates(roots);
+    let mut config = match (&connect.cert, &connect.key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("reading --cert {}", cert.display()))?;
+            let key_der = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("reading --key {}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .with_context(|| format!("--cert {} with --key {}", cert.display(), key.display()))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Nothing listens at the endpoint (as opposed to a server that answered with an error).
 #[derive(Debug, thiserror::Error)]
 #[error("no server answers at {endpoint} (start one with `switchboard serve`, or pass --endpoint): {source}")]
@@ -74,11 +131,9 @@ pub struct ApiClient {
 impl ApiClient {
     pub fn new(connect: &ConnectArgs, data_dir: &Path) -> anyhow::Result<Self> {
         let endpoint = connect.endpoint.trim_end_matches('/').to_owned();
-        if endpoint.starts_with("https://") {
-            bail!("--endpoint is {endpoint:?}: this build speaks plain HTTP only (use http://)");
-        }
-        if !endpoint.starts_with("http://") {
-            bail!("--endpoint is {endpoint:?}, expected a URL such as http://127.0.0.1:8848");
+        let https = endpoint.starts_with("https://");
+        if !https && !endpoint.starts_with("http://") {
+            bail!("--endpoint is {endpoint:?}, expected a URL such as http://127.0.0.1:8848 or https://…");
         }
         let file = data_dir.join(ADMIN_TOKEN_FILE);
         let (token, token_source) = match &connect.token {
@@ -90,10 +145,13 @@ impl ApiClient {
                 _ => (None, TokenSource::None(file)),
             },
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .context("building the HTTP client")?;
+        let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+        if https {
+            builder = builder.use_preconfigured_tls(tls_config(connect)?);
+        } else if connect.cacert.is_some() || connect.cert.is_some() {
+            bail!("--cacert and --cert need an https:// --endpoint (it is {endpoint:?})");
+        }
+        let http = builder.build().context("building the HTTP client")?;
         Ok(ApiClient { http, endpoint, token, token_source })
     }
 
