@@ -336,3 +336,73 @@ fn tls_bad_certificates_at_start_are_clear_errors_naming_the_file() {
     let error = start_error(dir.path(), &garbage, &key);
     assert!(error.contains(garbage.to_str().unwrap()) && error.contains("no PEM certificate"), "{error}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An etcd of its own, started with client TLS and client-certificate auth; the node reaches
+/// it with --etcd-cacert/--etcd-cert/--etcd-key, writes a key and reads it back.
+#[tokio::test]
+async fn etcd_tls_store_connection_with_client_certificates() {
+    let etcd_bin = std::env::var("SB_TEST_ETCD_BIN")
+        .expect("SB_TEST_ETCD_BIN is not set: run scripts/test, which sets it to the etcd binary");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("etcd ca");
+    let server_leaf = ca.server();
+    let client_leaf = ca.client("switchboard");
+    let ca_path = write(dir.path(), "etcd-ca.pem", &ca.pem);
+    let server_cert = write(dir.path(), "etcd.crt", &server_leaf.cert);
+    let server_key = write(dir.path(), "etcd.key", &server_leaf.key);
+    let client_cert = write(dir.path(), "client.crt", &client_leaf.cert);
+    let client_key = write(dir.path(), "client.key", &client_leaf.key);
+    let (client_port, peer_port) = (free_port(), free_port());
+    let client_url = format!("https://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let mut etcd = Command::new(etcd_bin)
+        .arg("--data-dir")
+        .arg(dir.path().join("etcd"))
+        .args(["--name", "tls", "--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("tls={peer_url}")])
+        .arg("--cert-file")
+        .arg(&server_cert)
+        .arg("--key-file")
+        .arg(&server_key)
+        .arg("--trusted-ca-file")
+        .arg(&ca_path)
+        .arg("--client-cert-auth")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd starts");
+    let mut up = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", client_port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(up, "etcd did not listen within 10 s");
+    let server = Server::start(&dir.path().join("data"), |cmd| {
+        cmd.args(["--store", &format!("etcd://127.0.0.1:{client_port}"), "--root-prefix", "/t-etcd-tls/"])
+            .arg("--etcd-cacert")
+            .arg(&ca_path)
+            .arg("--etcd-cert")
+            .arg(&client_cert)
+            .arg("--etcd-key")
+            .arg(&client_key);
+    });
+    let token = server.printed_token().expect("token");
+    let http = reqwest::Client::new();
+    let put =
+        http.put(server.url("/api/v1/kv/over/tls")).bearer_auth(&token).body("yes").send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::OK, "{}", put.text().await.unwrap());
+    let get = http.get(server.url("/api/v1/kv/over/tls")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(get.status(), StatusCode::OK);
+    assert!(get.text().await.unwrap().contains("yes"));
+    server.terminate();
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+}
