@@ -6,13 +6,10 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use common::client;
 use common::Server;
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
-
-fn client() -> Client {
-    Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
-}
 
 async fn json(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();

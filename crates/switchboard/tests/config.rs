@@ -7,29 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::Server;
+use common::{client, json_of, start_with};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
-
-fn client() -> Client {
-    Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
-}
-
-async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
-    let status = response.status();
-    let text = response.text().await.expect("body");
-    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-    (status, value)
-}
-
-fn start_with(args: &[&str]) -> (tempfile::TempDir, Server, String) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), |cmd| {
-        cmd.args(args);
-    });
-    let token =
-        std::fs::read_to_string(dir.path().join("admin-token")).expect("admin token").trim().to_owned();
-    (dir, server, token)
-}
 
 struct Api<'a> {
     server: &'a Server,

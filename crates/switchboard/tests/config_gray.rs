@@ -10,23 +10,13 @@ mod common;
 use std::time::Duration;
 
 use common::Server;
+use common::{client, json_of};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
 const ITEM: &str = "/api/v1/namespaces/dev/configs/G/app.yaml";
 const MATCHING_IP: &str = "10.0.0.1";
 const OTHER_IP: &str = "10.0.0.2";
-
-fn client() -> Client {
-    Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
-}
-
-async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
-    let status = response.status();
-    let text = response.text().await.expect("body");
-    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-    (status, value)
-}
 
 struct Env {
     _dir: tempfile::TempDir,

@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::time::Duration;
-
+use common::client;
 use common::Server;
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 struct Env {
@@ -24,10 +23,6 @@ fn start(args: &[String]) -> Env {
     let token =
         std::fs::read_to_string(dir.path().join("admin-token")).expect("admin token").trim().to_owned();
     Env { dir, server, token }
-}
-
-fn client() -> Client {
-    Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
 }
 
 fn cli(env: &Env, args: &[&str]) -> String {

@@ -8,13 +8,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::client;
 use common::Server;
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
-
-fn client() -> Client {
-    Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
-}
 
 struct Api {
     http: Client,

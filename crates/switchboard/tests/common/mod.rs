@@ -125,3 +125,28 @@ pub fn nacos_python() -> String {
         "SB_TEST_NACOS_PYTHON is not set: run scripts/test, which installs nacos-sdk-python and sets it",
     )
 }
+
+/// A plain-HTTP client for the end-to-end tests, with a 20 s timeout per request.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
+}
+
+/// An answer's status and JSON body; a body that is not JSON fails the test, showing it.
+pub async fn json_of(response: reqwest::Response) -> (reqwest::StatusCode, serde_json::Value) {
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, value)
+}
+
+/// Starts `serve` with extra `args` in a fresh temp dir; returns the dir, the server and
+/// the admin token it wrote.
+pub fn start_with(args: &[&str]) -> (tempfile::TempDir, Server, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), |cmd| {
+        cmd.args(args);
+    });
+    let token =
+        std::fs::read_to_string(dir.path().join("admin-token")).expect("admin token").trim().to_owned();
+    (dir, server, token)
+}
