@@ -34,15 +34,6 @@ pub async fn put_check(
     let (id, rest) = service_id(path, &params)?;
     let addr = instance_addr(&rest, &params)?;
     let spec = sb_health::CheckSpec::from_json(&body).map_err(|e| ApiError::invalid(e.field, e.message))?;
-    let instance = api.registry.snapshot().instance(&id, &addr).cloned().ok_or_else(|| {
-        ApiError::not_found(format!("instance {} of service {id} is not registered", addr.socket()))
-    })?;
-    if instance.record.ephemeral {
-        return Err(ApiError::invalid(
-            "instance",
-            format!("instance {} is ephemeral: its heartbeats tell its health; checks are for persistent instances", addr.socket()),
-        ));
-    }
     let revision = api.health.put(&id, &addr, &spec).await?;
     Ok(Json(json!({"revision": revision, "check": spec})))
 }

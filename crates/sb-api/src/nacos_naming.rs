@@ -98,7 +98,7 @@ pub async fn register(State(api): State<ApiState>, params: NacosParams) -> Nacos
     // Nacos's default for a persistent instance: a TCP check on its port.
     if persistent && api.health.get(&id, &addr).is_none() {
         let check = sb_health::CheckSpec::tcp_default();
-        api.health.put(&id, &addr, &check).await.map_err(|e| nacos_error(e.into()))?;
+        api.health.put(&id, &addr, &check).await.map_err(nacos_error)?;
     }
     Ok(ok())
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use sb_registry::names::{parse_key, RegistryKey};
-use sb_registry::{InstanceAddr, Registry, ServiceId};
+use sb_registry::{InstanceAddr, Registry, RegistryError, RegistryResult, ServiceId};
 use sb_store::codec::{encode, StoredValue};
 use sb_store::view::DecodedMap;
 use sb_store::{KeyRange, Membership, SharedStore, StoreResult, Txn, TxnOp, View};
@@ -236,6 +236,7 @@ type CheckView = View<DecodedMap<CheckSpec>>;
 /// The checks' service: definitions (writes) and this node's share of the probing.
 pub struct HealthChecks {
     store: SharedStore,
+    registry: Arc<Registry>,
     view: Arc<CheckView>,
     reconciler: Mutex<Option<JoinHandle<()>>>,
 }
@@ -264,20 +265,39 @@ impl HealthChecks {
     ) -> StoreResult<HealthChecks> {
         let view =
             Arc::new(View::start(store.clone(), KeyRange::prefix(CHECKS_PREFIX), "health checks").await?);
-        let task = tokio::spawn(reconcile_loop(view.clone(), registry, membership, node_id, reconcile));
-        Ok(HealthChecks { store, view, reconciler: Mutex::new(Some(task)) })
+        let task =
+            tokio::spawn(reconcile_loop(view.clone(), registry.clone(), membership, node_id, reconcile));
+        Ok(HealthChecks { store, registry, view, reconciler: Mutex::new(Some(task)) })
     }
 
     pub fn get(&self, id: &ServiceId, addr: &InstanceAddr) -> Option<CheckSpec> {
         self.view.snapshot().entries.get(&check_key(id, addr)).map(|e| e.value.clone())
     }
 
+    /// Sets the check of a registered persistent instance; an ephemeral instance's beats
+    /// tell its health, so it takes no check.
     pub async fn put(
         &self,
         id: &ServiceId,
         addr: &InstanceAddr,
         spec: &CheckSpec,
-    ) -> StoreResult<sb_store::Revision> {
+    ) -> RegistryResult<sb_store::Revision> {
+        let snapshot = self.registry.snapshot();
+        let Some(instance) = snapshot.instance(id, addr) else {
+            return Err(RegistryError::NotFound(format!(
+                "instance {} of service {id} is not registered",
+                addr.socket()
+            )));
+        };
+        if instance.record.ephemeral {
+            return Err(RegistryError::invalid(
+                "instance",
+                format!(
+                    "instance {} is ephemeral: its heartbeats tell its health; checks are for persistent instances",
+                    addr.socket()
+                ),
+            ));
+        }
         let value = encode(spec)
             .map_err(|e| sb_store::StoreError::InvalidArgument(format!("encoding a check: {e}")))?;
         let response = self.store.txn(Txn::new().and_then([TxnOp::put(check_key(id, addr), value)])).await?;
