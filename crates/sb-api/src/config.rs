@@ -625,8 +625,31 @@ pub async fn export(
         path.map_err(|r| ApiError::invalid("path", format!("the path is not valid: {}", r.body_text())))?;
     check_namespace(&ns)?;
     let doc = api.configs.export(&ns, params.get("group").filter(|g| !g.is_empty()));
-    let mut response = doc.to_yaml()?.into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
+    let mut response = match params.get("format").unwrap_or("yaml") {
+        "yaml" => {
+            let mut response = doc.to_yaml()?.into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
+            response
+        }
+        // Nacos's console export format: Nacos imports it, and so does `configs-import`.
+        "zip" => {
+            let mut response = doc.to_nacos_zip()?.into_response();
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
+            headers.insert(
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_static("attachment; filename=\"switchboard-configs.zip\""),
+            );
+            response
+        }
+        other => {
+            return Err(ApiError::invalid(
+                "format",
+                format!("export format {other:?} is not one of yaml, zip"),
+            ))
+        }
+    };
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 
@@ -643,6 +666,13 @@ pub async fn import(
     check_namespace(&ns)?;
     let policy = sb_config::ConflictPolicy::parse(params.get("policy").unwrap_or("abort"))
         .map_err(|e| ApiError::invalid("policy", e.to_string()))?;
+    let progress = match params.get("progress") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::invalid("progress", format!("progress {other:?} is not true or false")))
+        }
+    };
     let bytes = axum::body::to_bytes(body, MAX_IMPORT_BYTES).await.map_err(|_| {
         ApiError::new(
             ErrorKind::PayloadTooLarge,
@@ -650,10 +680,91 @@ pub async fn import(
         )
         .with_field("file")
     })?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|e| ApiError::invalid("file", format!("the file is not UTF-8: {e}")))?;
-    let doc = sb_config::ExportDoc::parse(text)?;
+    // A Nacos console export (a zip) or our own YAML export, told apart by the zip magic.
+    let doc = if sb_config::is_zip(&bytes) {
+        sb_config::ExportDoc::from_nacos_zip(&bytes, &ns, api.configs.settings().max_content_bytes)?
+    } else {
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| ApiError::invalid("file", format!("the file is not UTF-8: {e}")))?;
+        sb_config::ExportDoc::parse(text)?
+    };
+    drop(bytes);
     let (author, ip) = who(&subject, &context);
-    let report = api.configs.import(&ns, doc, policy, &author, &ip).await?;
-    Ok(Json(report).into_response())
+    // Everything is validated and decided before the answer starts, so a bad file is a 400.
+    let plan = api.configs.plan_import(&ns, doc, policy).await?;
+    if !progress {
+        let report = api.configs.apply_import(plan, &author, &ip, |_| {}).await?;
+        return Ok(Json(report).into_response());
+    }
+    Ok(import_with_progress(api, plan, author, ip))
+}
+
+/// Writes `plan` while streaming its progress as JSON lines: `{"progress":{"written","planned"}}`
+/// after each batch, then one `{"report":…}` or `{"error":…}`. The progress channel keeps
+/// only the latest value, so a slow reader never holds up the import or grows a queue; the
+/// import runs to its end even if the client goes away.
+fn import_with_progress(api: ApiState, plan: sb_config::ImportPlan, author: String, ip: String) -> Response {
+    let (progress_tx, progress_rx) =
+        tokio::sync::watch::channel(sb_config::ImportProgress { written: 0, planned: plan.writes() });
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let result = api
+            .configs
+            .apply_import(plan, &author, &ip, |progress| {
+                progress_tx.send_replace(progress);
+            })
+            .await;
+        let _ = done_tx.send(result);
+    });
+    let line = |value: Value| -> Result<axum::body::Bytes, Infallible> {
+        let mut bytes = serde_json::to_vec(&value).unwrap_or_default();
+        bytes.push(b'\n');
+        Ok(bytes.into())
+    };
+    type ImportResult = sb_config::ConfigResult<sb_config::ImportReport>;
+    let finished = |result: Result<ImportResult, tokio::sync::oneshot::error::RecvError>| match result {
+        Ok(Ok(report)) => serde_json::json!({ "report": report }),
+        Ok(Err(error)) => ApiError::from(error).json_body(),
+        Err(_) => ApiError::new(ErrorKind::Internal, "the import task ended without a result").json_body(),
+    };
+    // The progress last sent is kept, so the last batch's progress is never lost to the race
+    // with the result (a closed watch channel still lends its last value).
+    enum Lines {
+        Running(
+            tokio::sync::watch::Receiver<sb_config::ImportProgress>,
+            tokio::sync::oneshot::Receiver<ImportResult>,
+            Option<sb_config::ImportProgress>,
+        ),
+        Last(Value),
+        Done,
+    }
+    let lines = stream::unfold(Lines::Running(progress_rx, done_rx, None), move |state| async move {
+        let (mut progress_rx, mut done_rx, sent) = match state {
+            Lines::Running(progress_rx, done_rx, sent) => (progress_rx, done_rx, sent),
+            Lines::Last(value) => return Some((line(value), Lines::Done)),
+            Lines::Done => return None,
+        };
+        let progress_line = |progress| line(serde_json::json!({ "progress": progress }));
+        let result = tokio::select! {
+            biased;
+            result = &mut done_rx => result,
+            changed = progress_rx.changed() => match changed {
+                Ok(()) => {
+                    let progress = *progress_rx.borrow_and_update();
+                    return Some((progress_line(progress), Lines::Running(progress_rx, done_rx, Some(progress))));
+                }
+                // The import is over: only its result is left to send.
+                Err(_) => done_rx.await,
+            },
+        };
+        let last = *progress_rx.borrow();
+        if sent != Some(last) {
+            Some((progress_line(last), Lines::Last(finished(result))))
+        } else {
+            Some((line(finished(result)), Lines::Done))
+        }
+    });
+    let mut response = Body::from_stream(lines).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    response
 }

@@ -107,6 +107,14 @@ struct Body<'a> {
 }
 
 impl ApiError {
+    /// The JSON body of the error, `{"error":{"code","message","field"}}`, for answers that
+    /// carry an error inside a stream.
+    pub fn json_body(&self) -> serde_json::Value {
+        let envelope =
+            Envelope { error: Body { code: self.kind.code(), message: &self.message, field: self.field } };
+        serde_json::to_value(&envelope).unwrap_or(serde_json::Value::Null)
+    }
+
     /// The error as a Nacos 1.x server answers it: a plain-text body.
     pub fn into_nacos_response(self) -> Response {
         let (status, fixed) = self.kind.nacos();

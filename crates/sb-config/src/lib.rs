@@ -14,6 +14,7 @@ mod gray;
 mod history;
 mod listen;
 mod model;
+mod nacos_zip;
 mod retention;
 mod service;
 mod transfer;
@@ -31,9 +32,13 @@ pub use model::{
     check_namespace, content_md5, ConfigItem, ConfigKey, EntryId, HistoryEntry, HistoryOp, CONFIG_PREFIX,
     GRAY_PREFIX, HISTORY_PREFIX, ITEMS_PREFIX,
 };
+pub use nacos_zip::{is_zip, MAX_ZIP_ENTRIES, MAX_ZIP_TOTAL_BYTES};
 pub use retention::Retention;
 pub use service::{
     ConfigService, ConfigSettings, HistoryPage, HistoryRecord, PublishOutcome, PublishRequest, SchemaChange,
 };
-pub use transfer::{ConflictPolicy, ExportDoc, ExportItem, ImportReport, EXPORT_KIND, OPS_PER_ITEM};
+pub use transfer::{
+    ConflictPolicy, ExportDoc, ExportItem, ImportPlan, ImportProgress, ImportReport, EXPORT_KIND,
+    OPS_PER_ITEM,
+};
 pub use view::{ConfigChange, ConfigChanges, ConfigSnapshot, ConfigState, ConfigView, GraySnapshot};

@@ -90,7 +90,7 @@ pub struct ImportReport {
     pub revision: Revision,
 }
 
-fn json_to_yaml(value: &serde_json::Value) -> yaml_rust2::Yaml {
+pub(crate) fn json_to_yaml(value: &serde_json::Value) -> yaml_rust2::Yaml {
     use yaml_rust2::Yaml;
     match value {
         serde_json::Value::Null => Yaml::Null,
@@ -160,6 +160,27 @@ enum Action {
     Overwrite,
 }
 
+/// An import checked and decided, not yet written: what [`ConfigService::plan_import`]
+/// returns and [`ConfigService::apply_import`] writes.
+pub struct ImportPlan {
+    planned: Vec<Planned>,
+    report: ImportReport,
+}
+
+impl ImportPlan {
+    /// How many configs the plan writes.
+    pub fn writes(&self) -> usize {
+        self.planned.len()
+    }
+}
+
+/// How far an import has got: configs written of those planned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ImportProgress {
+    pub written: usize,
+    pub planned: usize,
+}
+
 struct Planned {
     key: ConfigKey,
     item: ExportItem,
@@ -196,9 +217,8 @@ impl ConfigService {
         }
     }
 
-    /// Imports `doc` into `namespace`. Every item is validated (names, size, format, schema,
-    /// md5, duplicates) and every conflict decided before the first write; the writes go
-    /// in batches within the store's limits, each comparing every item's version.
+    /// Imports `doc` into `namespace`: [`ConfigService::plan_import`], then
+    /// [`ConfigService::apply_import`].
     pub async fn import(
         &self,
         namespace: &str,
@@ -207,6 +227,18 @@ impl ConfigService {
         author: &str,
         source_ip: &str,
     ) -> ConfigResult<ImportReport> {
+        let plan = self.plan_import(namespace, doc, policy).await?;
+        self.apply_import(plan, author, source_ip, |_| {}).await
+    }
+
+    /// Validates every item of `doc` (names, size, format, schema, md5, duplicates) and
+    /// decides every conflict, writing nothing.
+    pub async fn plan_import(
+        &self,
+        namespace: &str,
+        doc: ExportDoc,
+        policy: ConflictPolicy,
+    ) -> ConfigResult<ImportPlan> {
         crate::model::check_namespace(namespace)?;
         let invalid = |index: usize, item: &ExportItem, reason: String| {
             ConfigError::InvalidImport(format!("items[{index}] ({}/{}): {reason}", item.group, item.data_id))
@@ -264,6 +296,21 @@ impl ConfigService {
             };
             plan.push(Planned { key, item, current, action });
         }
+        Ok(ImportPlan { planned: plan, report })
+    }
+
+    /// Writes a plan, in batches within the store's limits, each comparing every item's
+    /// version; `progress` hears after each batch.
+    pub async fn apply_import(
+        &self,
+        plan: ImportPlan,
+        author: &str,
+        source_ip: &str,
+        mut progress: impl FnMut(ImportProgress) + Send,
+    ) -> ConfigResult<ImportReport> {
+        let ImportPlan { planned: plan, mut report } = plan;
+        let planned_count = plan.len();
+        progress(ImportProgress { written: 0, planned: planned_count });
         // Writes, in batches that fit the store's limits.
         let max_items = ETCD_MAX_TXN_OPS / OPS_PER_ITEM;
         let mut batch: Option<Txn> = None;
@@ -331,6 +378,7 @@ impl ConfigService {
                 _ => {
                     if let Some(full) = batch.take() {
                         written += self.commit_batch(full, &mut in_batch, &mut report, written).await?;
+                        progress(ImportProgress { written, planned: planned_count });
                     }
                     batch = Some(single);
                 }
@@ -338,7 +386,8 @@ impl ConfigService {
             in_batch.push((planned.key.to_string(), created));
         }
         if let Some(full) = batch.take() {
-            self.commit_batch(full, &mut in_batch, &mut report, written).await?;
+            written += self.commit_batch(full, &mut in_batch, &mut report, written).await?;
+            progress(ImportProgress { written, planned: planned_count });
         }
         if report.revision > 0 {
             self.wait_for(report.revision).await?;

@@ -102,21 +102,30 @@ enum ConfigCommand {
     Promote { data_id: String },
     /// End the gray release; everyone reads the main version again.
     Abort { data_id: String },
-    /// Export the namespace's configs (of --group only with --only-group) as one YAML file.
+    /// Export the namespace's configs (of --group only with --only-group) as one YAML file,
+    /// or as a Nacos console export zip (`--format zip`).
     Export {
         /// Write here instead of stdout.
         #[arg(long)]
         out: Option<String>,
         #[arg(long)]
         only_group: bool,
+        /// yaml (Switchboard's, with tags and schemas) or zip (Nacos's console format).
+        #[arg(long, default_value = "yaml")]
+        format: String,
     },
-    /// Import an export file (`-` reads stdin) into --ns: every entry is validated before
-    /// any write; nothing is written if one is bad.
+    /// Import an export file (`-` reads stdin) into --ns: a Switchboard YAML export or a
+    /// Nacos console export zip. Every entry is validated before any write; nothing is
+    /// written if one is bad.
     Import {
         file: String,
         /// What to do with a config that exists with other content: skip, overwrite or abort.
         #[arg(long, default_value = "abort")]
         policy: String,
+        /// Show a progress bar while the server writes (the default when stderr is a
+        /// terminal); `--progress=false` turns it off.
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        progress: Option<bool>,
     },
 }
 
@@ -141,6 +150,49 @@ fn read_input(file: &str) -> anyhow::Result<String> {
         return Ok(text);
     }
     std::fs::read_to_string(file).with_context(|| format!("reading {file}"))
+}
+
+fn read_input_bytes(file: &str) -> anyhow::Result<Vec<u8>> {
+    if file == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin().read_to_end(&mut bytes).context("reading the file from stdin")?;
+        return Ok(bytes);
+    }
+    std::fs::read(file).with_context(|| format!("reading {file}"))
+}
+
+/// Reads an import's JSON lines (`progress`, then `report` or `error`), drawing a progress
+/// bar on stderr (hidden when stderr is not a terminal), and returns the report.
+async fn import_with_progress(client: &ApiClient, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    let mut response = client.send(request).await?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("importing {bar:40} {pos}/{len} configs ({elapsed})")
+            .context("the progress bar's template")?,
+    );
+    let mut pending = Vec::new();
+    loop {
+        let chunk = response.chunk().await.context("reading the import's progress")?;
+        let Some(chunk) = chunk else {
+            bar.abandon();
+            bail!("the server closed the import's progress stream before its report");
+        };
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let value: Value = serde_json::from_slice(&line).context("the import's progress is not JSON")?;
+            if let Some(progress) = value.get("progress") {
+                bar.set_length(progress["planned"].as_u64().unwrap_or(0));
+                bar.set_position(progress["written"].as_u64().unwrap_or(0));
+            } else if let Some(report) = value.get("report") {
+                bar.finish();
+                return Ok(report.clone());
+            } else if let Some(error) = value.get("error") {
+                bar.abandon();
+                bail!("{}", error["message"].as_str().unwrap_or("the import failed"));
+            }
+        }
+    }
 }
 
 /// Names are letters, digits and `-_.:`; anything else is escaped and the server refuses it
@@ -342,28 +394,38 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
                 _ => println!("promoted the gray {}: now version {}", data_id, value["version"]),
             }
         }
-        ConfigCommand::Export { out, only_group } => {
-            let mut path = format!("/api/v1/namespaces/{}/configs-export", segment(&args.ns));
+        ConfigCommand::Export { out, only_group, format } => {
+            let mut path = format!(
+                "/api/v1/namespaces/{}/configs-export?format={}",
+                segment(&args.ns),
+                segment(&format)
+            );
             if only_group {
-                path.push_str(&format!("?group={}", segment(&args.group)));
+                path.push_str(&format!("&group={}", segment(&args.group)));
             }
             let response = client.send(client.request(Method::GET, &path)).await?;
-            let text = response.text().await.context("reading the export")?;
+            let bytes = response.bytes().await.context("reading the export")?;
             match out {
-                Some(out) => std::fs::write(&out, text).with_context(|| format!("writing {out}"))?,
-                None => print!("{text}"),
+                Some(out) => std::fs::write(&out, &bytes).with_context(|| format!("writing {out}"))?,
+                None => std::io::stdout().write_all(&bytes).context("writing the export")?,
             }
         }
-        ConfigCommand::Import { file, policy } => {
-            let text = read_input(&file)?;
+        ConfigCommand::Import { file, policy, progress } => {
+            let bytes = read_input_bytes(&file)?;
+            let progress = progress.unwrap_or_else(|| std::io::IsTerminal::is_terminal(&std::io::stderr()));
             let path = format!(
-                "/api/v1/namespaces/{}/configs-import?policy={}",
+                "/api/v1/namespaces/{}/configs-import?policy={}&progress={progress}",
                 segment(&args.ns),
                 segment(&policy)
             );
+            let content_type = if bytes.starts_with(b"PK") { "application/zip" } else { "application/yaml" };
             let request =
-                client.request(Method::POST, &path).header("content-type", "application/yaml").body(text);
-            let value = client.call(request).await?;
+                client.request(Method::POST, &path).header("content-type", content_type).body(bytes);
+            let value = if progress {
+                import_with_progress(&client, request).await?
+            } else {
+                client.call(request).await?
+            };
             let count = |field: &str| value[field].as_array().map_or(0, Vec::len);
             match output {
                 Output::Json => println!("{value}"),

@@ -149,3 +149,147 @@ async fn config_export_import_round_trip_on_etcd() {
     })
     .await;
 }
+
+/// A zip as Nacos's console exports it (the newer format, with `.metadata.yml`).
+fn nacos_zip(entries: &[(&str, &str)], metadata: Option<&str>) -> Vec<u8> {
+    use std::io::Write;
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for (name, content) in entries {
+        writer.start_file(*name, options).unwrap();
+        writer.write_all(content.as_bytes()).unwrap();
+    }
+    if let Some(metadata) = metadata {
+        writer.start_file(".metadata.yml", options).unwrap();
+        writer.write_all(metadata.as_bytes()).unwrap();
+    }
+    writer.finish().unwrap().into_inner()
+}
+
+async fn import_bytes(env: &Env, body: Vec<u8>, query: &str) -> reqwest::Response {
+    let url = env.server.url(&format!("/api/v1/namespaces/dev/configs-import?{query}"));
+    client().post(url).bearer_auth(&env.token).body(body).send().await.unwrap()
+}
+
+/// A Nacos console export zip imports (formats and app names from its metadata); the
+/// progress stream reports every batch and then the report; the CLI draws its bar and
+/// exports a zip that a fresh server imports to the same configs.
+async fn nacos_zip_and_progress(make: impl Fn() -> Env) {
+    let source = make();
+    let metadata = "metadata:\n- dataId: app.yaml\n  group: DEFAULT_GROUP\n  type: yaml\n  appName: shop\n  desc: the shop\n\
+                    - dataId: db\n  group: billing\n  type: json\n";
+    let zip = nacos_zip(
+        &[("DEFAULT_GROUP/app.yaml", "port: 8080\n"), ("billing/db", "{\"url\": \"x\"}")],
+        Some(metadata),
+    );
+
+    // A bad entry anywhere: a 400 naming it, before any write.
+    let bad =
+        nacos_zip(&[("DEFAULT_GROUP/app.yaml", "port: 8080\n"), ("billing/db", "{not json")], Some(metadata));
+    let response = import_bytes(&source, bad, "policy=abort").await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let value = response.json_value().await;
+    assert!(value["error"]["message"].as_str().unwrap().contains("billing/db"), "{value}");
+    let nested = nacos_zip(&[("a/b/c", "x")], None);
+    let value = import_bytes(&source, nested, "policy=abort").await.json_value().await;
+    assert!(value["error"]["message"].as_str().unwrap().contains("\"a/b/c\""), "{value}");
+    let listed = client()
+        .get(source.server.url("/api/v1/namespaces/dev/configs"))
+        .bearer_auth(&source.token)
+        .send()
+        .await
+        .unwrap()
+        .json_value()
+        .await;
+    assert_eq!(listed["items"], json!([]), "a refused import writes nothing");
+
+    let file = source.dir.path().join("nacos.zip");
+    std::fs::write(&file, &zip).unwrap();
+    let file = file.to_str().unwrap().to_owned();
+    let out = tokio::task::block_in_place(|| cli(&source, &["import", &file, "--progress"]));
+    assert!(out.contains("2 created"), "{out}");
+    let item = client()
+        .get(source.server.url("/api/v1/namespaces/dev/configs/billing/db"))
+        .bearer_auth(&source.token)
+        .send()
+        .await
+        .unwrap()
+        .json_value()
+        .await;
+    assert_eq!(
+        (item["format"].as_str(), item["content"].as_str()),
+        (Some("json"), Some("{\"url\": \"x\"}")),
+        "{item}"
+    );
+    let item = client()
+        .get(source.server.url("/api/v1/namespaces/dev/configs/DEFAULT_GROUP/app.yaml"))
+        .bearer_auth(&source.token)
+        .send()
+        .await
+        .unwrap()
+        .json_value()
+        .await;
+    assert_eq!(
+        (item["format"].as_str(), item["description"].as_str()),
+        (Some("yaml"), Some("the shop")),
+        "{item}"
+    );
+
+    // 100 configs take three batches (42 configs each at most): three progress lines after
+    // the first, then the report.
+    let entries: Vec<(String, String)> =
+        (0..100).map(|i| (format!("bulk/c{i:03}"), format!("value {i}"))).collect();
+    let entries: Vec<(&str, &str)> = entries.iter().map(|(n, c)| (n.as_str(), c.as_str())).collect();
+    let response = import_bytes(&source, nacos_zip(&entries, None), "policy=abort&progress=true").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let text = response.text().await.unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let progress: Vec<(u64, u64)> = lines
+        .iter()
+        .filter_map(|l| l.get("progress"))
+        .map(|p| (p["written"].as_u64().unwrap(), p["planned"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(progress.last(), Some(&(100, 100)), "{text}");
+    assert!(progress.windows(2).all(|w| w[0].0 <= w[1].0), "progress only grows: {text}");
+    let report = &lines.last().unwrap()["report"];
+    assert_eq!(
+        (report["created"].as_array().map(Vec::len), report["batches"].as_u64()),
+        (Some(100), Some(3)),
+        "{text}"
+    );
+    // A conflict found while planning is an ordinary 409, not a stream.
+    let changed: Vec<(&str, &str)> = vec![("bulk/c000", "other")];
+    let response = import_bytes(&source, nacos_zip(&changed, None), "policy=abort&progress=true").await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+
+    // Our zip export: a fresh server imports it to the same configs.
+    let exported = source.dir.path().join("export.zip");
+    let exported = exported.to_str().unwrap().to_owned();
+    tokio::task::block_in_place(|| cli(&source, &["export", "--format", "zip", "--out", &exported]));
+    let target = make();
+    let out = tokio::task::block_in_place(|| cli(&target, &["import", &exported, "--progress=false"]));
+    assert!(out.contains("102 created"), "{out}");
+    let first = tokio::task::block_in_place(|| cli(&source, &["export"]));
+    let second = tokio::task::block_in_place(|| cli(&target, &["export"]));
+    // Zip exports carry no tags or schemas; these configs have none, so the YAML exports match.
+    assert_eq!(comparable(&second), comparable(&first));
+    source.server.terminate();
+    target.server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_nacos_zip_import_and_progress_embedded() {
+    nacos_zip_and_progress(|| start(&[])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_nacos_zip_import_and_progress_on_etcd() {
+    let store = format!("etcd://{}", common::etcd_endpoint());
+    nacos_zip_and_progress(|| {
+        let prefix = format!("/t-config-zip-{}/", rand::random::<u32>());
+        start(&["--store".into(), store.clone(), "--root-prefix".into(), prefix])
+    })
+    .await;
+}
