@@ -15,7 +15,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::error::{CoordError, CoordResult};
-use crate::names::QueueName;
+use crate::lease_pool::PooledLease;
+use crate::names::{QueueKind, QueueName};
 use crate::owner;
 
 /// What a contender's key holds.
@@ -113,6 +114,14 @@ fn keepalive_period(ttl_secs: i64) -> Duration {
 }
 
 /// Queues for `name` and waits (at most `wait`) until this contender holds it.
+///
+/// The enqueue transaction reads the queue at its own revision: every key with a lower
+/// create revision than ours is in that read, and no key created later can have one. So
+/// the predecessors are known once, and each is waited for in turn (highest first, so a
+/// waiter watches only its immediate predecessor): its delete event, or its absence at a
+/// read after our watch was established, removes it. After the last wait, the lease is
+/// re-checked with a keep-alive: a live lease still has our key (only the owner token's
+/// release, or the lease's end, deletes it), an ended one means nothing is held.
 pub(crate) async fn acquire(
     ctx: &Ctx,
     name: &QueueName,
@@ -123,52 +132,63 @@ pub(crate) async fn acquire(
 ) -> CoordResult<Grant> {
     let start = Instant::now();
     let deadline = start + wait;
-    let Enqueued { lease, ttl_secs, owner, key, mine, mut members, mut seen, mut renewed_at, mut guard } =
+    let Enqueued { lease, ttl_secs, owner, key, mine, members, mut seen, mut renewed_at, mut guard } =
         enqueue(ctx, name, subject, ttl_secs, value).await?;
+    let mut predecessors = predecessors_of(&members, &key, mine);
     let mut waited = false;
-    loop {
-        let predecessor = members
-            .iter()
-            .filter(|kv| kv.create_revision < mine && kv.key != key)
-            .max_by_key(|kv| kv.create_revision);
-        let Some(predecessor) = predecessor else { break };
+    while let Some(predecessor) = predecessors.last().cloned() {
         if Instant::now() >= deadline {
             return Err(give_up(ctx, name, &mut guard, start).await);
         }
         waited = true;
-        let predecessor = predecessor.key.clone();
-        match wait_for_delete(ctx, name, &predecessor, seen + 1, deadline, lease, ttl_secs).await? {
-            WaitEnd::Changed => {}
+        match wait_gone(ctx, name, &predecessor, seen, deadline, lease, ttl_secs).await? {
+            WaitEnd::Gone => {
+                predecessors.pop();
+            }
             WaitEnd::TimedOut => return Err(give_up(ctx, name, &mut guard, start).await),
+            WaitEnd::Unsure => {
+                // The watch failed: read the queue again, in one transaction that also
+                // confirms our key is still the one we wrote.
+                let check = Txn::new()
+                    .when([Compare::new(key.clone(), CompareOp::Equal, CompareTarget::CreateRevision(mine))])
+                    .and_then([TxnOp::Range(RangeRequest::prefix(name.prefix()).keys_only())]);
+                let checked = ctx.store.txn(check).await?;
+                if !checked.succeeded {
+                    return Err(CoordError::LeaseLost { kind: name.kind, name: name.name.clone() });
+                }
+                seen = checked.revision;
+                predecessors = match checked.responses.first() {
+                    Some(OpResponse::Range(range)) => predecessors_of(&range.kvs, &key, mine),
+                    other => return Err(corrupt(format!("the queue read answered {other:?}"))),
+                };
+            }
         }
-        // The lease re-check after the wait, in one round trip: renew the lease while a
-        // transaction confirms the key is still ours (same create revision: the lease did
-        // not expire and take it) and reads the queue. Claiming without it would be unsafe.
+    }
+    if waited {
+        // The lease re-check after the wait. Claiming without it would be unsafe: a lease
+        // that ended while we waited took our key with it (the Jepsen etcd finding).
         renewed_at = Instant::now();
-        let check = Txn::new()
-            .when([Compare::new(key.clone(), CompareOp::Equal, CompareTarget::CreateRevision(mine))])
-            .and_then([TxnOp::Range(RangeRequest::prefix(name.prefix()).keys_only())]);
-        let (checked, renewed) = tokio::join!(ctx.store.txn(check), ctx.store.lease_keep_alive(lease));
-        match renewed {
-            Ok(_) => {}
+        match ctx.store.lease_keep_alive(lease).await {
+            Ok(_) => ctx.leases.renewed(lease, renewed_at),
             Err(StoreError::LeaseNotFound(_)) => {
-                return Err(CoordError::LeaseLost { kind: name.kind, name: name.name.clone() })
+                guard.lease = None;
+                ctx.leases.forget(lease);
+                return Err(CoordError::LeaseLost { kind: name.kind, name: name.name.clone() });
             }
             Err(error) => return Err(error.into()),
         }
-        let checked = checked?;
-        if !checked.succeeded {
-            return Err(CoordError::LeaseLost { kind: name.kind, name: name.name.clone() });
-        }
-        seen = checked.revision;
-        members = match checked.responses.first() {
-            Some(OpResponse::Range(range)) => range.kvs.clone(),
-            other => return Err(corrupt(format!("the queue read answered {other:?}"))),
-        };
     }
     guard.lease = None;
-    debug_assert!(renewed_at >= start);
+    ctx.leases.granted(lease, renewed_at);
     Ok(Grant { name: name.clone(), fencing_token: mine, owner, lease, ttl_secs, renewed_at, waited })
+}
+
+/// The keys queued ahead of ours, by create revision, the immediate predecessor last.
+fn predecessors_of(members: &[KeyValue], key: &[u8], mine: Revision) -> Vec<KeyValue> {
+    let mut ahead: Vec<KeyValue> =
+        members.iter().filter(|kv| kv.create_revision < mine && kv.key != key).cloned().collect();
+    ahead.sort_by_key(|kv| kv.create_revision);
+    ahead
 }
 
 /// A contender's key, written, and the queue as the same transaction read it.
@@ -185,8 +205,9 @@ struct Enqueued {
     guard: WaiterGuard,
 }
 
-/// Puts the contender's key on a lease of its own (a pooled one when ready, renewed
-/// alongside the put), in one transaction with a read of the queue.
+/// Puts the contender's key on a lease of its own, in one transaction with a read of the
+/// queue. The lease comes from the pool when one is ready (renewed alongside the put
+/// unless it has most of its TTL left), else it is granted first.
 async fn enqueue(
     ctx: &Ctx,
     name: &QueueName,
@@ -196,36 +217,41 @@ async fn enqueue(
 ) -> CoordResult<Enqueued> {
     let mut use_pool = true;
     loop {
-        let renewed_at = Instant::now();
+        let now = Instant::now();
         let pooled = if use_pool { ctx.leases.take(ttl_secs) } else { None };
-        let (lease, granted_ttl) = match pooled {
-            Some(pooled) => (pooled.id, pooled.ttl_secs),
+        let lease = match pooled {
+            Some(pooled) => pooled,
             None => {
                 let granted = ctx.store.lease_grant(ttl_secs).await?;
-                (granted.id, granted.ttl_secs)
+                PooledLease {
+                    id: granted.id,
+                    ttl_secs: granted.ttl_secs,
+                    alive_until: now + Duration::from_secs(granted.ttl_secs.max(1) as u64),
+                }
             }
         };
-        let guard = WaiterGuard { cleanup: ctx.cleanup.clone(), lease: Some(lease) };
-        let owner = owner::generate(lease);
-        let key = name.member_key(lease);
-        let record = MemberRecord {
-            subject: subject.to_owned(),
-            owner_sha256: owner::digest(&owner),
-            value: value.clone(),
-        };
+        ctx.leases.issued(ttl_secs, lease, name.kind);
+        let guard = WaiterGuard { cleanup: ctx.cleanup.clone(), lease: Some(lease.id) };
+        let secret = owner::Secret::new(lease.id);
+        let key = name.member_key(lease.id);
+        let record =
+            MemberRecord { subject: subject.to_owned(), owner_sha256: secret.digest(), value: value.clone() };
         let bytes = encode(&record).map_err(|e| corrupt(e.to_string()))?;
         let txn = Txn::new().when([Compare::absent(key.clone())]).and_then([
-            TxnOp::put_with_lease(key.clone(), bytes, lease),
+            TxnOp::put_with_lease(key.clone(), bytes, lease.id),
             TxnOp::Range(RangeRequest::prefix(name.prefix()).keys_only()),
         ]);
-        let (response, renewed) = if pooled.is_some() {
-            let (response, renewed) = tokio::join!(ctx.store.txn(txn), ctx.store.lease_keep_alive(lease));
+        let renew = pooled.is_some() && !lease.fresh(now);
+        let (response, renewed) = if renew {
+            let (response, renewed) = tokio::join!(ctx.store.txn(txn), ctx.store.lease_keep_alive(lease.id));
             (response, renewed.map(|_| ()))
         } else {
             (ctx.store.txn(txn).await, Ok(()))
         };
+        let renewed_at =
+            if renew { now } else { lease.alive_until - Duration::from_secs(lease.ttl_secs.max(1) as u64) };
         match (response, renewed) {
-            // A pooled lease that expired after all: take a fresh one (the guard cleans up).
+            // A pooled lease that ended after all: take a fresh one (the guard cleans up).
             (Err(StoreError::LeaseNotFound(_)), _) | (_, Err(StoreError::LeaseNotFound(_)))
                 if pooled.is_some() =>
             {
@@ -235,16 +261,16 @@ async fn enqueue(
             (Err(error), _) | (_, Err(error)) => return Err(error.into()),
             (Ok(response), Ok(())) => {
                 if !response.succeeded {
-                    return Err(corrupt(format!("the key of fresh lease {lease} already exists")));
+                    return Err(corrupt(format!("the key of fresh lease {} already exists", lease.id)));
                 }
                 let members = match response.responses.get(1) {
                     Some(OpResponse::Range(range)) => range.kvs.clone(),
                     other => return Err(corrupt(format!("the enqueue's range answered {other:?}"))),
                 };
                 return Ok(Enqueued {
-                    lease,
-                    ttl_secs: granted_ttl,
-                    owner,
+                    lease: lease.id,
+                    ttl_secs: lease.ttl_secs,
+                    owner: secret.token(response.revision),
                     key,
                     mine: response.revision,
                     members,
@@ -260,6 +286,7 @@ async fn enqueue(
 /// Removes the waiter now (so the queue no longer shows it) and reports the timeout.
 async fn give_up(ctx: &Ctx, name: &QueueName, guard: &mut WaiterGuard, start: Instant) -> CoordError {
     if let Some(lease) = guard.lease {
+        ctx.leases.forget(lease);
         match ctx.store.lease_revoke(lease).await {
             Ok(()) | Err(StoreError::LeaseNotFound(_)) => guard.lease = None,
             // The guard retries in the background.
@@ -274,27 +301,48 @@ async fn give_up(ctx: &Ctx, name: &QueueName, guard: &mut WaiterGuard, start: In
 }
 
 enum WaitEnd {
-    /// The predecessor went away (or the watch ended): read the queue again.
-    Changed,
+    /// The predecessor's key is gone.
+    Gone,
     TimedOut,
+    /// The watch failed: read the queue again.
+    Unsure,
 }
 
-/// Waits for the predecessor's delete, keeping the waiter's own lease alive meanwhile.
-async fn wait_for_delete(
+/// Waits for the predecessor's key (known to exist at revision `seen`) to go, keeping the
+/// waiter's own lease alive meanwhile.
+///
+/// The watch starts at the store's current revision, so the store never has to replay
+/// history to it (etcd serves a watch that starts in the past from a sync loop that runs
+/// every 100 ms). When it starts after `seen + 1`, the predecessor may have gone in
+/// between: one read, made after the watch was established, settles that.
+async fn wait_gone(
     ctx: &Ctx,
     name: &QueueName,
-    predecessor: &[u8],
-    from: Revision,
+    predecessor: &KeyValue,
+    seen: Revision,
     deadline: Instant,
     lease: LeaseId,
     ttl_secs: i64,
 ) -> CoordResult<WaitEnd> {
-    let request = WatchRequest::new(KeyRange::key(predecessor.to_vec())).from_revision(from);
+    let request = WatchRequest::new(KeyRange::key(predecessor.key.clone()));
     let mut stream = match ctx.store.watch(request).await {
         Ok(stream) => stream,
-        Err(StoreError::Compacted { .. }) => return Ok(WaitEnd::Changed),
+        Err(error) if error.is_retryable() => {
+            debug!(%error, "a predecessor watch failed; reading the queue again");
+            // Never spin on a store that keeps failing watches.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return Ok(WaitEnd::Unsure);
+        }
         Err(error) => return Err(error.into()),
     };
+    if stream.start_revision().is_none_or(|start| start > seen + 1) {
+        match ctx.store.get(&predecessor.key).await? {
+            Some(kv) if kv.create_revision == predecessor.create_revision => {}
+            // Deleted since `seen` (or deleted and written again: a later incarnation
+            // queues behind us).
+            _ => return Ok(WaitEnd::Gone),
+        }
+    }
     let period = keepalive_period(ttl_secs);
     let mut keepalive = tokio::time::interval_at(Instant::now() + period, period);
     loop {
@@ -302,48 +350,40 @@ async fn wait_for_delete(
             item = stream.next() => match item {
                 Some(Ok(batch)) => {
                     if batch.events.iter().any(|event| event.kind == EventKind::Delete) {
-                        return Ok(WaitEnd::Changed);
+                        return Ok(WaitEnd::Gone);
                     }
                 }
                 Some(Err(error)) => {
                     debug!(%error, "a predecessor watch ended; reading the queue again");
-                    // Never spin on a store that keeps failing watches.
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    return Ok(WaitEnd::Changed);
+                    return Ok(WaitEnd::Unsure);
                 }
-                None => return Ok(WaitEnd::Changed),
+                None => return Ok(WaitEnd::Unsure),
             },
             _ = tokio::time::sleep_until(deadline) => return Ok(WaitEnd::TimedOut),
-            _ = keepalive.tick() => match ctx.store.lease_keep_alive(lease).await {
-                Ok(_) => {}
-                Err(StoreError::LeaseNotFound(_)) => {
-                    return Err(CoordError::LeaseLost { kind: name.kind, name: name.name.clone() });
+            _ = keepalive.tick() => {
+                let sent = Instant::now();
+                match ctx.store.lease_keep_alive(lease).await {
+                    Ok(_) => ctx.leases.renewed(lease, sent),
+                    Err(StoreError::LeaseNotFound(_)) => {
+                        return Err(CoordError::LeaseLost { kind: name.kind, name: name.name.clone() });
+                    }
+                    Err(error) if error.is_retryable() => {
+                        debug!(%error, lease = %lease, "a waiter's keep-alive failed; retrying");
+                    }
+                    Err(error) => return Err(error.into()),
                 }
-                Err(error) if error.is_retryable() => {
-                    debug!(%error, lease = %lease, "a waiter's keep-alive failed; retrying");
-                }
-                Err(error) => return Err(error.into()),
-            },
+            }
         }
     }
 }
 
-/// The contender key an owner token holds, after checking the token and the subject.
-async fn verify(
-    ctx: &Ctx,
-    name: &QueueName,
-    subject: &str,
-    owner: &str,
-) -> CoordResult<(KeyValue, MemberRecord)> {
-    let found = match owner::lease_of(owner) {
-        Some(lease) => ctx.store.get(&name.member_key(lease)).await?,
-        None => None,
-    };
-    let Some(kv) = found else {
-        return Err(absent(ctx, name).await);
-    };
+/// Checks that the key `kv` (the one the owner token names) is held by `owner` for
+/// `subject`.
+fn check_owner(name: &QueueName, kv: &KeyValue, subject: &str, owner: &str) -> CoordResult<MemberRecord> {
     let record: MemberRecord = decode(&kv.value).map_err(|e| corrupt(e.to_string()))?;
-    if record.owner_sha256 != owner::digest(owner) {
+    let pinned = owner::parse(owner).and_then(|parsed| parsed.create_revision);
+    if record.owner_sha256 != owner::digest(owner) || pinned.is_some_and(|rev| rev != kv.create_revision) {
         return Err(CoordError::WrongOwner { kind: name.kind, name: name.name.clone(), reason: "" });
     }
     if record.subject != subject {
@@ -353,28 +393,48 @@ async fn verify(
             reason: " for this caller: it was issued to another subject",
         });
     }
-    Ok((kv, record))
+    Ok(record)
 }
 
-/// The error for an owner token whose key does not exist: 404 when nothing holds the
-/// name at all, otherwise the token is simply not the holder's.
-async fn absent(ctx: &Ctx, name: &QueueName) -> CoordError {
-    match ctx.store.range(RangeRequest::prefix(name.prefix()).count_only()).await {
-        Ok(range) if range.count == 0 => CoordError::NotHeld { kind: name.kind, name: name.name.clone() },
-        Ok(_) => CoordError::WrongOwner {
+/// The error for an owner token whose key does not exist, given how many contenders the
+/// name has: 404 when nothing holds it at all, otherwise the token is simply not the
+/// holder's.
+fn absent(name: &QueueName, contenders: u64) -> CoordError {
+    if contenders == 0 {
+        CoordError::NotHeld { kind: name.kind, name: name.name.clone() }
+    } else {
+        CoordError::WrongOwner {
             kind: name.kind,
             name: name.name.clone(),
             reason: " (it is not the current holder's: it expired, was released, or was never issued for it)",
-        },
-        Err(error) => error.into(),
+        }
     }
 }
 
+/// The contender key an owner token holds, read and checked (token and subject).
+async fn verify(
+    ctx: &Ctx,
+    name: &QueueName,
+    subject: &str,
+    owner: &str,
+) -> CoordResult<(KeyValue, MemberRecord)> {
+    let found = match owner::parse(owner) {
+        Some(parsed) => ctx.store.get(&name.member_key(parsed.lease)).await?,
+        None => None,
+    };
+    let Some(kv) = found else {
+        let range = ctx.store.range(RangeRequest::prefix(name.prefix()).count_only()).await?;
+        return Err(absent(name, range.count));
+    };
+    let record = check_owner(name, &kv, subject, owner)?;
+    Ok((kv, record))
+}
+
 /// The compares that pin the exact incarnation and owner of a held key.
-fn held(kv: &KeyValue) -> [Compare; 2] {
+fn held(key: &[u8], create_revision: Revision, value: &[u8]) -> [Compare; 2] {
     [
-        Compare::new(kv.key.clone(), CompareOp::Equal, CompareTarget::CreateRevision(kv.create_revision)),
-        Compare::value(kv.key.clone(), CompareOp::Equal, kv.value.clone()),
+        Compare::new(key.to_vec(), CompareOp::Equal, CompareTarget::CreateRevision(create_revision)),
+        Compare::value(key.to_vec(), CompareOp::Equal, value.to_vec()),
     ]
 }
 
@@ -382,7 +442,38 @@ fn held(kv: &KeyValue) -> [Compare; 2] {
 /// settle that; the owner check is redone each time.
 const ATTEMPTS: usize = 4;
 
-/// Runs `ops(kv, record)` if `owner` still holds `name`, in one transaction.
+/// The held key as the owner token says it is, with no read: a lock's value is fixed by
+/// its subject and owner token, and a token of the current form names the key's create
+/// revision. `None` when a read is needed (an election's value changes with proclaims; a
+/// token of the earlier form names no revision).
+fn expected(name: &QueueName, subject: &str, owner: &str) -> CoordResult<Option<KeyValue>> {
+    let Some(owner::Parsed { lease, create_revision: Some(create_revision) }) = owner::parse(owner) else {
+        return Ok(None);
+    };
+    if name.kind != QueueKind::Lock {
+        return Ok(None);
+    }
+    let record = MemberRecord {
+        subject: subject.to_owned(),
+        owner_sha256: owner::digest(owner),
+        value: String::new(),
+    };
+    let value = encode(&record).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Some(KeyValue {
+        key: name.member_key(lease),
+        value,
+        create_revision,
+        mod_revision: create_revision,
+        version: 1,
+        lease: Some(lease),
+    }))
+}
+
+/// Runs `ops(kv, record)` if `owner` still holds `name`, in one transaction that compares
+/// on the key's create revision and value (which carries the owner hash). For a lock with
+/// a current token that transaction is the only round trip; when it fails, its other
+/// branch reads the key and the queue size, which name the error (or, for a value that
+/// differs only by its encoding, give the exact one to retry with).
 async fn while_held(
     ctx: &Ctx,
     name: &QueueName,
@@ -390,13 +481,33 @@ async fn while_held(
     owner: &str,
     ops: impl Fn(&KeyValue, &MemberRecord) -> CoordResult<Vec<TxnOp>>,
 ) -> CoordResult<(KeyValue, Revision)> {
+    let mut known = match expected(name, subject, owner)? {
+        Some(kv) => {
+            let record = decode(&kv.value).map_err(|e| corrupt(e.to_string()))?;
+            (kv, record)
+        }
+        None => verify(ctx, name, subject, owner).await?,
+    };
     for _ in 0..ATTEMPTS {
-        let (kv, record) = verify(ctx, name, subject, owner).await?;
-        let txn = Txn::new().when(held(&kv)).and_then(ops(&kv, &record)?);
+        let (kv, record) = &known;
+        let txn = Txn::new()
+            .when(held(&kv.key, kv.create_revision, &kv.value))
+            .and_then(ops(kv, record)?)
+            .or_else([
+                TxnOp::Range(RangeRequest::key(kv.key.clone())),
+                TxnOp::Range(RangeRequest::prefix(name.prefix()).count_only()),
+            ]);
         let response = ctx.store.txn(txn).await?;
         if response.succeeded {
-            return Ok((kv, response.revision));
+            return Ok((known.0, response.revision));
         }
+        let (current, contenders) = match response.responses.as_slice() {
+            [OpResponse::Range(key), OpResponse::Range(queue)] => (key.kvs.first().cloned(), queue.count),
+            other => return Err(corrupt(format!("the owner check's reads answered {other:?}"))),
+        };
+        let Some(current) = current else { return Err(absent(name, contenders)) };
+        let record = check_owner(name, &current, subject, owner)?;
+        known = (current, record);
     }
     Err(CoordError::Store(StoreError::Unavailable(format!(
         "{} {:?} changed under {ATTEMPTS} attempts in a row; try again",
@@ -413,8 +524,11 @@ pub(crate) async fn release(
     let (kv, revision) =
         while_held(ctx, name, subject, owner, |kv, _| Ok(vec![TxnOp::delete(kv.key.clone())])).await?;
     if let Some(lease) = kv.lease {
-        // The key is gone already; the empty lease is dropped off the response path.
-        let _ = ctx.cleanup.try_send(lease);
+        // The key is gone already: the lease goes back to the pool, or is revoked off the
+        // response path.
+        if !ctx.leases.recycle(lease) {
+            let _ = ctx.cleanup.try_send(lease);
+        }
     }
     Ok(Released { fencing_token: kv.create_revision, revision })
 }
@@ -422,9 +536,14 @@ pub(crate) async fn release(
 pub(crate) async fn renew(ctx: &Ctx, name: &QueueName, subject: &str, owner: &str) -> CoordResult<i64> {
     let (kv, _) = verify(ctx, name, subject, owner).await?;
     let lease = kv.lease.ok_or_else(|| corrupt(format!("{} key {:?} has no lease", name.kind, name.name)))?;
+    let sent = Instant::now();
     match ctx.store.lease_keep_alive(lease).await {
-        Ok(ttl) => Ok(ttl),
+        Ok(ttl) => {
+            ctx.leases.renewed(lease, sent);
+            Ok(ttl)
+        }
         Err(StoreError::LeaseNotFound(_)) => {
+            ctx.leases.forget(lease);
             Err(CoordError::NotHeld { kind: name.kind, name: name.name.clone() })
         }
         Err(error) => Err(error.into()),

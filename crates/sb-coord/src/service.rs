@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::registry::Registry;
 use sb_store::{
     EventKind, KeyRange, KeyValue, LeaseId, RangeRequest, Revision, SharedStore, StoreError, WatchRequest,
     WatchStream,
@@ -14,6 +15,7 @@ use tracing::debug;
 
 use crate::error::{CoordError, CoordResult};
 use crate::lease_pool::LeasePool;
+use crate::metrics::CoordMetrics;
 use crate::names::{QueueKind, QueueName};
 use crate::queue::{self, Ctx, Grant, Holder, QueueStatus, Released};
 
@@ -66,6 +68,22 @@ impl CoordLimits {
 /// revokes released and abandoned leases.
 pub struct Coord {
     ctx: Ctx,
+    metrics: CoordMetrics,
+}
+
+/// Counts an acquire whose future is dropped before it ends (the caller went away).
+struct Abandoned<'a> {
+    metrics: &'a CoordMetrics,
+    kind: QueueKind,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.metrics.abandoned(self.kind);
+        }
+    }
 }
 
 impl Coord {
@@ -73,16 +91,25 @@ impl Coord {
     pub fn new(store: SharedStore) -> Arc<Self> {
         let (cleanup, mut pending) = mpsc::channel::<LeaseId>(CLEANUP_QUEUE);
         let revoker = store.clone();
+        let leases = LeasePool::new(store.clone());
+        let pool = Arc::downgrade(&leases);
         tokio::spawn(async move {
             while let Some(lease) = pending.recv().await {
+                if let Some(pool) = pool.upgrade() {
+                    pool.forget(lease);
+                }
                 match revoker.lease_revoke(lease).await {
                     Ok(()) | Err(StoreError::LeaseNotFound(_)) => {}
                     Err(error) => debug!(%error, lease = %lease, "revoking a lock lease failed; it expires"),
                 }
             }
         });
-        let leases = LeasePool::new(store.clone());
-        Arc::new(Coord { ctx: Ctx { store, cleanup, leases } })
+        Arc::new(Coord { ctx: Ctx { store, cleanup, leases }, metrics: CoordMetrics::default() })
+    }
+
+    /// Adds the lock and election metrics to the registry `/metrics` serves.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.metrics.register(registry, &self.ctx.leases);
     }
 
     /// Waits (at most `timeout`) until the leases queued for revocation have been taken
@@ -107,6 +134,23 @@ impl Coord {
         wait_ms: i64,
         value: String,
     ) -> CoordResult<Grant> {
+        let start = tokio::time::Instant::now();
+        let mut abandoned = Abandoned { metrics: &self.metrics, kind: name.kind, armed: true };
+        let result = self.try_acquire(name, subject, ttl_secs, wait_ms, value).await;
+        abandoned.armed = false;
+        let waited = result.as_ref().is_ok_and(|grant| grant.waited);
+        self.metrics.acquired(name.kind, result.as_ref().map(|_| ()), waited, start.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn try_acquire(
+        &self,
+        name: &QueueName,
+        subject: &str,
+        ttl_secs: i64,
+        wait_ms: i64,
+        value: String,
+    ) -> CoordResult<Grant> {
         let ttl_secs = CoordLimits::ttl_secs(ttl_secs)?;
         let wait = CoordLimits::wait(wait_ms)?;
         CoordLimits::value(&value)?;
@@ -118,12 +162,21 @@ impl Coord {
 
     /// Releases a lock or resigns an election, only with the holder's owner token.
     pub async fn release(&self, name: &QueueName, subject: &str, owner: &str) -> CoordResult<Released> {
-        queue::release(&self.ctx, name, subject, owner).await
+        let result = queue::release(&self.ctx, name, subject, owner).await;
+        if let Err(CoordError::WrongOwner { .. }) = result {
+            self.metrics.rejected(name.kind);
+        }
+        result
     }
 
     /// Renews the holder's lease to its full TTL; answers the TTL.
     pub async fn renew(&self, name: &QueueName, subject: &str, owner: &str) -> CoordResult<i64> {
-        queue::renew(&self.ctx, name, subject, owner).await
+        let result = queue::renew(&self.ctx, name, subject, owner).await;
+        if let Err(CoordError::NotHeld { .. }) = result {
+            // The key was there a moment ago: its lease ended.
+            self.metrics.lease_lost(name.kind);
+        }
+        result
     }
 
     /// The holder and the queue length, read from the store (never a view).

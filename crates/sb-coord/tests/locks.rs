@@ -208,3 +208,124 @@ async fn elections_campaign_proclaim_observe_and_resign() {
     coord.release(&name, "bob", &b.owner).await.unwrap();
     assert_eq!(observer.next().await.unwrap(), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_behind_one_that_gives_up_waits_for_the_holder() {
+    let (_dir, _store, coord) = open().await;
+    let name = lock("chain");
+    let holder = coord.acquire(&name, "alice", 30, 0, String::new()).await.unwrap();
+    let spawn = |who: &'static str, wait_ms: i64| {
+        let (coord, name) = (coord.clone(), name.clone());
+        tokio::spawn(async move { coord.acquire(&name, who, 30, wait_ms, String::new()).await })
+    };
+    let impatient = spawn("bob", 400);
+    eventually("bob queues", async || waiters(&coord, &name).await == 1).await;
+    let patient = spawn("carol", 20_000);
+    eventually("carol queues", async || waiters(&coord, &name).await == 2).await;
+    // Bob, carol's predecessor, gives up: carol must go on waiting for alice.
+    let error = impatient.await.unwrap().unwrap_err();
+    assert!(matches!(error, CoordError::Timeout { .. }), "{error}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!patient.is_finished(), "carol was granted while alice held the lock");
+    let status = coord.status(&name).await.unwrap();
+    assert_eq!((status.holder.unwrap().fencing_token, status.waiters), (holder.fencing_token, 1));
+    coord.release(&name, "alice", &holder.owner).await.unwrap();
+    let grant = patient.await.unwrap().unwrap();
+    assert!(grant.waited && grant.fencing_token > holder.fencing_token);
+    coord.release(&name, "carol", &grant.owner).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_owner_tokens_are_dead_when_their_lease_is_reused() {
+    let (_dir, store, coord) = open().await;
+    let name = lock("reuse");
+    // The lease of a release goes back to the pool: find an acquire that reuses it, on
+    // the same name, so the new holder's key is the old key written again.
+    let old = coord.acquire(&name, "alice", 30, 0, String::new()).await.unwrap();
+    coord.release(&name, "alice", &old.owner).await.unwrap();
+    let mut new = coord.acquire(&name, "alice", 30, 0, String::new()).await.unwrap();
+    for _ in 0..10 {
+        if new.lease == old.lease {
+            break;
+        }
+        coord.release(&name, "alice", &new.owner).await.unwrap();
+        new = coord.acquire(&name, "alice", 30, 0, String::new()).await.unwrap();
+    }
+    assert_eq!(new.lease, old.lease, "a released lease is reused");
+    assert!(new.fencing_token > old.fencing_token);
+    // The old token (and its form without a revision) releases, renews and writes nothing.
+    let secret = &old.owner[old.owner.len() - 64..];
+    let earlier_form = format!("sbo_{:016x}_{secret}", old.lease.0);
+    for stale in [old.owner.as_str(), earlier_form.as_str()] {
+        let error = coord.release(&name, "alice", stale).await.unwrap_err();
+        assert!(matches!(error, CoordError::WrongOwner { .. }), "{error}");
+        let error = coord.renew(&name, "alice", stale).await.unwrap_err();
+        assert!(matches!(error, CoordError::WrongOwner { .. }), "{error}");
+        let error = coord.guarded_put(&name, "alice", stale, b"kv/x", b"stale").await.unwrap_err();
+        assert!(matches!(error, CoordError::WrongOwner { .. }), "{error}");
+    }
+    // A token whose revision was edited to the new holder's is still not the holder's.
+    let forged = format!("sbo_{:016x}_{:016x}_{secret}", old.lease.0, new.fencing_token);
+    let error = coord.release(&name, "alice", &forged).await.unwrap_err();
+    assert!(matches!(error, CoordError::WrongOwner { .. }), "{error}");
+    assert_eq!(coord.status(&name).await.unwrap().holder.unwrap().fencing_token, new.fencing_token);
+    assert!(store.get(b"kv/x").await.unwrap().is_none());
+    coord.guarded_put(&name, "alice", &new.owner, b"kv/x", b"fresh").await.unwrap();
+    coord.release(&name, "alice", &new.owner).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_and_election_metrics_move() {
+    let (_dir, store, coord) = open().await;
+    let mut registry = prometheus_client::registry::Registry::default();
+    coord.register_metrics(&mut registry);
+    let metric = |registry: &prometheus_client::registry::Registry, line: &str| -> f64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(line).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0)
+    };
+    let name = lock("metered");
+    let holder = coord.acquire(&name, "alice", 30, 0, String::new()).await.unwrap();
+    assert_eq!(metric(&registry, r#"switchboard_locks_held{kind="lock"}"#), 1.0);
+    // A try-lock that times out, a release with a wrong owner token, a handoff.
+    coord.acquire(&name, "bob", 30, 0, String::new()).await.unwrap_err();
+    coord.release(&name, "bob", &holder.owner).await.unwrap_err();
+    let waiter = {
+        let (coord, name) = (coord.clone(), name.clone());
+        tokio::spawn(async move { coord.acquire(&name, "bob", 30, 10_000, String::new()).await })
+    };
+    eventually("bob queues", async || waiters(&coord, &name).await == 1).await;
+    coord.release(&name, "alice", &holder.owner).await.unwrap();
+    let bob = waiter.await.unwrap().unwrap();
+    // A waiter whose lease ends while it waits.
+    let lost = {
+        let (coord, name) = (coord.clone(), name.clone());
+        tokio::spawn(async move { coord.acquire(&name, "carol", 30, 10_000, String::new()).await })
+    };
+    eventually("carol queues", async || waiters(&coord, &name).await == 1).await;
+    let keys = store.range(RangeRequest::prefix(name.prefix())).await.unwrap();
+    let carol = keys.kvs.iter().filter_map(|kv| kv.lease).find(|l| *l != bob.lease).unwrap();
+    store.lease_revoke(carol).await.unwrap();
+    coord.release(&name, "bob", &bob.owner).await.unwrap();
+    lost.await.unwrap().unwrap_err();
+    // An election won.
+    let election = QueueName::new(QueueKind::Election, None, "metered").unwrap();
+    let leader = coord.acquire(&election, "alice", 30, 0, "a".into()).await.unwrap();
+
+    let acquires = r#"switchboard_lock_acquires_total{kind="lock",outcome="#;
+    assert_eq!(metric(&registry, &format!(r#"{acquires}"acquired"}}"#)), 2.0);
+    assert_eq!(metric(&registry, &format!(r#"{acquires}"timeout"}}"#)), 1.0);
+    assert_eq!(metric(&registry, &format!(r#"{acquires}"lease_lost"}}"#)), 1.0);
+    assert_eq!(metric(&registry, r#"switchboard_lock_wait_seconds_count{kind="lock"}"#), 2.0);
+    assert_eq!(metric(&registry, r#"switchboard_lock_handoffs_total{kind="lock"}"#), 1.0);
+    assert_eq!(metric(&registry, r#"switchboard_lock_lease_losses_total{kind="lock"}"#), 1.0);
+    assert_eq!(metric(&registry, r#"switchboard_lock_releases_rejected_total{kind="lock"}"#), 1.0);
+    assert_eq!(metric(&registry, r#"switchboard_locks_held{kind="lock"}"#), 0.0);
+    assert_eq!(metric(&registry, r#"switchboard_locks_held{kind="election"}"#), 1.0);
+    assert_eq!(metric(&registry, "switchboard_election_campaigns_total"), 1.0);
+    assert_eq!(metric(&registry, "switchboard_election_leader_changes_total"), 1.0);
+    coord.release(&election, "alice", &leader.owner).await.unwrap();
+    assert_eq!(metric(&registry, r#"switchboard_locks_held{kind="election"}"#), 0.0);
+}

@@ -135,6 +135,8 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     node_metrics::register_config(&mut metrics, Arc::downgrade(&configs));
     ids::register_metrics(&mut metrics, Arc::downgrade(&snowflake), Arc::downgrade(&segments));
     ratelimit.register_metrics(metrics.registry_mut());
+    let coord = sb_coord::Coord::new(store.clone());
+    coord.register_metrics(metrics.registry_mut());
     let sweeper = ratelimit.spawn_sweeper(RATELIMIT_SWEEP);
     let health = Arc::new(
         sb_health::HealthChecks::start(
@@ -159,7 +161,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         configs,
         tokens,
         system_leases,
-        coord: sb_coord::Coord::new(store.clone()),
+        coord,
         registry: registry.clone(),
         health: health.clone(),
         naming_push,

@@ -46,7 +46,7 @@ pub(crate) fn start(
         shutdown,
     };
     tokio::spawn(task.run());
-    Ok(WatchStream::new(batches_rx, progress_tx))
+    Ok(WatchStream::new(batches_rx, progress_tx).with_start_revision(next))
 }
 
 struct WatchTask {

@@ -57,7 +57,7 @@ pub(crate) async fn watch(store: &EtcdStore, request: WatchRequest) -> StoreResu
         opened_at: tokio::time::Instant::now(),
     };
     tokio::spawn(task.run(stream, created));
-    Ok(WatchStream::new(rx, progress_tx))
+    Ok(WatchStream::new(rx, progress_tx).with_start_revision(next_revision))
 }
 
 /// Opens an etcd watch and waits for its first response (normally `created`).

@@ -11,13 +11,27 @@ pub struct WatchStream {
     batches: mpsc::Receiver<StoreResult<WatchBatch>>,
     progress: mpsc::Sender<()>,
     ended: bool,
+    start_revision: Option<crate::types::Revision>,
 }
 
 impl WatchStream {
     /// Built by adapters: `batches` is fed by the adapter's watch task (a bounded
     /// channel); `progress` asks that task for a progress notification.
     pub fn new(batches: mpsc::Receiver<StoreResult<WatchBatch>>, progress: mpsc::Sender<()>) -> Self {
-        WatchStream { batches, progress, ended: false }
+        WatchStream { batches, progress, ended: false, start_revision: None }
+    }
+
+    /// Set by adapters that know it: the first revision the watch delivers.
+    pub fn with_start_revision(mut self, revision: crate::types::Revision) -> Self {
+        self.start_revision = Some(revision);
+        self
+    }
+
+    /// The first revision the watch delivers, when the adapter says: for a watch opened
+    /// with no start revision, one past the store's revision when it was established (so a
+    /// caller can tell whether it missed anything since an earlier read).
+    pub fn start_revision(&self) -> Option<crate::types::Revision> {
+        self.start_revision
     }
 
     /// The next batch; `None` once the watch has ended.

@@ -158,6 +158,20 @@ async fn locks_over_http_with_owner_tokens_guarded_writes_and_bad_input() {
     // The next holder gets a higher fencing token.
     let (_, next) = post(&server, &token, "/api/v1/locks/db/acquire", json!({"wait_ms": 0})).await;
     assert!(next["token"].as_str().unwrap().parse::<i64>().unwrap() > fencing, "{next}");
+
+    // The lock metrics are on /metrics.
+    let metrics = client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |line: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {line} in /metrics:\n{metrics}"))
+    };
+    assert!(value(r#"switchboard_lock_acquires_total{kind="lock",outcome="acquired"}"#) >= 3.0);
+    assert!(value(r#"switchboard_lock_acquires_total{kind="lock",outcome="timeout"}"#) >= 1.0);
+    assert!(value(r#"switchboard_lock_wait_seconds_count{kind="lock"}"#) >= 2.0);
+    assert_eq!(value(r#"switchboard_locks_held{kind="lock"}"#), 2.0, "db and staging/db");
+    assert!(value(r#"switchboard_lock_releases_rejected_total{kind="lock"}"#) >= 1.0);
     server.terminate();
 }
 

@@ -120,8 +120,11 @@ pub async fn watch_of_one_key_sees_only_that_key(t: &TestStore) {
 
 /// A watch without a start revision delivers only changes made after it was created.
 pub async fn watch_without_a_start_revision_sees_only_new_changes(t: &TestStore) {
-    t.store.put(b"n/old", b"1", None).await.expect("put n/old");
+    let old = t.store.put(b"n/old", b"1", None).await.expect("put n/old");
     let mut watch = t.store.watch(WatchRequest::new(KeyRange::prefix("n/"))).await.expect("watch n/");
+    // The stream says where it starts: past every write made before it was established
+    // (here, on a store nobody else writes to, right after n/old).
+    assert_eq!(watch.start_revision(), Some(old + 1), "the start of a watch with no start revision");
     let rev = t.store.put(b"n/new", b"1", None).await.expect("put n/new");
     let batch = next_batch(&mut watch, "the put made after the watch").await;
     assert_eq!((batch.revision, shape(&batch)), (rev, vec![(EventKind::Put, "n/new".into())]), "only n/new");
@@ -136,6 +139,7 @@ pub async fn watch_resumes_without_gaps(t: &TestStore) {
         written.push(t.store.put(format!("g/{i}").as_bytes(), b"v", None).await.expect("put"));
     }
     let mut first = t.store.watch(watch_prefix("g/", start)).await.expect("first watch");
+    assert_eq!(first.start_revision(), Some(start), "a watch from a past revision starts there");
     let mut delivered = Vec::new();
     for _ in 0..3 {
         delivered.push(next_batch(&mut first, "a batch of the first watch").await.revision);
