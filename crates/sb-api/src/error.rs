@@ -185,7 +185,8 @@ impl From<sb_config::ConfigError> for ApiError {
             E::InvalidImport(_) => ApiError::invalid("file", message),
             E::ImportConflict(_) => ApiError::new(ErrorKind::Conflict, message),
             E::NoGray(_) => ApiError::new(ErrorKind::Conflict, message),
-            E::Corrupt(_) => ApiError::new(ErrorKind::Internal, message),
+            E::Corrupt(_) | E::Keys(_) => ApiError::new(ErrorKind::Internal, message),
+            E::SecretsUnavailable(_) => ApiError::new(ErrorKind::Unavailable, message),
             E::NotCaughtUp { .. } => ApiError::new(ErrorKind::Unavailable, message),
             E::Store(error) => ApiError::from(error),
         }

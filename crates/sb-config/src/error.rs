@@ -45,6 +45,13 @@ pub enum ConfigError {
     /// An import that met a conflict it may not resolve.
     #[error("import conflict: {0}")]
     ImportConflict(String),
+    /// A master key file that cannot be used (at start), or a key problem.
+    #[error("master keys: {0}")]
+    Keys(String),
+    /// A secret cannot be sealed or opened on this node: no master key, or not the key
+    /// it was sealed with. The message names `--master-key-file`.
+    #[error("{0}")]
+    SecretsUnavailable(String),
     #[error("stored config value is unreadable: {0}")]
     Corrupt(String),
     #[error("the write committed at revision {revision}, but this node has not caught up: {source}")]

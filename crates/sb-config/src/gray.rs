@@ -39,12 +39,21 @@ pub struct GraySelector {
 pub struct GrayClient {
     pub ip: Option<IpAddr>,
     pub labels: BTreeMap<String, String>,
+    /// Set when the reader may read secrets: their content opens, and their md5 is the
+    /// plaintext's. Without it, secrets read masked.
+    pub reveal: Option<crate::secret::Reveal>,
 }
 
 impl GrayClient {
     /// A client known by IP only (the Nacos API: its beta selects by IP).
     pub fn by_ip(ip: Option<IpAddr>) -> GrayClient {
-        GrayClient { ip, labels: BTreeMap::new() }
+        GrayClient { ip, labels: BTreeMap::new(), reveal: None }
+    }
+
+    /// The same reader, seeing secrets through `reveal` (or not, with `None`).
+    pub fn with_reveal(mut self, reveal: Option<crate::secret::Reveal>) -> GrayClient {
+        self.reveal = reveal;
+        self
     }
 }
 
@@ -172,11 +181,13 @@ impl ConfigService {
         let now = now_ms();
         let entry_id = EntryId::next(now, self.latest_entry(key).await?);
         let md5 = content_md5(&request.content);
+        let (stored, stored_md5) =
+            self.seal(&key.gray_history_key(&entry_id), &request.content, item.secret)?;
         let history = HistoryEntry {
             op: HistoryOp::Gray,
-            content: request.content.clone(),
+            content: stored,
             format: item.format,
-            md5: md5.clone(),
+            md5: stored_md5.clone(),
             description: item.description.clone(),
             tags: item.tags.clone(),
             app_name: item.app_name.clone(),
@@ -184,12 +195,13 @@ impl ConfigService {
             source_ip: request.source_ip.clone(),
             at_ms: now,
             rolled_back_from: None,
+            secret: item.secret,
         };
         let record = GrayRecord {
             entry: entry_id.to_string(),
             selector: request.selector,
             format: item.format,
-            md5: md5.clone(),
+            md5: stored_md5,
             size: request.content.len(),
             author: request.author,
             at_ms: now,
@@ -229,8 +241,9 @@ impl ConfigService {
                 ConfigError::Corrupt(format!("the gray entry {entry_id} of {key} is missing"))
             })?;
         let entry = decode_entry(&kv)?;
+        let content = self.open_entry(&key.gray_history_key(&entry_id), &entry)?;
         let request = PublishRequest {
-            content: entry.content,
+            content,
             format: entry.format,
             description: None,
             tags: None,
@@ -239,6 +252,7 @@ impl ConfigService {
             source_ip: source_ip.to_owned(),
             if_match: None,
             schema: crate::service::SchemaChange::Keep,
+            secret: None,
         };
         self.publish_op(key, request, PublishKind::Promote { gray_version }).await
     }
@@ -278,7 +292,7 @@ mod tests {
         };
         assert!(selector.matches(&GrayClient::by_ip(Some("10.0.0.1".parse().unwrap()))));
         assert!(!selector.matches(&GrayClient::by_ip(Some("10.0.0.2".parse().unwrap()))));
-        assert!(selector.matches(&GrayClient { ip: None, labels }));
+        assert!(selector.matches(&GrayClient { ip: None, labels, reveal: None }));
         assert!(!selector.matches(&GrayClient::default()));
         assert!(GraySelector::default().check().is_err());
     }

@@ -16,6 +16,7 @@ mod listen;
 mod model;
 mod nacos_zip;
 mod retention;
+mod secret;
 mod service;
 mod transfer;
 mod view;
@@ -34,6 +35,7 @@ pub use model::{
 };
 pub use nacos_zip::{is_zip, MAX_ZIP_ENTRIES, MAX_ZIP_TOTAL_BYTES};
 pub use retention::Retention;
+pub use secret::{masked_content, readable, Keyring, Reveal, MASTER_KEY_FLAG, SEALED_PREFIX};
 pub use service::{
     ConfigService, ConfigSettings, HistoryPage, HistoryRecord, PublishOutcome, PublishRequest, SchemaChange,
 };

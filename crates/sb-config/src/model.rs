@@ -173,6 +173,10 @@ pub struct ConfigItem {
     /// A JSON Schema that json, yaml and toml content must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<serde_json::Value>,
+    /// The content is sealed ([`crate::Keyring`]) and `md5` is the version's tag, never the
+    /// md5 of the plaintext.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
 }
 
 impl StoredValue for ConfigItem {
@@ -225,6 +229,9 @@ pub struct HistoryEntry {
     /// The version a rollback restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back_from: Option<i64>,
+    /// `content` is sealed under this entry's key and `md5` is its tag.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
 }
 
 impl StoredValue for HistoryEntry {

@@ -197,6 +197,8 @@ impl ExportDoc {
                     tags: Vec::new(),
                     app_name,
                     schema: None,
+                    secret: false,
+                    sealed_at: None,
                 }
             })
             .collect();
@@ -219,6 +221,12 @@ impl ExportDoc {
         let options = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Deflated)
             .unix_permissions(0o644);
+        let sealed = self.items.iter().filter(|i| i.sealed_at.is_some()).count();
+        if sealed > 0 {
+            return Err(ConfigError::SecretsUnavailable(format!(
+                "a Nacos zip cannot carry sealed secrets ({sealed} in this export): export YAML, or ask for plaintext"
+            )));
+        }
         let mut metadata = NacosMetadata::default();
         for item in &self.items {
             writer.start_file(format!("{}/{}", item.group, item.data_id), options).map_err(corrupt)?;

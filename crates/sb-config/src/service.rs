@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sb_store::codec::{decode, encode};
-use sb_store::{Compare, CompareOp, KeyValue, Revision, SharedStore, Txn, TxnOp};
+use sb_store::{Compare, CompareOp, KeyValue, RangeRequest, Revision, SharedStore, Txn, TxnOp};
 use tracing::warn;
 
 use crate::error::{ConfigError, ConfigResult};
@@ -18,6 +18,7 @@ use crate::model::{
     content_md5, ConfigItem, ConfigKey, EntryId, HistoryEntry, HistoryOp, MAX_METADATA_BYTES,
 };
 use crate::retention::Retention;
+use crate::secret::{Keyring, MASTER_KEY_FLAG};
 use crate::view::{ConfigSnapshot, ConfigView};
 
 /// How often a publish retries when another writer changed the item in between.
@@ -30,6 +31,9 @@ pub struct ConfigSettings {
     pub retention: Retention,
     /// How long a write waits for the local view to apply its revision.
     pub read_your_writes_timeout: Duration,
+    /// The master keys secrets are sealed with (`--master-key-file`); without them a
+    /// secret cannot be published or read.
+    pub keyring: Option<Arc<Keyring>>,
 }
 
 impl Default for ConfigSettings {
@@ -38,6 +42,7 @@ impl Default for ConfigSettings {
             max_content_bytes: 1024 * 1024,
             retention: Retention::default(),
             read_your_writes_timeout: Duration::from_secs(5),
+            keyring: None,
         }
     }
 }
@@ -64,6 +69,9 @@ pub struct PublishRequest {
     /// The version (revision) the item must be at; 0 means "must not exist".
     pub if_match: Option<Revision>,
     pub schema: SchemaChange,
+    /// Seal the content ([`crate::Keyring`]); `None` keeps the item's flag (a new item is
+    /// not secret).
+    pub secret: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +171,33 @@ impl ConfigService {
 
     pub fn settings(&self) -> &ConfigSettings {
         &self.settings
+    }
+
+    /// The keys, or the 503 a secret meets on a node without them.
+    pub(crate) fn keyring(&self) -> ConfigResult<&Arc<Keyring>> {
+        self.settings.keyring.as_ref().ok_or_else(|| {
+            ConfigError::SecretsUnavailable(format!(
+                "secret configs need master keys, and this node has none: start it with {MASTER_KEY_FLAG}"
+            ))
+        })
+    }
+
+    /// What to store for `content` under the history key `aad`, and its md5: the content
+    /// and its md5, or for a secret the sealed content and the version's tag.
+    pub(crate) fn seal(&self, aad: &str, content: &str, secret: bool) -> ConfigResult<(String, String)> {
+        if !secret {
+            return Ok((content.to_owned(), content_md5(content)));
+        }
+        let keys = self.keyring()?;
+        Ok((keys.seal(content, aad)?, keys.tag(aad)?))
+    }
+
+    /// The plaintext of a stored history entry (stored under the history key `aad`).
+    pub(crate) fn open_entry(&self, aad: &str, entry: &HistoryEntry) -> ConfigResult<String> {
+        if !entry.secret {
+            return Ok(entry.content.clone());
+        }
+        self.keyring()?.open(&entry.content, aad)
     }
 
     /// The current config, from the view.
@@ -267,6 +302,8 @@ impl ConfigService {
             };
             let now = now_ms();
             let entry_id = EntryId::next(now, after);
+            let secret = request.secret.unwrap_or_else(|| current_item.as_ref().is_some_and(|i| i.secret));
+            let (stored, stored_md5) = self.seal(&key.history_key(&entry_id), &request.content, secret)?;
             let md5 = content_md5(&request.content);
             let op = match (kind, &current_item) {
                 (PublishKind::Rollback(_), _) => HistoryOp::Rollback,
@@ -276,9 +313,9 @@ impl ConfigService {
             };
             let history = HistoryEntry {
                 op,
-                content: request.content.clone(),
+                content: stored,
                 format: request.format,
-                md5: md5.clone(),
+                md5: stored_md5.clone(),
                 description: description.clone(),
                 tags: tags.clone(),
                 app_name: app_name.clone(),
@@ -286,11 +323,12 @@ impl ConfigService {
                 source_ip: request.source_ip.clone(),
                 at_ms: now,
                 rolled_back_from,
+                secret,
             };
             let item = ConfigItem {
                 entry: entry_id.to_string(),
                 format: request.format,
-                md5: md5.clone(),
+                md5: stored_md5,
                 size: request.content.len(),
                 description,
                 tags,
@@ -299,6 +337,7 @@ impl ConfigService {
                 created_ms: current_item.as_ref().map_or(now, |i| i.created_ms),
                 modified_ms: now,
                 schema,
+                secret,
             };
             let mut compares =
                 vec![Compare::mod_revision(item_key.clone(), CompareOp::Equal, current_version)];
@@ -364,6 +403,7 @@ impl ConfigService {
                 source_ip: source_ip.to_owned(),
                 at_ms: now,
                 rolled_back_from: None,
+                secret: false,
             };
             let txn = Txn::new()
                 .when([Compare::mod_revision(item_key.clone(), CompareOp::Equal, current.mod_revision)])
@@ -399,8 +439,9 @@ impl ConfigService {
                 "{key} version {version}: that version is a delete, with no content to roll back to"
             )));
         }
+        let content = self.open_entry(&key.history_key(&record.entry_id), &record.entry)?;
         let request = PublishRequest {
-            content: record.entry.content,
+            content,
             format: record.entry.format,
             description: Some(record.entry.description),
             tags: Some(record.entry.tags),
@@ -409,6 +450,7 @@ impl ConfigService {
             source_ip: source_ip.to_owned(),
             if_match,
             schema: crate::service::SchemaChange::Keep,
+            secret: None,
         };
         self.publish_op(key, request, PublishKind::Rollback(version)).await
     }
@@ -479,5 +521,115 @@ impl ConfigService {
                 }
             }
         })
+    }
+}
+
+/// Where each master key's check value is kept, so every node can tell that it holds the
+/// same key under the same id as the others (`config/keys/{id}`).
+pub const KEY_CHECKS_PREFIX: &str = "config/keys/";
+/// History entries read per page while re-encrypting.
+const REENCRYPT_PAGE: u64 = 256;
+
+/// What a re-encryption pass did, and what is left sealed under each key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KeyUsage {
+    pub active: String,
+    /// Entries sealed under each key after the pass.
+    pub entries_by_key: std::collections::BTreeMap<String, usize>,
+    /// Entries this pass moved to the active key.
+    pub reencrypted: usize,
+}
+
+impl ConfigService {
+    /// Records this node's key check values (create-if-absent) and refuses keys whose
+    /// check differs from what another node recorded under the same id.
+    pub async fn check_keys(&self) -> ConfigResult<()> {
+        let Some(keys) = self.settings.keyring.as_ref() else { return Ok(()) };
+        for (id, check) in keys.checks() {
+            let key = format!("{KEY_CHECKS_PREFIX}{id}");
+            let txn = Txn::new()
+                .when([Compare::absent(key.clone())])
+                .and_then([TxnOp::put(key.clone(), check.as_bytes().to_vec())])
+                .or_else([TxnOp::get(key.clone())]);
+            let response = self.store.txn(txn).await?;
+            if response.succeeded {
+                continue;
+            }
+            let recorded = self.store.get(key.as_bytes()).await?.map(|kv| kv.value).unwrap_or_default();
+            if recorded != check.as_bytes() {
+                return Err(ConfigError::Keys(format!(
+                    "key {id:?} in {MASTER_KEY_FLAG} is not the key other nodes use under that id \
+                     (every node must be given the same key file)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves every secret history entry sealed under another key to the active key, one
+    /// compare-and-put per entry (a concurrent change wins; the next pass retries). Tags are
+    /// not recomputed: a version's md5 stays what it was. Returns what remains under each key.
+    pub async fn reencrypt(&self) -> ConfigResult<KeyUsage> {
+        let keys = self.keyring()?.clone();
+        let mut usage = KeyUsage { active: keys.active().to_owned(), ..KeyUsage::default() };
+        let mut range = sb_store::KeyRange::prefix(crate::model::HISTORY_PREFIX);
+        loop {
+            let page = self.store.range(RangeRequest::new(range.clone()).with_limit(REENCRYPT_PAGE)).await?;
+            for kv in &page.kvs {
+                let Ok(mut entry) = decode::<HistoryEntry>(&kv.value) else { continue };
+                if !entry.secret {
+                    continue;
+                }
+                let Some(id) = Keyring::key_of(&entry.content).map(str::to_owned) else { continue };
+                if id == keys.active() {
+                    *usage.entries_by_key.entry(id).or_default() += 1;
+                    continue;
+                }
+                let aad = String::from_utf8_lossy(&kv.key).into_owned();
+                let moved = match keys.open(&entry.content, &aad) {
+                    Ok(plain) => {
+                        entry.content = keys.seal(&plain, &aad)?;
+                        let txn = Txn::new()
+                            .when([Compare::mod_revision(kv.key.clone(), CompareOp::Equal, kv.mod_revision)])
+                            .and_then([TxnOp::put(kv.key.clone(), encode_value(&entry)?)]);
+                        self.store.txn(txn).await?.succeeded
+                    }
+                    Err(error) => {
+                        warn!(entry = %aad, %error, "a secret entry cannot be re-encrypted");
+                        false
+                    }
+                };
+                let now_under = if moved { keys.active().to_owned() } else { id };
+                usage.reencrypted += usize::from(moved);
+                *usage.entries_by_key.entry(now_under).or_default() += 1;
+            }
+            match (page.more, page.kvs.last()) {
+                (true, Some(last)) => range = range.after(&last.key),
+                _ => break,
+            }
+        }
+        Ok(usage)
+    }
+
+    /// Runs [`ConfigService::reencrypt`] now and then every `interval` while secrets are
+    /// sealed under a key other than the active one, until the service is dropped.
+    pub fn spawn_reencrypter(self: &Arc<Self>, interval: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        self.settings.keyring.as_ref()?;
+        let weak = Arc::downgrade(self);
+        Some(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            loop {
+                ticker.tick().await;
+                let Some(service) = weak.upgrade() else { return };
+                match service.reencrypt().await {
+                    Ok(usage) if usage.reencrypted > 0 => {
+                        tracing::info!(reencrypted = usage.reencrypted, active = %usage.active,
+                            "secret configs re-encrypted to the active master key");
+                    }
+                    Ok(_) => {}
+                    Err(error) => warn!(%error, "re-encrypting secret configs failed; retrying later"),
+                }
+            }
+        }))
     }
 }

@@ -139,6 +139,7 @@ fn state_with(data_id: &str, content: &str) -> ConfigState {
         created_ms: 0,
         modified_ms: 0,
         schema: None,
+        secret: false,
     };
     let history = HistoryEntry {
         op: HistoryOp::Create,
@@ -152,6 +153,7 @@ fn state_with(data_id: &str, content: &str) -> ConfigState {
         source_ip: String::new(),
         at_ms: 0,
         rolled_back_from: None,
+        secret: false,
     };
     let k = key(data_id);
     let put = |key: String, value: Vec<u8>| Event {
@@ -268,7 +270,7 @@ async fn gray_serves_matching_clients_survives_a_reload_and_promotes_or_aborts()
         service.publish_gray(&a, gray(&format!("gray{n}"))).await.unwrap();
         service.prune(&a).await.unwrap();
     }
-    let canary = GrayClient { ip: None, labels: parse_labels("env=canary").unwrap() };
+    let canary = GrayClient { ip: None, labels: parse_labels("env=canary").unwrap(), reveal: None };
     let by_ip = GrayClient::by_ip(Some("10.0.0.1".parse().unwrap()));
     let other = GrayClient::by_ip(Some("10.0.0.2".parse().unwrap()));
     for s in [&service, &service_on(service.store_for_tests(), Retention::default()).await] {
@@ -317,12 +319,12 @@ async fn export_import_round_trips_in_batches_and_refuses_bad_files_before_writi
         a.publish(&ConfigKey::new("dev", "G", format!("c{n}.yaml")).unwrap(), request).await.unwrap();
     }
     a.publish(&ConfigKey::new("dev", "H", "plain").unwrap(), text("line one\n  two: 'q'\n")).await.unwrap();
-    let exported = a.export("dev", None).to_yaml().unwrap();
+    let exported = a.export("dev", None, None).unwrap().to_yaml().unwrap();
     let doc = ExportDoc::parse(&exported).unwrap();
     assert_eq!(doc.items.len(), 51);
     let report = b.import("dev", doc.clone(), ConflictPolicy::Abort, "t", "").await.unwrap();
     assert_eq!((report.created.len(), report.batches), (51, 2), "{report:?}");
-    let mut again = b.export("dev", None);
+    let mut again = b.export("dev", None, None).unwrap();
     again.exported_at_ms = doc.exported_at_ms;
     assert_eq!(again, doc);
     // Importing the same file again changes nothing; other content conflicts.
@@ -353,4 +355,156 @@ async fn export_import_round_trips_in_batches_and_refuses_bad_files_before_writi
     assert!(ExportDoc::parse("kind: other\nitems: []\n").is_err());
     let error = ExportDoc::parse(&exported.replace("format: yaml", "format: 7")).unwrap_err().to_string();
     assert!(error.contains("items[0]"), "{error}");
+}
+
+fn keyring(keys: &[(&str, u8)], active: &str) -> Arc<Keyring> {
+    Arc::new(Keyring::new(keys.iter().map(|(id, b)| (id.to_string(), [*b; 32])).collect(), active).unwrap())
+}
+
+async fn service_with_keys(store: SharedStore, keys: Option<Arc<Keyring>>) -> ConfigService {
+    let view = Arc::new(ConfigView::start(store.clone()).await.unwrap());
+    ConfigService::new(store, view, ConfigSettings { keyring: keys, ..ConfigSettings::default() })
+}
+
+fn secret(content: &str) -> PublishRequest {
+    PublishRequest { secret: Some(true), ..text(content) }
+}
+
+#[tokio::test]
+async fn secrets_are_sealed_at_rest_and_read_masked_without_reveal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path().join("store.redb"))).await.unwrap();
+    let store = store as Arc<dyn Store> as SharedStore;
+    let keys = keyring(&[("a", 1)], "a");
+    let configs = service_with_keys(store.clone(), Some(keys.clone())).await;
+    let k = key("db");
+    configs.publish(&k, secret("password=hunter2")).await.unwrap();
+    configs.publish(&k, text("password=hunter3")).await.unwrap(); // stays secret
+                                                                  // Nothing in the store holds the plaintext or its md5.
+    let all = store.range(sb_store::RangeRequest::prefix("")).await.unwrap();
+    for kv in &all.kvs {
+        let value = String::from_utf8_lossy(&kv.value);
+        for plain in ["hunter2", "hunter3"] {
+            assert!(!value.contains(plain), "{value}");
+        }
+        assert!(!value.contains(&content_md5("password=hunter3")), "{value}");
+    }
+    let snapshot = configs.get(&k).unwrap();
+    assert!(snapshot.item.secret);
+    let reader = GrayClient::default().with_reveal(Some(Reveal(keys.clone())));
+    let (content, md5) = snapshot.readable(&reader).unwrap();
+    assert_eq!((content.as_str(), md5), ("password=hunter3", content_md5("password=hunter3")));
+    let (masked, masked_md5) = snapshot.readable(&GrayClient::default()).unwrap();
+    assert!(masked.starts_with("******") && !masked.contains("hunter"), "{masked}");
+    assert_eq!(masked_md5, content_md5(&masked));
+    // Listeners: each compared against what it reads.
+    let view = configs.view().snapshot();
+    assert_eq!(view.md5_for(&k, &reader), content_md5("password=hunter3"));
+    assert_eq!(view.md5_for(&k, &GrayClient::default()), masked_md5);
+    // A rollback restores the plaintext, sealed again.
+    let first = configs.history(&k, 0, 10).await.unwrap().records.last().unwrap().version;
+    configs.rollback(&k, first, None, "t", "").await.unwrap();
+    let (content, _) = configs.get(&k).unwrap().readable(&reader).unwrap();
+    assert_eq!(content, "password=hunter2");
+
+    // A node without keys: a 503-kind error naming the flag, and nothing written.
+    let keyless = service_with_keys(store.clone(), None).await;
+    let error = keyless.publish(&key("other"), secret("x")).await.unwrap_err();
+    assert!(
+        matches!(error, ConfigError::SecretsUnavailable(_)) && error.to_string().contains(MASTER_KEY_FLAG)
+    );
+    assert!(keyless.get(&key("other")).is_none());
+    // Another key under the same id is refused at start.
+    configs.check_keys().await.unwrap();
+    configs.check_keys().await.unwrap();
+    let other = service_with_keys(store.clone(), Some(keyring(&[("a", 2)], "a"))).await;
+    let error = other.check_keys().await.unwrap_err().to_string();
+    assert!(error.contains("\"a\"") && error.contains("same key file"), "{error}");
+}
+
+#[tokio::test]
+async fn rotation_reencrypts_every_entry_and_old_keys_can_then_retire() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path().join("store.redb"))).await.unwrap();
+    let store = store as Arc<dyn Store> as SharedStore;
+    let old = service_with_keys(store.clone(), Some(keyring(&[("a", 1)], "a"))).await;
+    let k = key("db");
+    old.publish(&k, secret("v1")).await.unwrap();
+    old.publish(&k, secret("v2")).await.unwrap();
+    old.publish_gray(
+        &k,
+        GrayRequest {
+            content: "v3".into(),
+            selector: GraySelector { ips: parse_ips(["10.0.0.1"]).unwrap(), ..GraySelector::default() },
+            author: "t".into(),
+            source_ip: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let md5_before = old.get(&k).unwrap().item.md5.clone();
+    let both = keyring(&[("a", 1), ("b", 2)], "b");
+    let rotated = service_with_keys(store.clone(), Some(both.clone())).await;
+    let usage = rotated.reencrypt().await.unwrap();
+    assert_eq!(
+        (usage.reencrypted, usage.entries_by_key.get("b").copied(), usage.entries_by_key.get("a")),
+        (3, Some(3), None)
+    );
+    assert_eq!(rotated.reencrypt().await.unwrap().reencrypted, 0);
+    // Only the new key is needed now; versions keep their md5.
+    let retired = keyring(&[("b", 2)], "b");
+    let after = service_with_keys(store.clone(), Some(retired.clone())).await;
+    let reader = GrayClient::default().with_reveal(Some(Reveal(retired)));
+    let snapshot = after.get(&k).unwrap();
+    assert_eq!(snapshot.item.md5, md5_before);
+    assert_eq!(snapshot.readable(&reader).unwrap().0, "v2");
+    let gray_reader = GrayClient::by_ip(Some("10.0.0.1".parse().unwrap())).with_reveal(reader.reveal.clone());
+    assert_eq!(
+        after.view().snapshot().get_for(&k, &gray_reader).unwrap().readable(&gray_reader).unwrap().0,
+        "v3"
+    );
+    after.promote_gray(&k, "t", "").await.unwrap();
+    assert_eq!(after.get(&k).unwrap().readable(&reader).unwrap().0, "v3");
+    let history = after.history(&k, 0, 10).await.unwrap();
+    assert!(history.records.iter().all(|r| !r.entry.secret || r.entry.content.starts_with("sbenc1:b:")));
+}
+
+#[tokio::test]
+async fn secrets_export_sealed_or_in_plaintext_and_import_sealed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path().join("a.redb"))).await.unwrap();
+    let keys = keyring(&[("a", 1)], "a");
+    let a = service_with_keys(store as Arc<dyn Store> as SharedStore, Some(keys.clone())).await;
+    a.publish(&key("db"), secret("password=hunter2")).await.unwrap();
+    a.publish(&key("plain"), text("hello")).await.unwrap();
+    let sealed = a.export("public", None, None).unwrap();
+    let yaml = sealed.to_yaml().unwrap();
+    assert!(!yaml.contains("hunter2") && yaml.contains("sealed_at"), "{yaml}");
+    assert!(sealed.to_nacos_zip().is_err(), "a zip cannot carry sealed secrets");
+    let plain = a.export("public", None, Some(&Reveal(keys.clone()))).unwrap();
+    assert!(plain.to_yaml().unwrap().contains("hunter2"));
+
+    let other = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedOptions::new(other.path().join("b.redb"))).await.unwrap();
+    let store = store as Arc<dyn Store> as SharedStore;
+    let b = service_with_keys(store.clone(), Some(keys.clone())).await;
+    let report =
+        b.import("public", ExportDoc::parse(&yaml).unwrap(), ConflictPolicy::Abort, "t", "").await.unwrap();
+    assert_eq!(report.created.len(), 2);
+    let reader = GrayClient::default().with_reveal(Some(Reveal(keys.clone())));
+    assert_eq!(b.get(&key("db")).unwrap().readable(&reader).unwrap().0, "password=hunter2");
+    // Importing the same again: unchanged, secrets included.
+    let again =
+        b.import("public", ExportDoc::parse(&yaml).unwrap(), ConflictPolicy::Abort, "t", "").await.unwrap();
+    assert_eq!(again.unchanged.len(), 2, "{again:?}");
+    // A server without the key refuses before writing.
+    let keyless_dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedOptions::new(keyless_dir.path().join("c.redb"))).await.unwrap();
+    let c = service_with_keys(store as Arc<dyn Store> as SharedStore, None).await;
+    let error = c
+        .import("public", ExportDoc::parse(&yaml).unwrap(), ConflictPolicy::Abort, "t", "")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ConfigError::SecretsUnavailable(_)), "{error}");
+    assert!(c.get(&key("plain")).is_none());
 }

@@ -38,6 +38,14 @@ pub struct ExportItem {
     pub app_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<serde_json::Value>,
+    /// A secret config: imported sealed again. Its `md5` is empty (no md5 of a secret's
+    /// plaintext is ever written down).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
+    /// Set when `content` is sealed: the history key it was sealed under (its associated
+    /// data). A server with the same master key opens it on import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_at: Option<String>,
 }
 
 /// An export file.
@@ -190,31 +198,45 @@ struct Planned {
 
 impl ConfigService {
     /// The current version of every config of a namespace (or one group), from the view.
-    pub fn export(&self, namespace: &str, group: Option<&str>) -> ExportDoc {
+    /// Secrets are exported sealed, or in plaintext when `reveal` is given.
+    pub fn export(
+        &self,
+        namespace: &str,
+        group: Option<&str>,
+        reveal: Option<&crate::secret::Reveal>,
+    ) -> ConfigResult<ExportDoc> {
         let state = self.view().snapshot();
-        let items = state
-            .list(namespace, group)
-            .into_iter()
-            .map(|s| ExportItem {
+        let mut items = Vec::new();
+        for s in state.list(namespace, group) {
+            let (content, md5, sealed_at) = match (s.item.secret, reveal) {
+                (false, _) => (s.content.to_string(), s.item.md5.clone(), None),
+                (true, Some(crate::secret::Reveal(keys))) => {
+                    (keys.open(&s.content, &s.entry_key()?)?, String::new(), None)
+                }
+                (true, None) => (s.content.to_string(), String::new(), Some(s.entry_key()?)),
+            };
+            items.push(ExportItem {
                 group: s.key.group.clone(),
                 data_id: s.key.data_id.clone(),
                 format: s.item.format,
-                content: s.content.to_string(),
-                md5: s.item.md5.clone(),
+                content,
+                md5,
                 description: s.item.description.clone(),
                 tags: s.item.tags.clone(),
                 app_name: s.item.app_name.clone(),
                 schema: s.item.schema.clone(),
-            })
-            .collect();
-        ExportDoc {
+                secret: s.item.secret,
+                sealed_at,
+            });
+        }
+        Ok(ExportDoc {
             kind: EXPORT_KIND.into(),
             version: EXPORT_VERSION,
             namespace: namespace.into(),
             group: group.map(str::to_owned),
             exported_at_ms: now_ms(),
             items,
-        }
+        })
     }
 
     /// Imports `doc` into `namespace`: [`ConfigService::plan_import`], then
@@ -254,11 +276,32 @@ impl ConfigService {
         let mut report = ImportReport { total: doc.items.len(), ..ImportReport::default() };
         let mut seen = HashSet::new();
         let mut plan = Vec::new();
-        for (index, item) in doc.items.into_iter().enumerate() {
+        for (index, mut item) in doc.items.into_iter().enumerate() {
             let key = ConfigKey::new(namespace, item.group.clone(), item.data_id.clone())
                 .map_err(|e| invalid(index, &item, e.to_string()))?;
             if !seen.insert(key.clone()) {
                 return Err(invalid(index, &item, "it appears twice in the file".into()));
+            }
+            // A sealed secret opens with this node's keys (the exporting server's).
+            if let Some(aad) = item.sealed_at.take() {
+                if !item.secret {
+                    return Err(invalid(index, &item, "sealed content must be marked secret".into()));
+                }
+                item.content = match self.keyring()?.open(&item.content, &aad) {
+                    Ok(plain) => plain,
+                    Err(ConfigError::SecretsUnavailable(reason)) => {
+                        return Err(ConfigError::SecretsUnavailable(format!(
+                            "items[{index}] ({}/{}): {reason}",
+                            item.group, item.data_id
+                        )))
+                    }
+                    Err(error) => return Err(invalid(index, &item, error.to_string())),
+                };
+            } else if item.secret && item.content.starts_with(crate::secret::SEALED_PREFIX) {
+                return Err(invalid(index, &item, "sealed content without sealed_at".into()));
+            }
+            if item.secret {
+                self.keyring()?;
             }
             self.validate(item.format, &item.content, item.schema.as_ref())
                 .map_err(|e| invalid(index, &item, e.to_string()))?;
@@ -273,10 +316,17 @@ impl ConfigService {
             crate::service::check_metadata(&item.description, &item.tags)
                 .map_err(|e| invalid(index, &item, e.to_string()))?;
             let current = existing.get(&key.item_key()).cloned();
+            let same_content = match &current {
+                Some((found, _)) if found.secret && item.secret => {
+                    self.current_plaintext(&key, found).await? == item.content
+                }
+                Some((found, _)) => !found.secret && !item.secret && found.md5 == md5,
+                None => false,
+            };
             let action = match &current {
                 None => Action::Create,
                 Some((found, _))
-                    if found.md5 == md5 && found.format == item.format && found.schema == item.schema =>
+                    if same_content && found.format == item.format && found.schema == item.schema =>
                 {
                     report.unchanged.push(key.to_string());
                     continue;
@@ -323,11 +373,13 @@ impl ConfigService {
                 None => self.latest_entry(&planned.key).await?,
             };
             let entry_id = EntryId::next(now, after);
-            let md5 = content_md5(&planned.item.content);
+            let secret = planned.item.secret;
+            let (stored, md5) =
+                self.seal(&planned.key.history_key(&entry_id), &planned.item.content, secret)?;
             let created = matches!(planned.action, Action::Create);
             let history = HistoryEntry {
                 op: if created { HistoryOp::Create } else { HistoryOp::Update },
-                content: planned.item.content.clone(),
+                content: stored,
                 format: planned.item.format,
                 md5: md5.clone(),
                 description: planned.item.description.clone(),
@@ -337,6 +389,7 @@ impl ConfigService {
                 source_ip: source_ip.to_owned(),
                 at_ms: now,
                 rolled_back_from: None,
+                secret,
             };
             let item = ConfigItem {
                 entry: entry_id.to_string(),
@@ -350,6 +403,7 @@ impl ConfigService {
                 created_ms: planned.current.as_ref().map_or(now, |(i, _)| i.created_ms),
                 modified_ms: now,
                 schema: planned.item.schema,
+                secret,
             };
             let version = planned.current.as_ref().map_or(0, |(_, v)| *v);
             let item_key = planned.key.item_key();
@@ -393,6 +447,19 @@ impl ConfigService {
             self.wait_for(report.revision).await?;
         }
         Ok(report)
+    }
+
+    /// The plaintext of an item's current version, from the store.
+    async fn current_plaintext(&self, key: &ConfigKey, item: &ConfigItem) -> ConfigResult<String> {
+        let entry = EntryId::parse(&item.entry)
+            .ok_or_else(|| ConfigError::Corrupt(format!("{key} names history entry {:?}", item.entry)))?;
+        let aad = key.history_key(&entry);
+        let kv = self
+            .store
+            .get(aad.as_bytes())
+            .await?
+            .ok_or_else(|| ConfigError::Corrupt(format!("the current entry of {key} is missing")))?;
+        self.open_entry(&aad, &crate::service::decode_entry(&kv)?)
     }
 
     async fn commit_batch(

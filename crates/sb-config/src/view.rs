@@ -14,6 +14,7 @@ use sb_store::{Event, EventKind, KeyRange, Revision, SharedStore, StoreResult, V
 use tokio::sync::broadcast;
 use tracing::warn;
 
+use crate::error::{ConfigError, ConfigResult};
 use crate::gray::{GrayClient, GrayRecord};
 use crate::model::{
     split_history_path, ConfigItem, ConfigKey, EntryId, HistoryEntry, CONFIG_PREFIX, GRAY_PREFIX,
@@ -32,6 +33,24 @@ pub struct ConfigSnapshot {
     pub content: Arc<str>,
     /// This is the item's gray version (served to a client its selector matches).
     pub gray: bool,
+}
+
+impl ConfigSnapshot {
+    /// The history key this version's content is stored under (a secret's associated data).
+    pub fn entry_key(&self) -> ConfigResult<String> {
+        let entry = EntryId::parse(&self.item.entry).ok_or_else(|| {
+            ConfigError::Corrupt(format!("{} names history entry {:?}", self.key, self.item.entry))
+        })?;
+        Ok(if self.gray { self.key.gray_history_key(&entry) } else { self.key.history_key(&entry) })
+    }
+
+    /// What `client` reads of this version: its content and md5 (see [`crate::readable`]).
+    pub fn readable(&self, client: &GrayClient) -> ConfigResult<(String, String)> {
+        if !self.item.secret {
+            return Ok((self.content.to_string(), self.item.md5.clone()));
+        }
+        crate::secret::readable(&self.content, &self.item.md5, true, &self.entry_key()?, client)
+    }
 }
 
 /// An item's gray release as the view has it.
@@ -170,6 +189,7 @@ impl ConfigState {
         match self.gray(key) {
             Some(gray) if gray.record.selector.matches(client) => {
                 let mut item = ConfigItem::clone(&main.item);
+                item.entry = gray.record.entry.clone();
                 item.format = gray.record.format;
                 item.md5 = gray.record.md5.clone();
                 item.size = gray.record.size;
@@ -187,9 +207,13 @@ impl ConfigState {
         }
     }
 
-    /// The md5 `client` would read, `""` when the item does not exist (as Nacos).
+    /// The md5 `client` would read, `""` when the item does not exist (as Nacos) or is a
+    /// secret this node cannot open.
     pub fn md5_for(&self, key: &ConfigKey, client: &GrayClient) -> String {
-        self.get_for(key, client).map(|s| s.item.md5.clone()).unwrap_or_default()
+        self.get_for(key, client)
+            .and_then(|s| s.readable(client).ok())
+            .map(|(_, md5)| md5)
+            .unwrap_or_default()
     }
 
     /// What a writer needs to know of an item, as this view has it: the item and its version
