@@ -57,18 +57,27 @@ pub(crate) struct ItemJson {
     /// This is the item's gray version, served because the caller matches its selector.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     gray: bool,
+    /// The content is sealed at rest; callers who may not read secrets see it masked.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    secret: bool,
 }
 
 impl ItemJson {
-    pub(crate) fn new(snapshot: &ConfigSnapshot, with_content: bool) -> ItemJson {
+    /// The item as `client` may read it (a secret opens only with [`reveal_for`]'s leave).
+    pub(crate) fn new(
+        snapshot: &ConfigSnapshot,
+        with_content: bool,
+        client: &GrayClient,
+    ) -> Result<ItemJson, ApiError> {
         let item = &snapshot.item;
-        ItemJson {
+        let (content, md5) = snapshot.readable(client)?;
+        Ok(ItemJson {
             namespace: snapshot.key.namespace.clone(),
             group: snapshot.key.group.clone(),
             data_id: snapshot.key.data_id.clone(),
             format: item.format,
-            content: with_content.then(|| snapshot.content.to_string()),
-            md5: item.md5.clone(),
+            content: with_content.then_some(content),
+            md5,
             size: item.size,
             version: snapshot.version,
             created_version: snapshot.created_version,
@@ -79,7 +88,8 @@ impl ItemJson {
             modified_at_ms: item.modified_ms,
             schema: item.schema.clone(),
             gray: snapshot.gray,
-        }
+            secret: item.secret,
+        })
     }
 }
 
@@ -100,26 +110,35 @@ struct HistoryJson {
     rolled_back_from: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    secret: bool,
 }
 
 impl HistoryJson {
-    fn new(record: HistoryRecord, with_content: bool) -> HistoryJson {
+    fn new(
+        key: &ConfigKey,
+        record: HistoryRecord,
+        with_content: bool,
+        client: &GrayClient,
+    ) -> Result<HistoryJson, ApiError> {
+        let (content, md5) = record.readable(key, client)?;
         let entry = record.entry;
-        HistoryJson {
+        Ok(HistoryJson {
             version: record.version,
             entry_id: record.entry_id.to_string(),
             op: entry.op,
             format: entry.format,
-            md5: entry.md5,
-            size: entry.content.len(),
+            md5,
+            size: if entry.secret { content.len() } else { entry.content.len() },
             description: entry.description,
             tags: entry.tags,
             author: entry.author,
             source_ip: entry.source_ip,
             at_ms: entry.at_ms,
             rolled_back_from: entry.rolled_back_from,
-            content: with_content.then_some(entry.content),
-        }
+            content: with_content.then_some(content),
+            secret: entry.secret,
+        })
     }
 }
 
@@ -167,6 +186,19 @@ fn who(
     (author, ip)
 }
 
+/// What lets this caller read secret configs of `namespace`: the node's master keys, when
+/// the caller may read secrets. The one place that decides it; everyone else gets masked
+/// content. Until roles are finer, only the admin role may.
+pub(crate) fn reveal_for(
+    api: &ApiState,
+    subject: &Option<Extension<Subject>>,
+    _namespace: &str,
+) -> Option<sb_config::Reveal> {
+    let keys = api.configs.settings().keyring.clone()?;
+    let subject = subject.as_ref()?;
+    subject.roles.iter().any(|role| role == "admin").then(|| sb_config::Reveal(keys))
+}
+
 /// The caller as gray release sees it: its IP (after `--trusted-proxies`) and its labels.
 fn gray_client(
     context: &Option<Extension<RequestContext>>,
@@ -182,24 +214,26 @@ fn gray_client(
             parse_labels(text).map_err(|e| ApiError::invalid("X-Switchboard-Labels", e.to_string()))?
         }
     };
-    Ok(GrayClient { ip, labels })
+    Ok(GrayClient { ip, labels, reveal: None })
 }
 
 pub async fn list(
     State(api): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
     params: Params,
+    subject: Option<Extension<Subject>>,
 ) -> Result<Response, ApiError> {
     let Path(ns) =
         path.map_err(|r| ApiError::invalid("path", format!("the path is not valid: {}", r.body_text())))?;
     check_namespace(&ns)?;
     let revision = api.configs.view().revision();
     let state = api.configs.view().snapshot();
+    let client = GrayClient::default().with_reveal(reveal_for(&api, &subject, &ns));
     let items: Vec<ItemJson> = state
         .list(&ns, params.get("group").filter(|g| !g.is_empty()))
         .iter()
-        .map(|s| ItemJson::new(s, false))
-        .collect();
+        .map(|s| ItemJson::new(s, false, &client))
+        .collect::<Result<_, _>>()?;
     Ok(Json(serde_json::json!({"revision": revision, "items": items})).into_response())
 }
 
@@ -207,17 +241,18 @@ pub async fn get(
     State(api): State<ApiState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     context: Option<Extension<RequestContext>>,
+    subject: Option<Extension<Subject>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = item_path(path)?;
-    let client = gray_client(&context, &headers)?;
+    let client = gray_client(&context, &headers)?.with_reveal(reveal_for(&api, &subject, &key.namespace));
     let snapshot = api
         .configs
         .view()
         .snapshot()
         .get_for(&key, &client)
         .ok_or_else(|| ApiError::not_found(format!("config {key} not found")))?;
-    Ok(with_etag(Json(ItemJson::new(&snapshot, true)).into_response(), snapshot.version))
+    Ok(with_etag(Json(ItemJson::new(&snapshot, true, &client)?).into_response(), snapshot.version))
 }
 
 /// Reads a JSON body of at most the content limit plus room for metadata; a larger one is
@@ -301,6 +336,13 @@ pub async fn publish(
         source_ip,
         if_match,
         schema,
+        secret: match body.get("secret") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(secret)) => Some(*secret),
+            Some(other) => {
+                return Err(ApiError::invalid("secret", format!("secret must be true or false, got {other}")))
+            }
+        },
     };
     let outcome = api.configs.publish(&key, request).await?;
     Ok(publish_response(&key, outcome))
@@ -326,8 +368,10 @@ pub async fn history(
     State(api): State<ApiState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     params: Params,
+    subject: Option<Extension<Subject>>,
 ) -> Result<Response, ApiError> {
     let key = item_path(path)?;
+    let client = GrayClient::default().with_reveal(reveal_for(&api, &subject, &key.namespace));
     let page: usize = params.parse("page", "a page number from 1")?.unwrap_or(1).max(1);
     let page_size: usize = params.parse("page_size", "a page size")?.unwrap_or(DEFAULT_PAGE_SIZE);
     if page_size == 0 || page_size > MAX_PAGE_SIZE {
@@ -337,7 +381,11 @@ pub async fn history(
         ));
     }
     let history = api.configs.history(&key, page, page_size).await?;
-    let entries: Vec<HistoryJson> = history.records.into_iter().map(|r| HistoryJson::new(r, false)).collect();
+    let entries: Vec<HistoryJson> = history
+        .records
+        .into_iter()
+        .map(|r| HistoryJson::new(&key, r, false, &client))
+        .collect::<Result<_, _>>()?;
     Ok(Json(serde_json::json!({
         "total": history.total, "page": page, "page_size": page_size, "entries": entries
     }))
@@ -358,23 +406,27 @@ fn version_path(
 pub async fn history_entry(
     State(api): State<ApiState>,
     path: Result<Path<(String, String, String, String)>, PathRejection>,
+    subject: Option<Extension<Subject>>,
 ) -> Result<Response, ApiError> {
     let (key, version) = version_path(path)?;
+    let client = GrayClient::default().with_reveal(reveal_for(&api, &subject, &key.namespace));
     let record = api.configs.history_entry(&key, version).await?;
-    Ok(Json(HistoryJson::new(record, true)).into_response())
+    Ok(Json(HistoryJson::new(&key, record, true, &client)?).into_response())
 }
 
 pub async fn diff(
     State(api): State<ApiState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     params: Params,
+    subject: Option<Extension<Subject>>,
 ) -> Result<Response, ApiError> {
     let key = item_path(path)?;
+    let client = GrayClient::default().with_reveal(reveal_for(&api, &subject, &key.namespace));
     let from: i64 = params
         .parse("from", "a version (revision)")?
         .ok_or_else(|| ApiError::invalid("from", "from is required: the version to diff from"))?;
     let to: Option<i64> = params.parse("to", "a version (revision)")?;
-    let diff = api.configs.diff(&key, from, to).await?;
+    let diff = api.configs.diff(&key, from, to, &client).await?;
     let to = to.or_else(|| api.configs.get(&key).map(|s| s.version));
     Ok(Json(serde_json::json!({"from": from, "to": to, "diff": diff})).into_response())
 }
@@ -406,10 +458,11 @@ pub async fn watch(
     State(api): State<ApiState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     context: Option<Extension<RequestContext>>,
+    subject: Option<Extension<Subject>>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let key = item_path(path)?;
-    let client = gray_client(&context, &headers)?;
+    let client = gray_client(&context, &headers)?.with_reveal(reveal_for(&api, &subject, &key.namespace));
     // Subscribe before the first read, so a change in between is not lost.
     let changes = api.configs.view().subscribe();
     api.metrics.sse_streams.inc();
@@ -462,10 +515,13 @@ async fn next_event(mut state: WatchState) -> Option<(Result<Event, Infallible>,
         }
         state.last_md5 = Some(md5);
         let event = match current {
-            Some(snapshot) => {
-                let data = serde_json::to_string(&ItemJson::new(&snapshot, true)).unwrap_or_default();
-                Event::default().event("publish").data(data).id(snapshot.version.to_string())
-            }
+            Some(snapshot) => match ItemJson::new(&snapshot, true, &state.client) {
+                Ok(item) => {
+                    let data = serde_json::to_string(&item).unwrap_or_default();
+                    Event::default().event("publish").data(data).id(snapshot.version.to_string())
+                }
+                Err(error) => Event::default().event("error").data(error.json_body().to_string()),
+            },
             None => {
                 let key = &state.key;
                 let data = serde_json::json!({"namespace": key.namespace, "group": key.group, "data_id": key.data_id});
@@ -498,12 +554,20 @@ struct GrayJson {
 pub async fn gray_get(
     State(api): State<ApiState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
+    subject: Option<Extension<Subject>>,
 ) -> Result<Response, ApiError> {
     let key = item_path(path)?;
+    let client = GrayClient::default().with_reveal(reveal_for(&api, &subject, &key.namespace));
     let state = api.configs.view().snapshot();
     let gray =
         state.gray(&key).ok_or_else(|| ApiError::not_found(format!("config {key} has no gray version")))?;
     let record = &gray.record;
+    let secret = state.get(&key).is_some_and(|main| main.item.secret);
+    let entry = sb_config::EntryId::parse(&record.entry).ok_or_else(|| {
+        ApiError::new(ErrorKind::Internal, format!("the gray of {key} names entry {:?}", record.entry))
+    })?;
+    let (content, md5) =
+        sb_config::readable(&gray.content, &record.md5, secret, &key.gray_history_key(&entry), &client)?;
     Ok(Json(GrayJson {
         namespace: key.namespace.clone(),
         group: key.group.clone(),
@@ -512,11 +576,11 @@ pub async fn gray_get(
         entry_id: record.entry.clone(),
         selector: record.selector.clone(),
         format: record.format,
-        md5: record.md5.clone(),
+        md5,
         size: record.size,
         author: record.author.clone(),
         at_ms: record.at_ms,
-        content: gray.content.to_string(),
+        content,
         main_version: state.get(&key).map(|s| s.version),
     })
     .into_response())
@@ -620,11 +684,28 @@ pub async fn export(
     State(api): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
     params: Params,
+    subject: Option<Extension<Subject>>,
 ) -> Result<Response, ApiError> {
     let Path(ns) =
         path.map_err(|r| ApiError::invalid("path", format!("the path is not valid: {}", r.body_text())))?;
     check_namespace(&ns)?;
-    let doc = api.configs.export(&ns, params.get("group").filter(|g| !g.is_empty()));
+    // Secrets stay sealed unless the caller asks for plaintext, and may have it.
+    let reveal = match params.get("plaintext") {
+        None | Some("false") => None,
+        Some("true") => Some(reveal_for(&api, &subject, &ns).ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "plaintext=true exports secrets in the clear, which needs leave to read secrets in {ns}"
+                ),
+            )
+            .with_field("plaintext")
+        })?),
+        Some(other) => {
+            return Err(ApiError::invalid("plaintext", format!("plaintext {other:?} is not true or false")))
+        }
+    };
+    let doc = api.configs.export(&ns, params.get("group").filter(|g| !g.is_empty()), reveal.as_ref())?;
     let mut response = match params.get("format").unwrap_or("yaml") {
         "yaml" => {
             let mut response = doc.to_yaml()?.into_response();
@@ -633,6 +714,16 @@ pub async fn export(
         }
         // Nacos's console export format: Nacos imports it, and so does `configs-import`.
         "zip" => {
+            let sealed = doc.items.iter().filter(|i| i.sealed_at.is_some()).count();
+            if sealed > 0 {
+                return Err(ApiError::invalid(
+                    "format",
+                    format!(
+                        "a Nacos zip cannot carry sealed secrets ({sealed} in this export): export yaml, \
+                         or add plaintext=true"
+                    ),
+                ));
+            }
             let mut response = doc.to_nacos_zip()?.into_response();
             let headers = response.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
@@ -767,4 +858,11 @@ fn import_with_progress(api: ApiState, plan: sb_config::ImportPlan, author: Stri
     let mut response = Body::from_stream(lines).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     response
+}
+
+/// `GET /api/v1/config-keys`: the active master key and how many secret history entries
+/// each key still seals (a key at zero can be retired from every node's key file).
+pub async fn keys(State(api): State<ApiState>) -> Result<Response, ApiError> {
+    let usage = api.configs.key_usage().await?;
+    Ok(Json(usage).into_response())
 }

@@ -10,8 +10,8 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use sb_config::{
-    parse_ips, ConfigFormat, ConfigKey, GrayClient, GrayRequest, GraySelector, HistoryRecord, ListenKey,
-    ListenOutcome, PublishRequest, SchemaChange,
+    parse_ips, ConfigFormat, ConfigKey, EntryId, GrayClient, GrayRequest, GraySelector, HistoryRecord,
+    ListenKey, ListenOutcome, PublishRequest, SchemaChange,
 };
 use serde::Serialize;
 
@@ -50,9 +50,16 @@ fn config_key(params: &NacosParams) -> NacosResult<ConfigKey> {
     ConfigKey::new(params.namespace("tenant"), group, data_id).map_err(nacos_error)
 }
 
-/// On Nacos paths the client IP selects a gray (Nacos's beta by `betaIps`).
-fn nacos_client(context: &Option<Extension<RequestContext>>) -> GrayClient {
+/// On Nacos paths the client IP selects a gray (Nacos's beta by `betaIps`); secrets open
+/// for callers who may read them (see `config::reveal_for`).
+fn nacos_client(
+    api: &ApiState,
+    context: &Option<Extension<RequestContext>>,
+    subject: &Option<Extension<Subject>>,
+    namespace: &str,
+) -> GrayClient {
     GrayClient::by_ip(context.as_ref().and_then(|c| c.client))
+        .with_reveal(crate::config::reveal_for(api, subject, namespace))
 }
 
 fn is_beta(params: &NacosParams) -> bool {
@@ -67,34 +74,48 @@ fn rest_result(message: &str, data: serde_json::Value) -> Response {
 pub async fn get(
     State(api): State<ApiState>,
     context: Option<Extension<RequestContext>>,
+    subject: Option<Extension<Subject>>,
     params: NacosParams,
 ) -> NacosResult<Response> {
     if let Some(mode) = params.get("search") {
-        return search(&api, &params, mode);
+        let client = nacos_client(&api, &context, &subject, params.namespace("tenant"));
+        return search(&api, &params, mode, &client);
     }
     let key = config_key(&params)?;
+    let client = nacos_client(&api, &context, &subject, &key.namespace);
     if is_beta(&params) {
         // Nacos's queryBeta: the beta's ConfigInfo4Beta, or null data.
-        let data = api.configs.view().snapshot().gray(&key).map(|gray| {
-            let ips: Vec<String> = gray.record.selector.ips.iter().map(ToString::to_string).collect();
-            serde_json::json!({
-                "id": gray.version.to_string(), "dataId": key.data_id, "group": key.group,
-                "tenant": params.get("tenant").unwrap_or(""), "content": &*gray.content,
-                "md5": gray.record.md5, "type": gray.record.format.as_str(), "betaIps": ips.join(","),
-            })
-        });
-        return Ok(rest_result("query beta ok", data.unwrap_or(serde_json::Value::Null)));
+        let state = api.configs.view().snapshot();
+        let data = match state.gray(&key) {
+            Some(gray) => {
+                let ips: Vec<String> = gray.record.selector.ips.iter().map(ToString::to_string).collect();
+                let aad = EntryId::parse(&gray.record.entry)
+                    .map(|entry| key.gray_history_key(&entry))
+                    .unwrap_or_default();
+                let secret = state.get(&key).is_some_and(|main| main.item.secret);
+                let (content, md5) =
+                    sb_config::readable(&gray.content, &gray.record.md5, secret, &aad, &client)
+                        .map_err(nacos_error)?;
+                serde_json::json!({
+                    "id": gray.version.to_string(), "dataId": key.data_id, "group": key.group,
+                    "tenant": params.get("tenant").unwrap_or(""), "content": content,
+                    "md5": md5, "type": gray.record.format.as_str(), "betaIps": ips.join(","),
+                })
+            }
+            None => serde_json::Value::Null,
+        };
+        return Ok(rest_result("query beta ok", data));
     }
-    let client = nacos_client(&context);
     let Some(snapshot) = api.configs.view().snapshot().get_for(&key, &client) else {
         return Err(NacosError(ApiError::not_found("config data not exist")));
     };
-    let mut response = plain(snapshot.content.to_string());
+    let (content, md5) = snapshot.readable(&client).map_err(nacos_error)?;
+    let mut response = plain(content);
     let headers = response.headers_mut();
     if snapshot.gray {
         headers.insert("isBeta", HeaderValue::from_static("true"));
     }
-    if let Ok(md5) = HeaderValue::from_str(&snapshot.item.md5) {
+    if let Ok(md5) = HeaderValue::from_str(&md5) {
         headers.insert("Content-MD5", md5);
     }
     headers.insert("Config-Type", HeaderValue::from_static(snapshot.item.format.as_str()));
@@ -152,6 +173,9 @@ pub async fn publish(
         source_ip: context.and_then(|c| c.client).map(|ip| ip.to_string()).unwrap_or_default(),
         if_match: None,
         schema: SchemaChange::Keep,
+        // Nacos's encryption plugin marks secrets by a `cipher-` data id: such an item is
+        // created secret here (sealed with the master key, not by the client).
+        secret: (key.data_id.starts_with("cipher-") && api.configs.get(&key).is_none()).then_some(true),
     };
     api.configs.publish(&key, request).await.map_err(nacos_error)?;
     Ok(plain("true"))
@@ -253,12 +277,16 @@ fn long_poll_timeout(headers: &HeaderMap) -> NacosResult<Option<Duration>> {
 pub async fn listener(
     State(api): State<ApiState>,
     context: Option<Extension<RequestContext>>,
+    subject: Option<Extension<Subject>>,
     headers: HeaderMap,
     params: NacosParams,
 ) -> NacosResult<Response> {
-    let client = nacos_client(&context);
     let probe = params.required("Listening-Configs")?;
     let lines = parse_listening(probe)?;
+    // Leave to read secrets is decided per namespace; a probe names one in practice (the
+    // client's), and a mixed probe reads secrets masked unless allowed in the first.
+    let namespace = lines.first().map(|l| l.listen.key.namespace.clone()).unwrap_or_default();
+    let client = nacos_client(&api, &context, &subject, &namespace);
     let timeout = long_poll_timeout(&headers)?;
     let keys: Vec<ListenKey> = lines.iter().map(|l| l.listen.clone()).collect();
     let view = api.configs.view();
@@ -328,7 +356,7 @@ fn wildcard_match(pattern: &str, text: &str) -> bool {
 /// `configs?search=accurate|blur`: a page of a namespace's configs, with their content,
 /// from the view. `accurate` matches `dataId` and `group` exactly, `blur` by `*` patterns
 /// (or substrings); an empty one matches everything.
-fn search(api: &ApiState, params: &NacosParams, mode: &str) -> NacosResult<Response> {
+fn search(api: &ApiState, params: &NacosParams, mode: &str, client: &GrayClient) -> NacosResult<Response> {
     let blur = match mode {
         "accurate" => false,
         "blur" => true,
@@ -364,17 +392,20 @@ fn search(api: &ApiState, params: &NacosParams, mode: &str) -> NacosResult<Respo
         .into_iter()
         .skip((page_number - 1).saturating_mul(page_size))
         .take(page_size)
-        .map(|s| ConfigInfo {
-            id: s.version.to_string(),
-            data_id: s.key.data_id.clone(),
-            group: s.key.group.clone(),
-            content: s.content.to_string(),
-            md5: s.item.md5.clone(),
-            tenant: tenant.clone(),
-            app_name: s.item.app_name.clone(),
-            format: s.item.format.as_str(),
+        .map(|s| {
+            let (content, md5) = s.readable(client).map_err(nacos_error)?;
+            Ok(ConfigInfo {
+                id: s.version.to_string(),
+                data_id: s.key.data_id.clone(),
+                group: s.key.group.clone(),
+                content,
+                md5,
+                tenant: tenant.clone(),
+                app_name: s.item.app_name.clone(),
+                format: s.item.format.as_str(),
+            })
         })
-        .collect();
+        .collect::<NacosResult<_>>()?;
     let json = ConfigPageJson {
         total_count,
         page_number,
@@ -404,24 +435,31 @@ struct HistoryInfo {
 }
 
 impl HistoryInfo {
-    fn new(key: &ConfigKey, tenant: &str, record: HistoryRecord, with_content: bool) -> HistoryInfo {
+    fn new(
+        key: &ConfigKey,
+        tenant: &str,
+        record: HistoryRecord,
+        with_content: bool,
+        client: &GrayClient,
+    ) -> NacosResult<HistoryInfo> {
+        let (content, md5) = record.readable(key, client).map_err(nacos_error)?;
         let entry = record.entry;
         let time = iso_time(entry.at_ms);
-        HistoryInfo {
+        Ok(HistoryInfo {
             id: record.version.to_string(),
             last_id: -1,
             data_id: key.data_id.clone(),
             group: key.group.clone(),
             tenant: tenant.to_owned(),
             app_name: entry.app_name,
-            md5: Some(entry.md5),
-            content: with_content.then_some(entry.content),
+            md5: Some(md5),
+            content: with_content.then_some(content),
             src_ip: entry.source_ip,
             src_user: Some(entry.author).filter(|a| !a.is_empty()),
             op_type: format!("{:<2}", entry.op.nacos_letter()),
             created_time: time.clone(),
             last_modified_time: time,
-        }
+        })
     }
 }
 
@@ -435,12 +473,18 @@ struct HistoryPageJson {
 }
 
 /// `history?search=accurate` (a page) or `history?nid=N` (one entry; `nid` is the version).
-pub async fn history(State(api): State<ApiState>, params: NacosParams) -> NacosResult<Response> {
+pub async fn history(
+    State(api): State<ApiState>,
+    context: Option<Extension<RequestContext>>,
+    subject: Option<Extension<Subject>>,
+    params: NacosParams,
+) -> NacosResult<Response> {
     let key = config_key(&params)?;
+    let client = nacos_client(&api, &context, &subject, &key.namespace);
     let tenant = params.get("tenant").unwrap_or("").to_owned();
     if let Some(nid) = params.parse::<i64>("nid", "a history id")? {
         let record = api.configs.history_entry(&key, nid).await.map_err(nacos_error)?;
-        return Ok(Json(HistoryInfo::new(&key, &tenant, record, true)).into_response());
+        return Ok(Json(HistoryInfo::new(&key, &tenant, record, true, &client)?).into_response());
     }
     let page_number = params.parse::<usize>("pageNo", "a page number")?.unwrap_or(1).max(1);
     let page_size = params
@@ -452,20 +496,30 @@ pub async fn history(State(api): State<ApiState>, params: NacosParams) -> NacosR
         total_count: page.total,
         page_number,
         pages_available: page.total.div_ceil(page_size),
-        page_items: page.records.into_iter().map(|r| HistoryInfo::new(&key, &tenant, r, false)).collect(),
+        page_items: page
+            .records
+            .into_iter()
+            .map(|r| HistoryInfo::new(&key, &tenant, r, false, &client))
+            .collect::<NacosResult<_>>()?,
     };
     Ok(Json(json).into_response())
 }
 
 /// `history/previous?id=N`: the entry before version N.
-pub async fn history_previous(State(api): State<ApiState>, params: NacosParams) -> NacosResult<Response> {
+pub async fn history_previous(
+    State(api): State<ApiState>,
+    context: Option<Extension<RequestContext>>,
+    subject: Option<Extension<Subject>>,
+    params: NacosParams,
+) -> NacosResult<Response> {
     let key = config_key(&params)?;
+    let client = nacos_client(&api, &context, &subject, &key.namespace);
     let tenant = params.get("tenant").unwrap_or("").to_owned();
     let id = params
         .parse::<i64>("id", "a history id")?
         .ok_or_else(|| NacosError(ApiError::invalid("id", "caused: Param 'id' is required.;")))?;
     let record = api.configs.previous_entry(&key, id).await.map_err(nacos_error)?;
-    Ok(Json(HistoryInfo::new(&key, &tenant, record, true)).into_response())
+    Ok(Json(HistoryInfo::new(&key, &tenant, record, true, &client)?).into_response())
 }
 
 /// `2010-05-04T16:00:00.000+0000`, in UTC, as Nacos prints history times.

@@ -87,21 +87,45 @@ impl ConfigService {
         self.history_entry(key, previous.2).await
     }
 
-    /// A unified diff from version `from` to version `to` (the current version if `None`).
-    pub async fn diff(&self, key: &ConfigKey, from: Revision, to: Option<Revision>) -> ConfigResult<String> {
-        let old = self.history_entry(key, from).await?;
+    /// A unified diff from version `from` to version `to` (the current version if `None`),
+    /// of what `client` may read (secrets it may not read differ only in their masks).
+    pub async fn diff(
+        &self,
+        key: &ConfigKey,
+        from: Revision,
+        to: Option<Revision>,
+        client: &crate::GrayClient,
+    ) -> ConfigResult<String> {
+        let (old, _) = self.history_entry(key, from).await?.readable(key, client)?;
         let (new_content, to) = match to {
-            Some(to) => (self.history_entry(key, to).await?.entry.content, to),
+            Some(to) => (self.history_entry(key, to).await?.readable(key, client)?.0, to),
             None => {
                 let current = self.get(key).ok_or_else(|| ConfigError::NotFound(key.to_string()))?;
-                (current.content.to_string(), current.version)
+                (current.readable(client)?.0, current.version)
             }
         };
-        Ok(unified_diff(
-            &old.entry.content,
-            &new_content,
-            &format!("{key} version {from}"),
-            &format!("{key} version {to}"),
-        ))
+        Ok(unified_diff(&old, &new_content, &format!("{key} version {from}"), &format!("{key} version {to}")))
+    }
+}
+
+impl HistoryRecord {
+    /// The history key the entry is stored under (a secret's associated data).
+    pub fn entry_key(&self, key: &ConfigKey) -> String {
+        if self.entry.op == crate::model::HistoryOp::Gray {
+            key.gray_history_key(&self.entry_id)
+        } else {
+            key.history_key(&self.entry_id)
+        }
+    }
+
+    /// What `client` reads of this entry: its content and md5 (see [`crate::readable`]).
+    pub fn readable(&self, key: &ConfigKey, client: &crate::GrayClient) -> ConfigResult<(String, String)> {
+        crate::secret::readable(
+            &self.entry.content,
+            &self.entry.md5,
+            self.entry.secret,
+            &self.entry_key(key),
+            client,
+        )
     }
 }

@@ -37,7 +37,8 @@ pub use nacos_zip::{is_zip, MAX_ZIP_ENTRIES, MAX_ZIP_TOTAL_BYTES};
 pub use retention::Retention;
 pub use secret::{masked_content, readable, Keyring, Reveal, MASTER_KEY_FLAG, SEALED_PREFIX};
 pub use service::{
-    ConfigService, ConfigSettings, HistoryPage, HistoryRecord, PublishOutcome, PublishRequest, SchemaChange,
+    ConfigService, ConfigSettings, HistoryPage, HistoryRecord, KeyUsage, PublishOutcome, PublishRequest,
+    SchemaChange, KEY_CHECKS_PREFIX,
 };
 pub use transfer::{
     ConflictPolicy, ExportDoc, ExportItem, ImportPlan, ImportProgress, ImportReport, EXPORT_KIND,

@@ -142,7 +142,7 @@ impl Keyring {
     /// Writes a new key file with one random key (mode 0600), for an embedded first start.
     pub fn generate(path: &Path) -> ConfigResult<Keyring> {
         let key: [u8; KEY_BYTES] = rand::random();
-        let id = format!("k{}", crate::service::now_ms() / 1000);
+        let id = new_key_id();
         let text = format!(
             "# Switchboard master keys: `key <id> <base64 of 32 bytes>` lines, and `active <id>`.\n\
              # Keep this file secret and backed up: secret configs cannot be read without it.\n\
@@ -152,6 +152,31 @@ impl Keyring {
         write_private(path, text.as_bytes())
             .map_err(|e| bad_file(path, format!("cannot be written: {e}")))?;
         Keyring::new(vec![(id.clone(), key)], &id)
+    }
+
+    /// Adds a new random key to an existing key file and makes it the active one (rotation);
+    /// the other keys stay, so what they sealed stays readable. Returns the new key's id.
+    pub fn rotate_file(path: &Path) -> ConfigResult<String> {
+        let current = Keyring::load(path)?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| bad_file(path, format!("cannot be read: {e}")))?;
+        let mut id = new_key_id();
+        while current.keys.contains_key(&id) {
+            id = new_key_id();
+        }
+        let key: [u8; KEY_BYTES] = rand::random();
+        let mut lines: Vec<&str> = text.lines().filter(|l| !l.trim_start().starts_with("active ")).collect();
+        let added = format!("key {id} {}", base64::engine::general_purpose::STANDARD.encode(key));
+        let active = format!("active {id}");
+        lines.push(&added);
+        lines.push(&active);
+        let staged = path.with_extension("rotating");
+        let _ = std::fs::remove_file(&staged);
+        write_private(&staged, format!("{}\n", lines.join("\n")).as_bytes())
+            .map_err(|e| bad_file(path, format!("cannot be written: {e}")))?;
+        Keyring::load(&staged)?;
+        std::fs::rename(&staged, path).map_err(|e| bad_file(path, format!("cannot be replaced: {e}")))?;
+        Ok(id)
     }
 
     pub fn active(&self) -> &str {
@@ -265,6 +290,11 @@ pub fn readable(
 /// (by its tag) and nothing else, so its md5 changes exactly when the secret does.
 pub fn masked_content(tag: &str) -> String {
     format!("****** (secret config, masked; version {tag})")
+}
+
+/// A key id unlikely to be reused by another file: the creation second and a random tag.
+fn new_key_id() -> String {
+    format!("k{}-{:04x}", crate::service::now_ms() / 1000, rand::random::<u16>())
 }
 
 /// Writes a file only its owner can read.

@@ -570,6 +570,16 @@ impl ConfigService {
     /// compare-and-put per entry (a concurrent change wins; the next pass retries). Tags are
     /// not recomputed: a version's md5 stays what it was. Returns what remains under each key.
     pub async fn reencrypt(&self) -> ConfigResult<KeyUsage> {
+        self.scan_keys(true).await
+    }
+
+    /// How many secret history entries are sealed under each key: a key with none left can
+    /// be retired from every node's key file.
+    pub async fn key_usage(&self) -> ConfigResult<KeyUsage> {
+        self.scan_keys(false).await
+    }
+
+    async fn scan_keys(&self, move_them: bool) -> ConfigResult<KeyUsage> {
         let keys = self.keyring()?.clone();
         let mut usage = KeyUsage { active: keys.active().to_owned(), ..KeyUsage::default() };
         let mut range = sb_store::KeyRange::prefix(crate::model::HISTORY_PREFIX);
@@ -581,7 +591,7 @@ impl ConfigService {
                     continue;
                 }
                 let Some(id) = Keyring::key_of(&entry.content).map(str::to_owned) else { continue };
-                if id == keys.active() {
+                if id == keys.active() || !move_them {
                     *usage.entries_by_key.entry(id).or_default() += 1;
                     continue;
                 }

@@ -220,7 +220,7 @@ async fn retention_keeps_the_last_n_and_rollback_restores() {
     ));
     let back = service.rollback(&a, versions[2], None, "t", "").await.unwrap();
     assert_eq!(&*service.get(&a).unwrap().content, "v2");
-    let diff = service.diff(&a, versions[3], Some(back.version)).await.unwrap();
+    let diff = service.diff(&a, versions[3], Some(back.version), &GrayClient::default()).await.unwrap();
     assert!(diff.contains("-v3") && diff.contains("+v2"), "{diff}");
 }
 

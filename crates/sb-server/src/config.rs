@@ -65,6 +65,16 @@ pub struct ServeArgs {
     /// Config history entries older than this are dropped (0 keeps them, up to the count).
     #[arg(long, env = "SWITCHBOARD_CONFIG_HISTORY_MAX_AGE_SECS", default_value_t = 0)]
     pub config_history_max_age_secs: u64,
+    /// The master keys secret configs are sealed with (`key <id> <base64>` lines and
+    /// `active <id>`; `switchboard master-key new|rotate` writes them). Embedded: defaults to
+    /// <data-dir>/master-key, created (mode 0600) on first start. etcd: required, the same
+    /// file on every node.
+    #[arg(long, env = "SWITCHBOARD_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// How often secrets sealed under a key other than the active one are re-encrypted
+    /// (also once at start).
+    #[arg(long, env = "SWITCHBOARD_REENCRYPT_INTERVAL_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reencrypt_interval_secs: u64,
     /// The Redis of the global rate-limit tier (redis://host:port[/db]); without it,
     /// `redis` rules apply their failure policy.
     #[arg(long, env = "SWITCHBOARD_REDIS")]

@@ -57,6 +57,8 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         .map_err(ServerError::io(format!("creating --data-dir {}", data_dir.display())))?;
     let node_id =
         NodeId::load_or_create(data_dir, args.node_id.as_deref()).map_err(ServerError::store("node id"))?;
+    // The master keys, before the store is touched: a node that cannot have them stops here.
+    let keyring = load_keyring(&args)?;
     let open = args.store.open().await?;
     let store = open.store.clone();
     check_limits(&args, store.limits().max_request_bytes)?;
@@ -101,9 +103,12 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         ConfigSettings {
             max_content_bytes: args.config_max_bytes,
             retention: Retention { keep_last: args.config_history_keep as usize, max_age },
+            keyring: Some(keyring),
             ..ConfigSettings::default()
         },
     ));
+    configs.check_keys().await.map_err(|e| ServerError::Config(e.to_string()))?;
+    let reencrypter = configs.spawn_reencrypter(Duration::from_secs(args.reencrypt_interval_secs));
     // Publishes apply retention to their own item; the sweep catches quiet items aging out.
     let config_sweeper = max_age
         .map(|age| configs.spawn_sweeper((age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))));
@@ -227,6 +232,9 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     }
     if let Some(reloader) = tls_reloader {
         reloader.abort();
+    }
+    if let Some(reencrypter) = reencrypter {
+        reencrypter.abort();
     }
     if let Some(sweeper) = config_sweeper {
         sweeper.abort();
@@ -406,4 +414,46 @@ fn shutdown_signal() -> ServerResult<impl std::future::Future<Output = ()>> {
             _ = terminate.recv() => {}
         }
     })
+}
+
+/// The master key file's name in the data dir (embedded store).
+pub const MASTER_KEY_FILE: &str = "master-key";
+
+/// The master keys: `--master-key-file`, or on the embedded store `<data-dir>/master-key`,
+/// created on first start. On etcd every node must be given the same file, so a node
+/// without one refuses to start.
+fn load_keyring(args: &ServeArgs) -> ServerResult<Arc<sb_config::Keyring>> {
+    let embedded = args.store.store == "embedded";
+    let path = match (&args.master_key_file, embedded) {
+        (Some(path), _) => path.clone(),
+        (None, true) => args.store.data_dir.join(MASTER_KEY_FILE),
+        (None, false) => {
+            return Err(ServerError::Config(format!(
+                "--master-key-file is required with --store {}: every node must be given the same key \
+                 file, so secret configs sealed by one open on all (create it once with \
+                 `switchboard master-key new FILE` and copy it to every node)",
+                args.store.store
+            )))
+        }
+    };
+    let keyring = if path.exists() || !embedded {
+        sb_config::Keyring::load(&path)
+    } else {
+        let created = sb_config::Keyring::generate(&path);
+        if created.is_ok() {
+            tracing::info!(path = %path.display(), "created the master key file for secret configs; back it up");
+        }
+        created
+    };
+    let keyring = keyring.map_err(|e| ServerError::Config(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "the master key file is readable by others than its owner; chmod 600 it");
+            }
+        }
+    }
+    Ok(Arc::new(keyring))
 }

@@ -57,7 +57,14 @@ enum ConfigCommand {
         /// A JSON Schema file the content (json, yaml, toml) must match from now on.
         #[arg(long)]
         schema: Option<String>,
+        /// Seal the config at rest with the master key (`--secret=false` unseals it); by
+        /// default a config keeps what it was.
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        secret: Option<bool>,
     },
+    /// The master key secrets are sealed with, and how many history entries each key still
+    /// seals (a key at 0 can be retired).
+    Keys,
     /// Delete a config (recorded in its history).
     #[command(alias = "rm")]
     Delete {
@@ -253,10 +260,13 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
                 .collect();
             table::print(&["GROUP", "DATA ID", "FORMAT", "VERSION", "SIZE", "MD5"], &rows);
         }
-        ConfigCommand::Publish { data_id, file, format, description, if_match, schema } => {
+        ConfigCommand::Publish { data_id, file, format, description, if_match, schema, secret } => {
             let content = read_input(&file)?;
             let format = format.unwrap_or_else(|| format_of(&file).to_owned());
             let mut body = json!({"content": content, "format": format});
+            if let Some(secret) = secret {
+                body["secret"] = Value::Bool(secret);
+            }
             if let Some(description) = description {
                 body["description"] = Value::String(description);
             }
@@ -278,6 +288,20 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
                     value["version"],
                     value["md5"].as_str().unwrap_or_default()
                 ),
+            }
+        }
+        ConfigCommand::Keys => {
+            let value = client.call(client.request(Method::GET, "/api/v1/config-keys")).await?;
+            match output {
+                Output::Json => println!("{value}"),
+                _ => {
+                    println!("active key: {}", value["active"].as_str().unwrap_or_default());
+                    if let Some(keys) = value["entries_by_key"].as_object() {
+                        for (id, count) in keys {
+                            println!("{id}\t{count} entries");
+                        }
+                    }
+                }
             }
         }
         ConfigCommand::Delete { data_id, if_match } => {

@@ -10,6 +10,7 @@ mod id;
 mod kv;
 mod lease;
 mod lock;
+mod master_key;
 mod ratelimit;
 mod snapshot;
 mod sse;
@@ -59,6 +60,8 @@ enum Command {
     Backup(snapshot::BackupArgs),
     /// Load a backup file into an empty store (embedded or etcd).
     Restore(snapshot::RestoreArgs),
+    /// Create or rotate the master key file secret configs are sealed with.
+    MasterKey(master_key::MasterKeyArgs),
 }
 
 /// Parses the command line; for `serve --config FILE`, parses it again with the file's
@@ -121,6 +124,7 @@ fn run() -> anyhow::Result<()> {
             Command::Ratelimit(args) => ratelimit::run(args).await,
             Command::Backup(args) => snapshot::backup(args).await,
             Command::Restore(args) => snapshot::restore(args).await,
+            Command::MasterKey(args) => master_key::run(args),
         }
     })
 }

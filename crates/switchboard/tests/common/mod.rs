@@ -67,6 +67,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         configure(&mut command);
+        give_etcd_nodes_the_test_key(&mut command, data_dir);
         let mut child = command.spawn().expect("serve starts");
         let stdout = collect(child.stdout.take().expect("piped stdout"));
         let stderr = collect(child.stderr.take().expect("piped stderr"));
@@ -149,4 +150,23 @@ pub fn start_with(args: &[&str]) -> (tempfile::TempDir, Server, String) {
     let token =
         std::fs::read_to_string(dir.path().join("admin-token")).expect("admin token").trim().to_owned();
     (dir, server, token)
+}
+
+/// The master key every test node on etcd shares (nodes of one cluster must hold the same
+/// key file; tests need no secrecy). Test-only material.
+pub const TEST_MASTER_KEY_FILE: &str =
+    "# test key\nkey ktest AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\nactive ktest\n";
+
+/// A node on etcd must be given `--master-key-file`; unless the test chose one, it gets the
+/// shared test key (written into its data dir).
+fn give_etcd_nodes_the_test_key(command: &mut Command, data_dir: &Path) {
+    let args: Vec<String> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    let on_etcd = args.iter().any(|a| a.starts_with("etcd://") || a.starts_with("--store=etcd"));
+    if !on_etcd || args.iter().any(|a| a.starts_with("--master-key-file")) {
+        return;
+    }
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    let path = data_dir.join("test-master-key");
+    std::fs::write(&path, TEST_MASTER_KEY_FILE).expect("test master key");
+    command.arg("--master-key-file").arg(path);
 }
