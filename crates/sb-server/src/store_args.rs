@@ -42,6 +42,11 @@ pub struct StoreArgs {
     /// History kept by automatic compaction, in revisions.
     #[arg(long, env = "SWITCHBOARD_RETENTION_REVISIONS", default_value_t = 50_000)]
     pub retention_revisions: u64,
+    /// Embedded only: redb's page cache, in MiB. The current state is in memory anyway; the
+    /// cache serves past reads, watch catch-up, checkpoints and compaction (the OS page
+    /// cache backs it).
+    #[arg(long, env = "SWITCHBOARD_EMBEDDED_CACHE_MIB", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub embedded_cache_mib: u64,
 }
 
 /// An open store, and the embedded store behind it when there is one (to close it).
@@ -76,6 +81,7 @@ impl StoreArgs {
                 let path = self.data_dir.join(EMBEDDED_FILE);
                 let mut options = EmbeddedOptions::new(&path);
                 options.retention_revisions = self.retention_revisions;
+                options.cache_bytes = (self.embedded_cache_mib as usize) << 20;
                 let store = EmbeddedStore::open(options).await.map_err(ServerError::store(format!(
                     "opening the embedded store {} (is another switchboard using it?)",
                     path.display()

@@ -75,7 +75,9 @@ pub struct EmbeddedOptions {
     /// redb's page cache, in bytes, for both files (three quarters for the MVCC file, a
     /// quarter for the log file). The current state is in memory anyway; the cache only
     /// serves past reads, watch catch-up and the pages the checkpoint and compaction touch,
-    /// which compaction keeps to about `retention_revisions` records.
+    /// which compaction keeps to about `retention_revisions` records. The OS page cache
+    /// backs it (outside the process's RSS), so it is small by default: measured with 10k
+    /// configs of 1 KiB, 64 MiB cost 36 MiB more RSS than 4 MiB.
     pub cache_bytes: usize,
 }
 
@@ -91,7 +93,7 @@ impl EmbeddedOptions {
             checkpoint_interval: Duration::from_millis(50),
             checkpoint_revisions: 10_000,
             max_log_lag: 100_000,
-            cache_bytes: 64 << 20,
+            cache_bytes: 8 << 20,
         }
     }
 }
