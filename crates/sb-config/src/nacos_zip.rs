@@ -56,27 +56,7 @@ fn invalid(entry: &str, reason: impl std::fmt::Display) -> ConfigError {
 
 /// Nacos's `type` names our formats by the same words; anything else is text.
 fn format_from_nacos(kind: &str) -> ConfigFormat {
-    match kind.to_ascii_lowercase().as_str() {
-        "json" => ConfigFormat::Json,
-        "yaml" | "yml" => ConfigFormat::Yaml,
-        "toml" => ConfigFormat::Toml,
-        "properties" => ConfigFormat::Properties,
-        "xml" => ConfigFormat::Xml,
-        "html" => ConfigFormat::Html,
-        _ => ConfigFormat::Text,
-    }
-}
-
-fn format_to_nacos(format: ConfigFormat) -> &'static str {
-    match format {
-        ConfigFormat::Text => "text",
-        ConfigFormat::Json => "json",
-        ConfigFormat::Yaml => "yaml",
-        ConfigFormat::Toml => "toml",
-        ConfigFormat::Properties => "properties",
-        ConfigFormat::Xml => "xml",
-        ConfigFormat::Html => "html",
-    }
+    ConfigFormat::parse(kind).unwrap_or(ConfigFormat::Text)
 }
 
 /// The format an old export implies by the data id's extension (it has no `type`).
@@ -234,7 +214,7 @@ impl ExportDoc {
             metadata.metadata.push(NacosMetadataItem {
                 data_id: item.data_id.clone(),
                 group: item.group.clone(),
-                content_type: format_to_nacos(item.format).to_owned(),
+                content_type: item.format.as_str().to_owned(),
                 app_name: item.app_name.clone(),
                 desc: item.description.clone(),
             });

@@ -45,19 +45,7 @@ fn assert_absent_from(dir: &Path, needle: &str) {
 }
 
 fn cli(server: &Server, token: &str, args: &[&str]) -> String {
-    let output = switchboard()
-        .env("SWITCHBOARD_ENDPOINT", &server.base)
-        .env("SWITCHBOARD_TOKEN", token)
-        .args(args)
-        .output()
-        .expect("the binary runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{args:?} failed\nstdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    common::cli_ok(&server.base, token, args)
 }
 
 async fn publish(server: &Server, token: &str, data_id: &str, body: Value) -> Value {
@@ -121,7 +109,11 @@ async fn publish_secrets(server: &Server, token: &str, marker: &str) {
     assert_eq!(item["content"].as_str(), Some(format!("{main}\nuser=sa").as_str()), "{item}");
     // The md5 an allowed reader is compared against is its plaintext's: the same as a
     // plain config with that content.
-    assert_eq!(item["md5"].as_str(), Some(sb_config::content_md5(&format!("{main}\nuser=sa")).as_str()), "{item}");
+    assert_eq!(
+        item["md5"].as_str(),
+        Some(sb_config::content_md5(&format!("{main}\nuser=sa")).as_str()),
+        "{item}"
+    );
     let nacos_read = client()
         .get(server.url("/nacos/v1/cs/configs"))
         .query(&[("dataId", "cipher-app"), ("group", "G"), ("tenant", "dev"), ("accessToken", token)])

@@ -26,20 +26,8 @@ fn start(args: &[String]) -> Env {
 }
 
 fn cli(env: &Env, args: &[&str]) -> String {
-    let output = common::switchboard()
-        .env("SWITCHBOARD_ENDPOINT", &env.server.base)
-        .env("SWITCHBOARD_TOKEN", &env.token)
-        .args(["config", "--ns", "dev"])
-        .args(args)
-        .output()
-        .expect("the binary runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{args:?} failed\nstdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    let args: Vec<&str> = ["config", "--ns", "dev"].into_iter().chain(args.iter().copied()).collect();
+    common::cli_ok(&env.server.base, &env.token, &args)
 }
 
 /// The export without its timestamp line.
@@ -167,6 +155,10 @@ fn nacos_zip(entries: &[(&str, &str)], metadata: Option<&str>) -> Vec<u8> {
     writer.finish().unwrap().into_inner()
 }
 
+async fn get_json(env: &Env, path: &str) -> Value {
+    client().get(env.server.url(path)).bearer_auth(&env.token).send().await.unwrap().json_value().await
+}
+
 async fn import_bytes(env: &Env, body: Vec<u8>, query: &str) -> reqwest::Response {
     let url = env.server.url(&format!("/api/v1/namespaces/dev/configs-import?{query}"));
     client().post(url).bearer_auth(&env.token).body(body).send().await.unwrap()
@@ -194,14 +186,7 @@ async fn nacos_zip_and_progress(make: impl Fn() -> Env) {
     let nested = nacos_zip(&[("a/b/c", "x")], None);
     let value = import_bytes(&source, nested, "policy=abort").await.json_value().await;
     assert!(value["error"]["message"].as_str().unwrap().contains("\"a/b/c\""), "{value}");
-    let listed = client()
-        .get(source.server.url("/api/v1/namespaces/dev/configs"))
-        .bearer_auth(&source.token)
-        .send()
-        .await
-        .unwrap()
-        .json_value()
-        .await;
+    let listed = get_json(&source, "/api/v1/namespaces/dev/configs").await;
     assert_eq!(listed["items"], json!([]), "a refused import writes nothing");
 
     let file = source.dir.path().join("nacos.zip");
@@ -209,27 +194,13 @@ async fn nacos_zip_and_progress(make: impl Fn() -> Env) {
     let file = file.to_str().unwrap().to_owned();
     let out = tokio::task::block_in_place(|| cli(&source, &["import", &file, "--progress"]));
     assert!(out.contains("2 created"), "{out}");
-    let item = client()
-        .get(source.server.url("/api/v1/namespaces/dev/configs/billing/db"))
-        .bearer_auth(&source.token)
-        .send()
-        .await
-        .unwrap()
-        .json_value()
-        .await;
+    let item = get_json(&source, "/api/v1/namespaces/dev/configs/billing/db").await;
     assert_eq!(
         (item["format"].as_str(), item["content"].as_str()),
         (Some("json"), Some("{\"url\": \"x\"}")),
         "{item}"
     );
-    let item = client()
-        .get(source.server.url("/api/v1/namespaces/dev/configs/DEFAULT_GROUP/app.yaml"))
-        .bearer_auth(&source.token)
-        .send()
-        .await
-        .unwrap()
-        .json_value()
-        .await;
+    let item = get_json(&source, "/api/v1/namespaces/dev/configs/DEFAULT_GROUP/app.yaml").await;
     assert_eq!(
         (item["format"].as_str(), item["description"].as_str()),
         (Some("yaml"), Some("the shop")),

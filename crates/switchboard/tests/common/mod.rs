@@ -170,3 +170,20 @@ fn give_etcd_nodes_the_test_key(command: &mut Command, data_dir: &Path) {
     std::fs::write(&path, TEST_MASTER_KEY_FILE).expect("test master key");
     command.arg("--master-key-file").arg(path);
 }
+
+/// Runs a client subcommand against `base` with `token`; it must succeed. Returns stdout.
+pub fn cli_ok(base: &str, token: &str, args: &[&str]) -> String {
+    let output = switchboard()
+        .env("SWITCHBOARD_ENDPOINT", base)
+        .env("SWITCHBOARD_TOKEN", token)
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{args:?} failed\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
