@@ -95,10 +95,10 @@ pub async fn register(State(api): State<ApiState>, params: NacosParams) -> Nacos
     let spec = spec(&params)?;
     let (id, addr, persistent) = (spec.service.clone(), spec.addr.clone(), !spec.ephemeral);
     api.registry.register(spec).await.map_err(nacos_error)?;
-    // Nacos's default for a persistent instance: a TCP check on its port.
+    // Nacos's default for a persistent instance: a TCP check on its port (its cluster's
+    // health-checker settings, if any, take precedence: `sb_health::effective_check`).
     if persistent && api.health.get(&id, &addr).is_none() {
-        let check = sb_health::CheckSpec::tcp_default();
-        api.health.put(&id, &addr, &check).await.map_err(nacos_error)?;
+        api.health.put(&id, &addr, &api.health.nacos_default()).await.map_err(nacos_error)?;
     }
     Ok(ok())
 }
@@ -370,11 +370,26 @@ pub async fn get_service(State(api): State<ApiState>, params: NacosParams) -> Na
         )));
     };
     let record = service.record.as_ref().map(|r| r.record.clone()).unwrap_or_default();
+    // The instances' clusters, and those with health-checker settings but no instance yet.
+    let with_settings = api.health.clusters_of(&id);
     let mut clusters: Vec<&str> = service.instances.keys().map(|a| a.cluster.as_str()).collect();
+    clusters.extend(with_settings.iter().map(String::as_str));
+    clusters.sort_unstable();
     clusters.dedup();
     let clusters: Vec<Value> = clusters
         .into_iter()
-        .map(|name| json!({"name": name, "healthChecker": {"type": "NONE"}, "metadata": {}}))
+        .map(|name| match api.health.cluster(&id, name) {
+            Some(settings) => json!({
+                "name": name,
+                "healthChecker": settings.nacos_health_checker(),
+                "checkPort": settings.check_port,
+                "useIPPort4Check": settings.use_instance_port,
+                "metadata": settings.metadata,
+            }),
+            // Nacos's default for a cluster with no settings: a TCP checker on the instances' ports.
+            None => json!({"name": name, "healthChecker": {"type": "TCP"}, "checkPort": 80,
+                           "useIPPort4Check": true, "metadata": {}}),
+        })
         .collect();
     Ok(Json(json!({
         "namespaceId": id.namespace,
@@ -385,6 +400,28 @@ pub async fn get_service(State(api): State<ApiState>, params: NacosParams) -> Na
         "selector": {"type": "none"},
         "clusters": clusters,
     })))
+}
+
+/// `PUT /nacos/v1/ns/cluster`: a cluster's health-checker settings (`healthChecker` JSON of
+/// type TCP, HTTP or NONE, `checkPort`, `useInstancePort4Check`, `metadata`), mapped onto
+/// active health checks by `sb_health::ClusterCheck::from_nacos`.
+pub async fn update_cluster(State(api): State<ApiState>, params: NacosParams) -> NacosResult<Response> {
+    let id = service_id(&params)?;
+    let cluster = params.required("clusterName")?;
+    let checker = params.required("healthChecker")?;
+    let check_port = params.parse::<i64>("checkPort", "a port number")?;
+    let use_instance_port = params.flag("useInstancePort4Check");
+    let metadata = metadata(&params)?.unwrap_or_default();
+    let settings = sb_health::ClusterCheck::from_nacos(
+        checker,
+        check_port,
+        use_instance_port,
+        metadata,
+        api.health.nacos_interval_ms(),
+    )
+    .map_err(|e| NacosError(ApiError::invalid(e.field, format!("caused: {};", e.message))))?;
+    api.health.put_cluster(&id, cluster, &settings).await.map_err(nacos_error)?;
+    Ok(ok())
 }
 
 /// `GET /nacos/v1/ns/service/list`: `{"count":n,"doms":[…]}`, one page of service names.

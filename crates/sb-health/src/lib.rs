@@ -1,16 +1,28 @@
-//! Active health checks of persistent instances: HTTP (method, path, expected status range)
-//! and TCP connect, with per-check interval, timeout and healthy/unhealthy thresholds,
+//! Active health checks of persistent instances: HTTP (method, path, expected status range),
+//! TCP connect and gRPC `grpc.health.v1`, with per-check interval, timeout and healthy/unhealthy thresholds,
 //! jittered schedules and bounded concurrency. Checks are sharded across the live nodes by
 //! rendezvous hashing over the membership view, so each instance is probed by one node; when
 //! a node leaves the view its share moves on the next reconcile. Only status changes are
 //! written (through `Registry::set_health`, compared on the instance's mod revision).
 //!
-//! Checks live at `health/checks/{ns}/{group}/{service}/{cluster}/{ip}:{port}`.
+//! Checks live at `health/checks/{ns}/{group}/{service}/{cluster}/{ip}:{port}`; a
+//! cluster's Nacos health-checker settings at `health/clusters/{ns}/{group}/{service}/{cluster}`.
+//! Which one probes an instance is decided by [`effective_check`], and nowhere else.
 //!
 //! Architecture invariant: this crate sees only the store port, the registry and the
-//! membership view; it knows nothing of redb, etcd or HTTP servers (its HTTP probe is a
-//! minimal HTTP/1.1 request over a TCP stream).
+//! membership view; it knows nothing of redb, etcd, HTTP servers or Nacos's wire format
+//! beyond the `healthChecker` JSON it maps (its HTTP probe is a minimal HTTP/1.1 request
+//! over a TCP stream; its gRPC probe is tonic's generated health client).
 #![forbid(unsafe_code)]
+
+mod probe;
+mod spec;
+
+pub use probe::probe;
+pub use spec::{
+    effective_check, CheckKind, CheckOrigin, CheckSpec, ClusterCheck, InvalidCheck, MAX_INTERVAL_MS,
+    MAX_THRESHOLD, MIN_INTERVAL_MS,
+};
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -20,154 +32,19 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use sb_registry::names::{parse_key, RegistryKey};
 use sb_registry::{InstanceAddr, Registry, RegistryError, RegistryResult, ServiceId};
-use sb_store::codec::{encode, StoredValue};
+use sb_store::codec::encode;
 use sb_store::view::DecodedMap;
 use sb_store::{KeyRange, Membership, SharedStore, StoreResult, Txn, TxnOp, View};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 pub const CHECKS_PREFIX: &str = "health/checks/";
+pub const CLUSTERS_PREFIX: &str = "health/clusters/";
 const INSTANCES_PREFIX: &str = "registry/instances/";
-pub const MIN_INTERVAL_MS: u64 = 100;
-pub const MAX_INTERVAL_MS: u64 = 3_600_000;
-pub const MAX_THRESHOLD: u32 = 100;
 /// How many probes run at once on one node; a slow target holds one permit at most for
 /// its timeout.
 pub const MAX_CONCURRENT_PROBES: usize = 512;
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum CheckKind {
-    Http { method: String, path: String, expect_status: [u16; 2] },
-    Tcp,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CheckSpec {
-    #[serde(flatten)]
-    pub kind: CheckKind,
-    pub interval_ms: u64,
-    pub timeout_ms: u64,
-    pub healthy_threshold: u32,
-    pub unhealthy_threshold: u32,
-}
-
-impl StoredValue for CheckSpec {
-    const KIND: &'static str = "health_check";
-    const FORMAT_VERSION: u32 = 1;
-}
-
-/// A bad check definition, naming the field.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InvalidCheck {
-    pub field: &'static str,
-    pub message: String,
-}
-
-fn invalid(field: &'static str, message: impl Into<String>) -> InvalidCheck {
-    InvalidCheck { field, message: message.into() }
-}
-
-impl CheckSpec {
-    /// Reads a check from its JSON definition (defaults: interval 5000 ms, timeout 2000 ms or
-    /// the interval if shorter, thresholds 2 and 3, HTTP `GET /` expecting 200 to 399).
-    pub fn from_json(value: &Value) -> Result<CheckSpec, InvalidCheck> {
-        let object = value.as_object().ok_or_else(|| invalid("body", "a check is a JSON object"))?;
-        let number = |field: &'static str, default: u64| -> Result<u64, InvalidCheck> {
-            match object.get(field) {
-                None | Some(Value::Null) => Ok(default),
-                Some(v) => v.as_u64().ok_or_else(|| {
-                    invalid(field, format!("{field} is {v}, expected a non-negative integer"))
-                }),
-            }
-        };
-        let text = |field: &'static str, default: &str| -> Result<String, InvalidCheck> {
-            match object.get(field) {
-                None | Some(Value::Null) => Ok(default.to_owned()),
-                Some(Value::String(s)) => Ok(s.clone()),
-                Some(v) => Err(invalid(field, format!("{field} is {v}, expected a string"))),
-            }
-        };
-        let interval_ms = number("interval_ms", 5000)?;
-        if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&interval_ms) {
-            return Err(invalid(
-                "interval_ms",
-                format!("interval_ms is {interval_ms}, expected {MIN_INTERVAL_MS} to {MAX_INTERVAL_MS}"),
-            ));
-        }
-        let timeout_ms = number("timeout_ms", interval_ms.min(2000))?;
-        if timeout_ms == 0 || timeout_ms > interval_ms {
-            return Err(invalid(
-                "timeout_ms",
-                format!("timeout_ms is {timeout_ms}, expected 1 to the interval ({interval_ms} ms)"),
-            ));
-        }
-        let threshold = |field: &'static str, default: u64| -> Result<u32, InvalidCheck> {
-            let n = number(field, default)?;
-            if !(1..=u64::from(MAX_THRESHOLD)).contains(&n) {
-                return Err(invalid(field, format!("{field} is {n}, expected 1 to {MAX_THRESHOLD}")));
-            }
-            Ok(n as u32)
-        };
-        let healthy_threshold = threshold("healthy_threshold", 2)?;
-        let unhealthy_threshold = threshold("unhealthy_threshold", 3)?;
-        let kind = match text("kind", "")?.as_str() {
-            "http" => {
-                let method = text("method", "GET")?.to_ascii_uppercase();
-                if !matches!(method.as_str(), "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "OPTIONS") {
-                    return Err(invalid(
-                        "method",
-                        format!("method is {method:?}, expected GET, HEAD, POST, PUT, DELETE or OPTIONS"),
-                    ));
-                }
-                let path = text("path", "/")?;
-                if !path.starts_with('/') || path.len() > 1024 || path.bytes().any(|b| b <= b' ' || b == 0x7f)
-                {
-                    return Err(invalid("path", format!("path {path:?} must start with / and have no spaces or control characters (1 KiB at most)")));
-                }
-                let expect_status = match object.get("expect_status") {
-                    None | Some(Value::Null) => [200, 399],
-                    Some(v) => {
-                        let pair: Option<[u16; 2]> = serde_json::from_value(v.clone()).ok();
-                        match pair {
-                            Some([lo, hi]) if (100..=599).contains(&lo) && lo <= hi && hi <= 599 => [lo, hi],
-                            _ => {
-                                return Err(invalid(
-                                    "expect_status",
-                                    format!("expect_status is {v}, expected [low, high] within 100 to 599"),
-                                ))
-                            }
-                        }
-                    }
-                };
-                CheckKind::Http { method, path, expect_status }
-            }
-            "tcp" => CheckKind::Tcp,
-            other => {
-                return Err(invalid(
-                    "kind",
-                    format!("kind is {other:?}, expected http or tcp (grpc is not supported yet)"),
-                ))
-            }
-        };
-        Ok(CheckSpec { kind, interval_ms, timeout_ms, healthy_threshold, unhealthy_threshold })
-    }
-
-    /// Nacos's default for a persistent instance: TCP connect on its port.
-    pub fn tcp_default() -> CheckSpec {
-        CheckSpec {
-            kind: CheckKind::Tcp,
-            interval_ms: 5000,
-            timeout_ms: 2000,
-            healthy_threshold: 1,
-            unhealthy_threshold: 3,
-        }
-    }
-}
 
 pub fn check_key(id: &ServiceId, addr: &InstanceAddr) -> Vec<u8> {
     let key = id.instance_key(addr);
@@ -196,48 +73,58 @@ pub fn owner<'a>(nodes: impl IntoIterator<Item = &'a str>, key: &[u8]) -> Option
     })
 }
 
-/// One probe: `Ok(())` when the target is healthy.
-pub async fn probe(addr: std::net::SocketAddr, spec: &CheckSpec, node_id: &str) -> Result<(), String> {
-    let timeout = Duration::from_millis(spec.timeout_ms);
-    let work = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-        let CheckKind::Http { method, path, expect_status } = &spec.kind else { return Ok(()) };
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: switchboard-health/{node_id}\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
-        let mut head = Vec::with_capacity(256);
-        let mut buf = [0u8; 256];
-        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 1024 {
-            let n = stream.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        let line = String::from_utf8_lossy(&head);
-        let status: u16 =
-            line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
-                format!("no HTTP status line: {:?}", line.lines().next().unwrap_or_default())
-            })?;
-        if (expect_status[0]..=expect_status[1]).contains(&status) {
-            Ok(())
-        } else {
-            Err(format!("status {status}"))
-        }
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| format!("no answer within {} ms", spec.timeout_ms))?
+fn cluster_key(id: &ServiceId, cluster: &str) -> Vec<u8> {
+    let prefix = id.instances_prefix();
+    let mut out = CLUSTERS_PREFIX.as_bytes().to_vec();
+    out.extend_from_slice(&prefix[INSTANCES_PREFIX.len()..]);
+    out.extend_from_slice(cluster.as_bytes());
+    out
+}
+
+fn parse_cluster_key(key: &[u8]) -> Option<(ServiceId, String)> {
+    let rest = std::str::from_utf8(key.strip_prefix(CLUSTERS_PREFIX.as_bytes())?).ok()?;
+    let mut parts = rest.split('/');
+    let (ns, group, service, cluster) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let id = ServiceId { namespace: ns.into(), group: group.into(), service: service.into() };
+    Some((id, cluster.to_owned()))
 }
 
 type CheckView = View<DecodedMap<CheckSpec>>;
+type ClusterView = View<DecodedMap<ClusterCheck>>;
+
+/// How a node runs its share of the checks.
+#[derive(Clone, Debug)]
+pub struct HealthSettings {
+    /// How often the node re-reads the checks and the membership view.
+    pub reconcile: Duration,
+    /// The interval of checks set through Nacos (its default TCP check and cluster
+    /// health checkers), which has no setting for it.
+    pub nacos_interval_ms: u64,
+    /// How long a write waits for this node's view to show it.
+    pub read_your_writes_timeout: Duration,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings {
+            reconcile: Duration::from_secs(1),
+            nacos_interval_ms: 5000,
+            read_your_writes_timeout: Duration::from_secs(5),
+        }
+    }
+}
 
 /// The checks' service: definitions (writes) and this node's share of the probing.
 pub struct HealthChecks {
     store: SharedStore,
     registry: Arc<Registry>,
     view: Arc<CheckView>,
+    clusters: Arc<ClusterView>,
+    settings: HealthSettings,
+    stats: Arc<ProbeStats>,
     reconciler: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -249,29 +136,86 @@ impl Drop for HealthChecks {
     }
 }
 
+/// Counters of this node's probing, for metrics and the bench tool.
+#[derive(Debug, Default)]
+pub struct ProbeStats {
+    /// Checks this node runs now.
+    pub running: std::sync::atomic::AtomicU64,
+    pub probes: std::sync::atomic::AtomicU64,
+    pub failures: std::sync::atomic::AtomicU64,
+    /// Probes that started more than one interval after they were due.
+    pub overdue: std::sync::atomic::AtomicU64,
+}
+
+/// What one running check probes.
+#[derive(Clone, Debug, PartialEq)]
+struct Probe {
+    spec: CheckSpec,
+    target: std::net::SocketAddr,
+}
+
 struct Running {
-    revision: sb_store::Revision,
+    probe: Probe,
     task: JoinHandle<()>,
 }
 
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl HealthChecks {
-    /// Loads the checks' view and starts probing this node's share every `reconcile`.
+    /// Loads the checks' views and starts probing this node's share.
     pub async fn start(
         store: SharedStore,
         registry: Arc<Registry>,
         membership: Arc<Membership>,
         node_id: String,
-        reconcile: Duration,
+        settings: HealthSettings,
     ) -> StoreResult<HealthChecks> {
         let view =
             Arc::new(View::start(store.clone(), KeyRange::prefix(CHECKS_PREFIX), "health checks").await?);
-        let task =
-            tokio::spawn(reconcile_loop(view.clone(), registry.clone(), membership, node_id, reconcile));
-        Ok(HealthChecks { store, registry, view, reconciler: Mutex::new(Some(task)) })
+        let clusters = Arc::new(
+            View::start(store.clone(), KeyRange::prefix(CLUSTERS_PREFIX), "health cluster checks").await?,
+        );
+        let stats = Arc::new(ProbeStats::default());
+        let reconciler = Reconciler {
+            view: view.clone(),
+            clusters: clusters.clone(),
+            registry: registry.clone(),
+            membership,
+            node_id,
+            stats: stats.clone(),
+        };
+        let task = tokio::spawn(reconciler.run(settings.reconcile));
+        Ok(HealthChecks {
+            store,
+            registry,
+            view,
+            clusters,
+            settings,
+            stats,
+            reconciler: Mutex::new(Some(task)),
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<ProbeStats> {
+        &self.stats
     }
 
     pub fn get(&self, id: &ServiceId, addr: &InstanceAddr) -> Option<CheckSpec> {
         self.view.snapshot().entries.get(&check_key(id, addr)).map(|e| e.value.clone())
+    }
+
+    /// Nacos's default check for a persistent instance, with this node's Nacos interval.
+    pub fn nacos_default(&self) -> CheckSpec {
+        CheckSpec::nacos_default(self.settings.nacos_interval_ms)
+    }
+
+    /// The interval of checks set through Nacos.
+    pub fn nacos_interval_ms(&self) -> u64 {
+        self.settings.nacos_interval_ms
     }
 
     /// Sets the check of a registered persistent instance; an ephemeral instance's beats
@@ -301,99 +245,193 @@ impl HealthChecks {
         let value = encode(spec)
             .map_err(|e| sb_store::StoreError::InvalidArgument(format!("encoding a check: {e}")))?;
         let response = self.store.txn(Txn::new().and_then([TxnOp::put(check_key(id, addr), value)])).await?;
-        let _ = self.view.wait_for(response.revision, Duration::from_secs(5)).await;
+        self.view.wait_for(response.revision, self.settings.read_your_writes_timeout).await?;
         Ok(response.revision)
     }
 
     /// `true` when there was a check to delete.
-    pub async fn delete(&self, id: &ServiceId, addr: &InstanceAddr) -> StoreResult<bool> {
+    pub async fn delete(&self, id: &ServiceId, addr: &InstanceAddr) -> RegistryResult<bool> {
         let existed = self.get(id, addr).is_some();
         let response = self.store.txn(Txn::new().and_then([TxnOp::delete(check_key(id, addr))])).await?;
-        let _ = self.view.wait_for(response.revision, Duration::from_secs(5)).await;
+        self.view.wait_for(response.revision, self.settings.read_your_writes_timeout).await?;
         Ok(existed)
+    }
+
+    /// A cluster's Nacos health-checker settings, if set.
+    pub fn cluster(&self, id: &ServiceId, cluster: &str) -> Option<ClusterCheck> {
+        self.clusters.snapshot().entries.get(&cluster_key(id, cluster)).map(|e| e.value.clone())
+    }
+
+    /// The clusters of a service that have health-checker settings.
+    pub fn clusters_of(&self, id: &ServiceId) -> Vec<String> {
+        let prefix = cluster_key(id, "");
+        let snapshot = self.clusters.snapshot();
+        snapshot
+            .entries
+            .range(prefix.clone()..)
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .filter_map(|(key, _)| parse_cluster_key(key).map(|(_, cluster)| cluster))
+            .collect()
+    }
+
+    /// Sets a cluster's health-checker settings (Nacos `PUT /nacos/v1/ns/cluster`); the
+    /// service must exist, as in Nacos.
+    pub async fn put_cluster(
+        &self,
+        id: &ServiceId,
+        cluster: &str,
+        check: &ClusterCheck,
+    ) -> RegistryResult<sb_store::Revision> {
+        sb_registry::names::check_name("clusterName", cluster)?;
+        if self.registry.snapshot().service(id).is_none() {
+            return Err(RegistryError::NotFound(format!("service {} is not found", id.grouped_name())));
+        }
+        let value = encode(check)
+            .map_err(|e| sb_store::StoreError::InvalidArgument(format!("encoding a cluster check: {e}")))?;
+        let response =
+            self.store.txn(Txn::new().and_then([TxnOp::put(cluster_key(id, cluster), value)])).await?;
+        self.clusters.wait_for(response.revision, self.settings.read_your_writes_timeout).await?;
+        Ok(response.revision)
     }
 }
 
-async fn reconcile_loop(
+/// This node's share of the probing, re-read every reconcile tick.
+struct Reconciler {
     view: Arc<CheckView>,
+    clusters: Arc<ClusterView>,
     registry: Arc<Registry>,
     membership: Arc<Membership>,
     node_id: String,
-    every: Duration,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES));
-    let mut running: HashMap<Vec<u8>, Running> = HashMap::new();
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        let checks = view.snapshot();
-        let nodes = membership.live_nodes();
-        let registry_state = registry.snapshot();
-        let mut wanted: HashMap<&Vec<u8>, (sb_store::Revision, ServiceId, InstanceAddr, CheckSpec)> =
-            HashMap::new();
-        for (key, entry) in &checks.entries {
-            if owner(nodes.iter().map(|n| n.id.as_str()), key) != Some(node_id.as_str()) {
-                continue;
-            }
-            let Some((id, addr)) = parse_check_key(key) else { continue };
-            match registry_state.instance(&id, &addr) {
-                Some(instance) if !instance.record.ephemeral => {
-                    wanted.insert(key, (entry.mod_revision, id, addr, entry.value.clone()));
-                }
-                _ => {}
-            }
-        }
-        running.retain(|key, run| {
-            let keep = wanted.get(key).is_some_and(|w| w.0 == run.revision) && !run.task.is_finished();
-            if !keep {
-                run.task.abort();
-            }
-            keep
-        });
-        for (key, (revision, id, addr, spec)) in wanted {
-            if running.contains_key(key) {
-                continue;
-            }
-            debug!(service = %id, instance = %addr.socket(), "probing");
-            let task =
-                tokio::spawn(run_check(registry.clone(), permits.clone(), id, addr, spec, node_id.clone()));
-            running.insert(key.clone(), Running { revision, task });
-        }
-    }
+    stats: Arc<ProbeStats>,
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.task.abort();
+impl Reconciler {
+    async fn run(self, every: Duration) {
+        let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES));
+        let mut running: HashMap<Vec<u8>, Running> = HashMap::new();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen: Option<(usize, usize, usize, Vec<String>)> = None;
+        loop {
+            tick.tick().await;
+            let checks = self.view.snapshot();
+            let clusters = self.clusters.snapshot();
+            let registry_state = self.registry.snapshot();
+            let mut nodes: Vec<String> = self.membership.live_nodes().into_iter().map(|n| n.id).collect();
+            nodes.sort();
+            // Nothing changed since the last pass, and no check ended: nothing to do.
+            let now = (
+                Arc::as_ptr(&checks) as usize,
+                Arc::as_ptr(&clusters) as usize,
+                Arc::as_ptr(&registry_state) as usize,
+                nodes,
+            );
+            if seen.as_ref() == Some(&now) && running.values().all(|r| !r.task.is_finished()) {
+                continue;
+            }
+            let wanted = self.wanted(&checks, &clusters, &registry_state, &now.3);
+            seen = Some(now);
+            running.retain(|key, run| {
+                let keep = wanted.get(key).is_some_and(|w| w.2 == run.probe) && !run.task.is_finished();
+                if !keep {
+                    run.task.abort();
+                }
+                keep
+            });
+            for (key, (id, addr, probe)) in wanted {
+                if running.contains_key(&key) {
+                    continue;
+                }
+                debug!(service = %id, instance = %addr.socket(), target = %probe.target, "probing");
+                let task = tokio::spawn(run_check(
+                    self.registry.clone(),
+                    permits.clone(),
+                    self.stats.clone(),
+                    id,
+                    addr,
+                    probe.clone(),
+                    self.node_id.clone(),
+                ));
+                running.insert(key, Running { probe, task });
+            }
+            self.stats.running.store(running.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The checks this node owns: every persistent instance with a check of its own or in a
+    /// cluster with health-checker settings, resolved by [`effective_check`].
+    fn wanted(
+        &self,
+        checks: &DecodedMap<CheckSpec>,
+        clusters: &DecodedMap<ClusterCheck>,
+        registry_state: &sb_registry::RegistryState,
+        nodes: &[String],
+    ) -> HashMap<Vec<u8>, (ServiceId, InstanceAddr, Probe)> {
+        let mut candidates: HashMap<Vec<u8>, (ServiceId, InstanceAddr)> = HashMap::new();
+        for key in checks.entries.keys() {
+            if let Some(target) = parse_check_key(key) {
+                candidates.insert(key.clone(), target);
+            }
+        }
+        for key in clusters.entries.keys() {
+            let Some((id, cluster)) = parse_cluster_key(key) else { continue };
+            let Some(service) = registry_state.service(&id) else { continue };
+            for addr in service.instances.keys().filter(|a| a.cluster == cluster) {
+                candidates.entry(check_key(&id, addr)).or_insert_with(|| (id.clone(), addr.clone()));
+            }
+        }
+        let mut wanted = HashMap::new();
+        for (key, (id, addr)) in candidates {
+            if owner(nodes.iter().map(String::as_str), &key) != Some(self.node_id.as_str()) {
+                continue;
+            }
+            match registry_state.instance(&id, &addr) {
+                Some(instance) if !instance.record.ephemeral => {}
+                _ => continue,
+            }
+            let own = checks.entries.get(&key).map(|e| &e.value);
+            let cluster = clusters.entries.get(&cluster_key(&id, &addr.cluster)).map(|e| &e.value);
+            let Some((spec, port)) = effective_check(own, cluster, addr.port) else { continue };
+            let target = std::net::SocketAddr::new(addr.ip, port);
+            wanted.insert(key, (id, addr, Probe { spec, target }));
+        }
+        wanted
     }
 }
 
 async fn run_check(
     registry: Arc<Registry>,
     permits: Arc<Semaphore>,
+    stats: Arc<ProbeStats>,
     id: ServiceId,
     addr: InstanceAddr,
-    spec: CheckSpec,
+    probe_of: Probe,
     node_id: String,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Probe { spec, target } = probe_of;
     let interval = Duration::from_millis(spec.interval_ms);
     // A random start within one interval spreads the probes of many checks.
     tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % spec.interval_ms)).await;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut passes, mut failures) = (0u32, 0u32);
-    let target = std::net::SocketAddr::new(addr.ip, addr.port);
     loop {
-        tick.tick().await;
+        let due = tick.tick().await;
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        if due.elapsed() > interval {
+            stats.overdue.fetch_add(1, Relaxed);
+        }
         let result = probe(target, &spec, &node_id).await;
         drop(permit);
+        stats.probes.fetch_add(1, Relaxed);
         match &result {
             Ok(()) => {
                 passes = passes.saturating_add(1);
                 failures = 0;
             }
             Err(_) => {
+                stats.failures.fetch_add(1, Relaxed);
                 failures = failures.saturating_add(1);
                 passes = 0;
             }
@@ -425,30 +463,13 @@ async fn run_check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn bad_definitions_name_the_field() {
-        let field = |v: Value| CheckSpec::from_json(&v).unwrap_err().field;
-        assert_eq!(field(json!({"kind": "http", "interval_ms": 0})), "interval_ms");
-        assert_eq!(field(json!({"kind": "http", "interval_ms": 1000, "timeout_ms": 2000})), "timeout_ms");
-        assert_eq!(field(json!({"kind": "icmp"})), "kind");
-        assert_eq!(field(json!({"kind": "http", "expect_status": [500, 200]})), "expect_status");
-        assert_eq!(field(json!({"kind": "tcp", "healthy_threshold": 0})), "healthy_threshold");
-        let spec = CheckSpec::from_json(&json!({"kind": "http", "path": "/health"})).unwrap();
-        assert_eq!(
-            spec.kind,
-            CheckKind::Http { method: "GET".into(), path: "/health".into(), expect_status: [200, 399] }
-        );
-        let stored = encode(&spec).unwrap();
-        assert_eq!(sb_store::codec::decode::<CheckSpec>(&stored).unwrap(), spec);
-    }
 
     #[test]
     fn keys_round_trip_and_owners_split() {
         let id = ServiceId::new("public", "g", "s").unwrap();
         let addr = InstanceAddr::parse("c", "10.0.0.1", 80).unwrap();
-        assert_eq!(parse_check_key(&check_key(&id, &addr)), Some((id, addr)));
+        assert_eq!(parse_check_key(&check_key(&id, &addr)), Some((id.clone(), addr)));
+        assert_eq!(parse_cluster_key(&cluster_key(&id, "c")), Some((id, "c".to_owned())));
         let nodes = ["a", "b", "c"];
         let mut counts = HashMap::new();
         for n in 0..300 {

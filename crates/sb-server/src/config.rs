@@ -106,6 +106,10 @@ pub struct ServeArgs {
     /// membership TTL).
     #[arg(long, env = "SWITCHBOARD_HEALTH_RECONCILE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub health_reconcile_ms: u64,
+    /// The interval of health checks set through the Nacos API (the default TCP check of a
+    /// persistent instance, and clusters' health checkers), which has no setting for it.
+    #[arg(long, env = "SWITCHBOARD_NACOS_CHECK_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub nacos_check_interval_ms: u64,
     #[command(flatten)]
     pub ids: IdArgs,
     #[command(flatten)]

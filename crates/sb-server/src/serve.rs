@@ -149,7 +149,11 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
             registry.clone(),
             membership.clone(),
             node_id.to_string(),
-            Duration::from_millis(args.health_reconcile_ms),
+            sb_health::HealthSettings {
+                reconcile: Duration::from_millis(args.health_reconcile_ms),
+                nacos_interval_ms: args.nacos_check_interval_ms,
+                ..Default::default()
+            },
         )
         .await
         .map_err(ServerError::store("loading the health checks"))?,
