@@ -1,0 +1,119 @@
+//! The service over the real embedded store: tokens, revocation, logins, bootstrap.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use sb_store::{SharedStore, Store};
+use sb_store_embedded::{EmbeddedOptions, EmbeddedStore};
+
+use crate::bootstrap::{bootstrap, BootstrapOutcome, BootstrapSecrets};
+use crate::*;
+
+async fn store(dir: &tempfile::TempDir) -> SharedStore {
+    let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path().join("store.redb"))).await.unwrap();
+    store as Arc<dyn Store> as SharedStore
+}
+
+async fn service(store: SharedStore) -> AuthService {
+    AuthService::start(store, AuthOptions::default()).await.unwrap()
+}
+
+fn user(name: &str) -> PrincipalRef {
+    PrincipalRef { kind: PrincipalKind::User, name: name.into() }
+}
+
+const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3));
+const PASSWORD: &str = "tr0ub4dor&3-horse";
+
+#[tokio::test]
+async fn tokens_resolve_until_revoked_and_revocation_is_immediate_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = service(store(&dir).await).await;
+    auth.create_user("alice", PASSWORD, "", vec![]).await.unwrap();
+    let minted = auth.create_token(&user("alice"), None, "ci").await.unwrap();
+    let subject = auth.resolve_token(&minted.token).expect("resolves");
+    assert_eq!(subject.name, "alice");
+    assert_eq!(subject.token_id.as_deref(), Some(minted.id.as_str()));
+    assert!(auth.resolve_token(&minted.token.replace('a', "b")).is_none());
+    auth.revoke_token(&minted.id).await.unwrap();
+    assert!(auth.resolve_token(&minted.token).is_none(), "revoked on this node on return");
+    assert!(matches!(auth.revoke_token(&minted.id).await, Err(AuthError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn a_recreated_user_does_not_inherit_old_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = service(store(&dir).await).await;
+    auth.create_user("bob", PASSWORD, "", vec![]).await.unwrap();
+    let minted = auth.create_token(&user("bob"), None, "").await.unwrap();
+    auth.delete_principal(&user("bob")).await.unwrap();
+    assert!(auth.resolve_token(&minted.token).is_none());
+    auth.create_user("bob", PASSWORD, "", vec![]).await.unwrap();
+    assert!(auth.resolve_token(&minted.token).is_none());
+}
+
+#[tokio::test]
+async fn expired_tokens_do_not_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = service(store(&dir).await).await;
+    auth.create_user("carol", PASSWORD, "", vec![]).await.unwrap();
+    let minted = auth.create_token(&user("carol"), Some(1), "").await.unwrap();
+    assert!(auth.resolve_token(&minted.token).is_some());
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert!(auth.resolve_token(&minted.token).is_none());
+}
+
+#[tokio::test]
+async fn logins_check_passwords_and_back_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = service(store(&dir).await).await;
+    auth.create_user("dave", PASSWORD, "", vec![Binding { role: "viewer".into(), namespace: "dev".into() }])
+        .await
+        .unwrap();
+    let session = auth.login("dave", PASSWORD, IP, Some(60)).await.unwrap();
+    assert!(!session.global_admin);
+    let subject = auth.resolve_token(&session.token).unwrap();
+    assert!(auth.authorize(&subject, Action::Read, Resource { kind: Kind::Config, namespace: Some("dev") }));
+    assert!(!auth.authorize(&subject, Action::Write, Resource { kind: Kind::Config, namespace: Some("dev") }));
+    for _ in 0..3 {
+        assert!(matches!(auth.login("dave", "wrong-password-x", IP, None).await, Err(AuthError::BadCredentials)));
+    }
+    assert!(matches!(auth.login("dave", "wrong-password-x", IP, None).await, Err(AuthError::BadCredentials)));
+    assert!(matches!(auth.login("dave", PASSWORD, IP, None).await, Err(AuthError::Backoff { .. })));
+    let other: IpAddr = "10.9.9.9".parse().unwrap();
+    assert!(auth.login("dave", PASSWORD, other, None).await.is_ok(), "another address is not slowed");
+    assert!(matches!(auth.login("nobody", PASSWORD, other, None).await, Err(AuthError::BadCredentials)));
+}
+
+#[tokio::test]
+async fn bootstrap_is_create_if_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let a = service(store.clone()).await;
+    let b = service(store.clone()).await;
+    let (first, second) = tokio::join!(
+        bootstrap(&a, "n1", BootstrapSecrets::default()),
+        bootstrap(&b, "n2", BootstrapSecrets::default())
+    );
+    let created: Vec<_> = [first.unwrap(), second.unwrap()]
+        .into_iter()
+        .filter_map(|o| match o {
+            BootstrapOutcome::Created { password_opt, token_opt } => Some((password_opt.unwrap(), token_opt.unwrap())),
+            BootstrapOutcome::AlreadyDone => None,
+        })
+        .collect();
+    assert_eq!(created.len(), 1, "exactly one node bootstraps");
+    let (password, token) = &created[0];
+    let admin = a.resolve_token(token).unwrap();
+    assert!(a.is_global_admin(&admin));
+    assert!(a.login("admin", password, IP, None).await.is_ok());
+    let weak = BootstrapSecrets { password_opt: Some("admin".into()), token_opt: None };
+    assert!(matches!(bootstrap(&a, "n1", weak).await, Err(AuthError::Invalid { .. })));
+    let env = BootstrapSecrets {
+        password_opt: Some("another-Strong-pass-77".into()),
+        token_opt: Some("sbt_0123456789abcdef0123456789abcdef-env".into()),
+    };
+    assert!(matches!(bootstrap(&a, "n1", env.clone()).await.unwrap(), BootstrapOutcome::AlreadyDone));
+    assert!(a.resolve_token(env.token_opt.as_deref().unwrap()).is_some());
+    assert!(a.login("admin", env.password_opt.as_deref().unwrap(), IP, None).await.is_ok());
+}
