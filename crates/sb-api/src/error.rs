@@ -22,6 +22,8 @@ pub enum ErrorKind {
     /// An `If-Match` revision did not match.
     Conflict,
     PayloadTooLarge,
+    /// Too many attempts (login backoff): the answer carries `Retry-After`.
+    TooManyRequests,
     Unavailable,
     /// A store that answers with corrupt data: never caused by input.
     Internal,
@@ -39,6 +41,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
             ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ErrorKind::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -72,11 +75,13 @@ pub struct ApiError {
     pub kind: ErrorKind,
     pub message: String,
     pub field: Option<&'static str>,
+    /// Sent as `Retry-After` (seconds) when set.
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ApiError { kind, message: message.into(), field: None }
+        ApiError { kind, message: message.into(), field: None, retry_after_secs: None }
     }
 
     pub fn with_field(mut self, field: &'static str) -> Self {
@@ -123,6 +128,9 @@ impl ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain;charset=UTF-8"));
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }
@@ -140,6 +148,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if self.kind == ErrorKind::Unauthenticated {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -193,6 +204,26 @@ impl From<sb_config::ConfigError> for ApiError {
     }
 }
 
+impl From<sb_auth::AuthError> for ApiError {
+    fn from(error: sb_auth::AuthError) -> Self {
+        use sb_auth::AuthError as E;
+        let message = error.to_string();
+        match error {
+            E::Invalid { field, .. } => ApiError::invalid(field, message),
+            E::NotFound(_) => ApiError::not_found(message),
+            E::AlreadyExists(_) | E::Conflict(_) => ApiError::new(ErrorKind::Conflict, message),
+            E::BadCredentials => ApiError::new(ErrorKind::Unauthenticated, message),
+            E::Backoff { retry_after_secs } => ApiError {
+                retry_after_secs: Some(retry_after_secs),
+                ..ApiError::new(ErrorKind::TooManyRequests, message)
+            },
+            E::Busy | E::NotCaughtUp(_) => ApiError::new(ErrorKind::Unavailable, message),
+            E::Store(error) => ApiError::from(error),
+            E::Corrupt(_) => ApiError::new(ErrorKind::Internal, message),
+        }
+    }
+}
+
 /// A size for a message: `1 MiB`, `1.9 MiB`, `512 KiB`, `100 bytes`.
 pub fn human_bytes(bytes: usize) -> String {
     const KIB: usize = 1024;
@@ -229,6 +260,7 @@ mod tests {
             ErrorKind::MethodNotAllowed,
             ErrorKind::Conflict,
             ErrorKind::PayloadTooLarge,
+            ErrorKind::TooManyRequests,
             ErrorKind::Unavailable,
             ErrorKind::Internal,
         ];

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod auth_api;
 mod backup;
 mod config;
 mod elections;
@@ -27,8 +28,11 @@ mod nacos_config;
 pub mod nacos_list_cache;
 pub mod nacos_naming;
 pub mod nacos_push;
+mod namespaces;
 mod openapi;
 mod ops;
+#[cfg(test)]
+mod permission_matrix;
 mod prometheus_sd;
 mod ratelimit;
 mod registry;
@@ -43,7 +47,7 @@ use sb_config::ConfigService;
 use sb_store::view::RawMap;
 use sb_store::{SharedStore, View};
 
-pub use auth::{Subject, TokenView};
+pub use auth::Subject;
 pub use error::{ApiError, ErrorKind};
 pub use ids::IdServices;
 pub use leases::SystemLeases;
@@ -93,7 +97,8 @@ pub struct Api {
     pub kv: KvView,
     /// The config center: its service and, through it, the config view.
     pub configs: Arc<ConfigService>,
-    pub tokens: TokenView,
+    /// Access control: identities, tokens, roles, namespaces and the one policy check.
+    pub auth: Arc<sb_auth::AuthService>,
     pub system_leases: Arc<SystemLeases>,
     /// Locks and elections (always the store, never a view).
     pub coord: Arc<sb_coord::Coord>,

@@ -1,8 +1,9 @@
 //! The request pipeline, as tower layers generated from the route table:
 //! - `per_request` (outermost, every request): request id, client address, metrics, the
 //!   access log;
-//! - `per_route` (each route, with its table entry): authentication to a [`Subject`];
-//!   permissions and audit slot in here.
+//! - `per_route` (each route, with its table entry): authentication to a [`Subject`],
+//!   then the one policy check (`sb_auth`'s `authorize`) on the route's kind and action in
+//!   the namespaces the request names.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -13,10 +14,12 @@ use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
 use tracing::{debug, info, Instrument};
 
+use sb_auth::{Kind, Resource};
+
 use crate::auth;
 use crate::error::{ApiError, ErrorKind};
-use crate::routes::Route;
-use crate::ApiState;
+use crate::routes::{Policy, Route};
+use crate::{ApiState, Subject};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// A client's request id is honoured only if it is short and printable.
@@ -84,70 +87,186 @@ pub async fn per_request(State(state): State<ApiState>, mut request: Request, ne
 #[derive(Clone)]
 pub struct RouteContext {
     pub route: &'static Route,
+    /// The route's policy, from its table entry; `None` (a resource no policy knows)
+    /// denies every request, and the permission-matrix test fails on it.
+    pub policy: Option<Policy>,
     pub state: ApiState,
 }
 
 pub async fn per_route(State(context): State<RouteContext>, request: Request, next: Next) -> Response {
+    if !context.route.authenticated {
+        return next.run(request).await;
+    }
     let nacos = context.route.path.starts_with("/nacos/");
-    let request = if context.route.authenticated {
-        match authenticate(&context, request, nacos).await {
-            Ok(request) => request,
-            Err(error) if nacos => return error.into_nacos_response(),
-            Err(error) => return error.into_response(),
-        }
-    } else {
-        request
-    };
-    next.run(request).await
+    match guard(&context, request, nacos).await {
+        Ok(request) => next.run(request).await,
+        Err(error) if nacos => error.into_nacos_response(),
+        Err(error) => error.into_response(),
+    }
 }
 
-/// The largest form body searched for a Nacos `accessToken` (a config publish carries the
-/// content in the same body, up to the config size limit).
+/// The largest form body searched for Nacos credentials and namespaces (a config publish
+/// carries the content in the same body, up to the config size limit).
 const MAX_NACOS_FORM_BYTES: usize = 16 * 1024 * 1024;
 
-/// Resolves the request's credential to a [`Subject`] and attaches it. Native paths take a
-/// bearer token; `/nacos/` paths also take Nacos's `accessToken`, as a query parameter, a
-/// header, or a field of a form body (Nacos 1.x Java SDKs post their parameters as forms).
-async fn authenticate(context: &RouteContext, request: Request, nacos: bool) -> Result<Request, ApiError> {
+/// Authentication, then the one policy check: the request's credential resolves to a
+/// [`Subject`], the route's table entry gives the kind and action, and the namespaces the
+/// request names (path, `namespace`, Nacos `namespaceId`/`tenant`, the tenants of a Nacos
+/// listener) each pass [`sb_auth::AuthService::authorize`]. Every check runs before the
+/// handler, so a denial never depends on whether the resource exists.
+async fn guard(context: &RouteContext, request: Request, nacos: bool) -> Result<Request, ApiError> {
     let (mut parts, body) = request.into_parts();
     let mut body = axum::body::Body::new(body);
-    let mut token = auth::bearer(parts.headers.get(AUTHORIZATION)).map(str::to_owned);
-    if nacos && token.is_none() {
-        token = nacos_token_from(parts.uri.query(), &parts.headers);
-        if token.is_none() && is_form(&parts.headers) {
-            let bytes = axum::body::to_bytes(body, MAX_NACOS_FORM_BYTES).await.map_err(|_| {
-                ApiError::new(
-                    ErrorKind::PayloadTooLarge,
-                    format!("the form body is over {MAX_NACOS_FORM_BYTES} bytes"),
-                )
-            })?;
-            token = form_value(&bytes, "accessToken");
-            body = axum::body::Body::from(bytes);
-        }
+    let mut form = None;
+    if nacos && is_form(&parts.headers) {
+        let bytes = axum::body::to_bytes(body, MAX_NACOS_FORM_BYTES).await.map_err(|_| {
+            ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("the form body is over {MAX_NACOS_FORM_BYTES} bytes"),
+            )
+        })?;
+        form = Some(bytes.clone());
+        body = axum::body::Body::from(bytes);
     }
-    let Some(token) = token else {
-        if let Some(auth::ClientCertSubject(name)) =
-            parts.extensions.get::<auth::ClientCertSubject>().cloned()
-        {
-            parts.extensions.insert(auth::Subject {
-                name: name.to_string(),
-                roles: std::sync::Arc::from(Vec::<String>::new()),
-            });
-            return Ok(Request::from_parts(parts, body));
+    let params =
+        RequestParams { query: parts.uri.query().unwrap_or(""), form: form.as_deref().unwrap_or(&[]) };
+    let subject = authenticate(context, &parts, &params, nacos).await?;
+    let auth = &context.state.auth;
+    let allowed = match context.policy {
+        None => false,
+        Some(Policy::Session) => true,
+        Some(Policy::Check(kind)) => {
+            let path_ns = parts
+                .extensions
+                .get::<axum::extract::RawPathParams>()
+                .and_then(|p| p.iter().find(|(name, _)| *name == "ns").map(|(_, v)| v.to_owned()));
+            match request_namespaces(context.route, kind, path_ns, &params) {
+                None => auth.authorize(&subject, context.route.action, Resource { kind, namespace: None }),
+                Some(namespaces) => namespaces.iter().all(|ns| {
+                    auth.authorize(&subject, context.route.action, Resource { kind, namespace: Some(ns) })
+                }),
+            }
         }
-        let message = if nacos {
-            "unknown user!"
-        } else {
-            "missing bearer token: send Authorization: Bearer <token> (a first start writes one to <data-dir>/admin-token)"
-        };
-        return Err(ApiError::new(ErrorKind::Unauthenticated, message).with_field("Authorization"));
     };
-    let Some(subject) = auth::resolve(&context.state.tokens, &token) else {
-        return Err(ApiError::new(ErrorKind::Unauthenticated, "the bearer token is unknown or revoked")
-            .with_field("Authorization"));
-    };
+    if !allowed {
+        debug!(subject = %subject.name, route = context.route.path, "permission denied");
+        return Err(ApiError::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "{} may not {} here (the route needs {} on {})",
+                subject.name,
+                context.route.action.as_str(),
+                context.route.action.as_str(),
+                context.route.resource
+            ),
+        ));
+    }
     parts.extensions.insert(subject);
     Ok(Request::from_parts(parts, body))
+}
+
+/// The query string and (on Nacos paths) the form body of a request.
+pub(crate) struct RequestParams<'a> {
+    pub query: &'a str,
+    pub form: &'a [u8],
+}
+
+impl RequestParams<'_> {
+    /// Every value of `name`, from the query and the form (a repeated parameter is checked
+    /// in all its values, whichever a handler reads).
+    pub fn all(&self, name: &str) -> Vec<String> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .chain(form_urlencoded::parse(self.form))
+            .filter(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+            .collect()
+    }
+
+    pub fn first(&self, name: &str) -> Option<String> {
+        self.all(name).into_iter().find(|v| !v.is_empty())
+    }
+}
+
+/// The namespaces a request of a namespaced kind touches (an empty or absent one is
+/// `public`), or `None` for a global kind (and for the Prometheus discovery without a
+/// `namespace` filter, which lists every namespace).
+fn request_namespaces(
+    route: &Route,
+    kind: Kind,
+    path_ns: Option<String>,
+    params: &RequestParams<'_>,
+) -> Option<Vec<String>> {
+    if !kind.is_namespaced() {
+        return None;
+    }
+    let mut names: Vec<String> = path_ns.into_iter().collect();
+    for name in ["namespace", "namespaceId", "tenant"] {
+        names.extend(params.all(name));
+    }
+    if route.id == crate::routes::RouteId::NacosConfigListener {
+        for probe in params.all("Listening-Configs") {
+            for line in probe.split('\u{1}').filter(|l| !l.is_empty()) {
+                names.push(line.split('\u{2}').nth(3).unwrap_or_default().to_owned());
+            }
+        }
+    }
+    if route.id == crate::routes::RouteId::PrometheusSd && names.iter().all(|n| n.is_empty()) {
+        return None;
+    }
+    let mut names: Vec<String> = names
+        .into_iter()
+        .map(|n| if n.is_empty() { sb_auth::DEFAULT_NAMESPACE.to_owned() } else { n })
+        .collect();
+    if names.is_empty() {
+        names.push(sb_auth::DEFAULT_NAMESPACE.to_owned());
+    }
+    names.sort();
+    names.dedup();
+    Some(names)
+}
+
+/// Resolves the request's credential to a [`Subject`]: a bearer token; on `/nacos/` paths
+/// also Nacos's `accessToken` (query, header or form field) or `username` + `password`
+/// (query or form, as some Nacos SDKs send on every call); else a verified TLS client
+/// certificate, whose common name acts as the service account of that name. A presented
+/// credential that fails never falls back to another. Headers such as
+/// `User-Agent: Nacos-Server` or `serverIdentity` grant nothing.
+async fn authenticate(
+    context: &RouteContext,
+    parts: &axum::http::request::Parts,
+    params: &RequestParams<'_>,
+    nacos: bool,
+) -> Result<Subject, ApiError> {
+    let auth = &context.state.auth;
+    let unknown =
+        |message: &str| ApiError::new(ErrorKind::Unauthenticated, message).with_field("Authorization");
+    let mut token = auth::bearer(parts.headers.get(AUTHORIZATION)).map(str::to_owned);
+    if nacos && token.is_none() {
+        token = nacos_token_from(Some(params.query), &parts.headers).or_else(|| params.first("accessToken"));
+    }
+    if let Some(token) = token {
+        return auth.resolve_token(&token).ok_or_else(|| unknown("the token is unknown, expired or revoked"));
+    }
+    if nacos {
+        if let (Some(user), Some(password)) = (params.first("username"), params.first("password")) {
+            let client = parts
+                .extensions
+                .get::<RequestContext>()
+                .and_then(|c| c.client)
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+            return Ok(auth.check_password(&user, &password, client).await?);
+        }
+    }
+    if let Some(auth::ClientCertSubject(name)) = parts.extensions.get::<auth::ClientCertSubject>() {
+        return auth.subject_for_certificate(name).ok_or_else(|| {
+            unknown("the client certificate's common name is not a service account (create it with switchboard auth sa create)")
+        });
+    }
+    Err(unknown(if nacos {
+        "unknown user!"
+    } else {
+        "missing bearer token: send Authorization: Bearer <token> (a first start writes one to <data-dir>/admin-token)"
+    }))
 }
 
 /// Nacos's `accessToken`, from the query string or a header of that name.

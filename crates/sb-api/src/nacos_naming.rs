@@ -44,7 +44,7 @@ fn nacos_error(error: RegistryError) -> NacosError {
         ErrorKind::Conflict | ErrorKind::NotFound => ErrorKind::InvalidArgument,
         other => other,
     };
-    NacosError(ApiError { kind, message: format!("caused: {};", api.message), field: api.field })
+    NacosError(ApiError { kind, message: format!("caused: {};", api.message), ..api })
 }
 
 fn ok() -> Response {

@@ -35,7 +35,7 @@ pub async fn readyz(State(api): State<ApiState>) -> Result<Json<serde_json::Valu
         "status": "ready",
         "store": api.store.kind(),
         "revision": revision,
-        "views": {"kv": api.kv.revision(), "tokens": api.tokens.revision()},
+        "views": {"kv": api.kv.revision(), "auth": api.auth.revision()},
     })))
 }
 

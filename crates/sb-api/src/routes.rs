@@ -11,8 +11,8 @@ use axum::Router;
 
 use crate::error::{ApiError, ErrorKind};
 use crate::{
-    backup, config, elections, health, ids, kv, leases, locks, middleware, nacos_config, nacos_naming, ops,
-    prometheus_sd, ratelimit, registry, watch, ApiState,
+    auth_api, backup, config, elections, health, ids, kv, leases, locks, middleware, nacos_config,
+    nacos_naming, namespaces, ops, prometheus_sd, ratelimit, registry, watch, ApiState,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,24 +43,26 @@ impl Method {
     }
 }
 
-/// What a route does to its resource, for permissions and audit.
+/// What a route does to its resource: `read`, `write` (changes that reach selected clients
+/// or none), `publish` (changes every client sees) or `admin`. The policy check's action.
+pub use sb_auth::Action;
+
+/// How a route is authorized, derived from its `resource`: `session` routes are open to
+/// any authenticated subject (whoami, this document, Nacos SDK health checks); any other
+/// resource names an `sb_auth::Kind` checked with the route's action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Read,
-    Write,
-    Delete,
-    Watch,
-    Admin,
+pub enum Policy {
+    Session,
+    Check(sb_auth::Kind),
 }
 
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Read => "read",
-            Action::Write => "write",
-            Action::Delete => "delete",
-            Action::Watch => "watch",
-            Action::Admin => "admin",
+impl Route {
+    /// The route's policy; `None` when its resource names no kind (such a route denies
+    /// every request, and the permission-matrix test fails).
+    pub fn policy(&self) -> Option<Policy> {
+        match self.resource {
+            "session" => Some(Policy::Session),
+            other => sb_auth::Kind::parse(other).map(Policy::Check),
         }
     }
 }
@@ -156,6 +158,37 @@ pub enum RouteId {
     RateLimitCheck,
     RateLimitPermitAcquire,
     RateLimitPermitRelease,
+    AuthLogin,
+    AuthWhoami,
+    UserList,
+    UserCreate,
+    UserGet,
+    UserDelete,
+    UserPassword,
+    AccountList,
+    AccountCreate,
+    AccountDelete,
+    BindingGrant,
+    BindingRevoke,
+    RoleList,
+    RolePut,
+    RoleDelete,
+    TokenList,
+    TokenCreate,
+    TokenRevoke,
+    BackoffList,
+    BackoffClear,
+    NamespaceList,
+    NamespaceCreate,
+    NamespaceGet,
+    NamespaceUpdate,
+    NamespaceDelete,
+    NacosLogin,
+    NacosUsersLogin,
+    NacosNamespaceList,
+    NacosNamespaceCreate,
+    NacosNamespaceUpdate,
+    NacosNamespaceDelete,
 }
 
 #[derive(Debug)]
@@ -168,7 +201,7 @@ pub struct Route {
     pub action: Action,
     /// Whether the route's successful calls are audited (mutations are).
     pub audited: bool,
-    /// Whether a bearer token is required (everything but the probes and metrics).
+    /// Whether credentials are required (everything but the probes, metrics and logins).
     pub authenticated: bool,
     pub summary: &'static str,
 }
@@ -198,6 +231,20 @@ const fn public(id: RouteId, path: &'static str, summary: &'static str) -> Route
     }
 }
 
+/// A login: open to everyone (it is how credentials are obtained), slowed by the backoff.
+const fn login(id: RouteId, path: &'static str, summary: &'static str) -> Route {
+    Route {
+        id,
+        method: Method::Post,
+        path,
+        resource: "session",
+        action: Action::Write,
+        audited: false,
+        authenticated: false,
+        summary,
+    }
+}
+
 use Action as A;
 use Method as M;
 
@@ -209,7 +256,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::OpenApi,
         M::Get,
         "/api/v1/openapi.json",
-        "system",
+        "session",
         A::Read,
         false,
         "This OpenAPI document",
@@ -238,16 +285,16 @@ pub static ROUTES: &[Route] = &[
         M::Delete,
         "/api/v1/kv/{*key}",
         "kv",
-        A::Delete,
+        A::Write,
         true,
         "Delete a key, or keys by prefix",
     ),
-    route(RouteId::LeaseGrant, M::Post, "/api/v1/leases", "lease", A::Write, true, "Grant a lease"),
+    route(RouteId::LeaseGrant, M::Post, "/api/v1/leases", "kv", A::Write, true, "Grant a lease"),
     route(
         RouteId::LeaseKeepAlive,
         M::Post,
         "/api/v1/leases/{id}/keepalive",
-        "lease",
+        "kv",
         A::Write,
         false,
         "Renew a lease to its full TTL",
@@ -256,8 +303,8 @@ pub static ROUTES: &[Route] = &[
         RouteId::LeaseRevoke,
         M::Delete,
         "/api/v1/leases/{id}",
-        "lease",
-        A::Delete,
+        "kv",
+        A::Write,
         true,
         "Revoke a lease and delete its keys",
     ),
@@ -266,7 +313,7 @@ pub static ROUTES: &[Route] = &[
         M::Get,
         "/api/v1/watch",
         "kv",
-        A::Watch,
+        A::Read,
         false,
         "Watch a key or prefix (Server-Sent Events)",
     ),
@@ -274,7 +321,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::LogLevel,
         M::Put,
         "/api/v1/admin/log-level",
-        "admin",
+        "system",
         A::Admin,
         true,
         "Change the log filter at runtime",
@@ -283,7 +330,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::Backup,
         M::Get,
         "/api/v1/admin/backup",
-        "admin",
+        "system",
         A::Admin,
         true,
         "Stream a backup of every key not on a lease (the `switchboard backup` file format)",
@@ -293,7 +340,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::SnowflakeNext,
         M::Get,
         "/api/v1/ids/snowflake",
-        "ids",
+        "id",
         A::Write,
         false,
         "Allocate `count` (1 to 10000) Snowflake IDs, as decimal strings",
@@ -302,7 +349,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::SnowflakeDecode,
         M::Get,
         "/api/v1/ids/snowflake/{id}/decode",
-        "ids",
+        "id",
         A::Read,
         false,
         "Decode a Snowflake ID into its timestamp, worker and sequence",
@@ -311,7 +358,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::SegmentNext,
         M::Get,
         "/api/v1/ids/segment/{tag}",
-        "ids",
+        "id",
         A::Write,
         false,
         "Allocate `count` (1 to 10000) IDs of a segment tag in `namespace` (default public)",
@@ -320,7 +367,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::SegmentTagCreate,
         M::Post,
         "/api/v1/ids/segments",
-        "ids",
+        "id",
         A::Write,
         true,
         "Create a segment tag in `namespace` with its first ID (start) and step",
@@ -329,7 +376,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::SegmentTagList,
         M::Get,
         "/api/v1/ids/segments",
-        "ids",
+        "id",
         A::Read,
         false,
         "List the segment tags of `namespace`, with this node's buffers",
@@ -383,7 +430,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::ElectionCampaign,
         M::Post,
         "/api/v1/elections/{name}/campaign",
-        "election",
+        "lock",
         A::Write,
         false,
         "Campaign for leadership (long-poll up to wait_ms); answers the owner token when elected",
@@ -392,7 +439,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::ElectionProclaim,
         M::Post,
         "/api/v1/elections/{name}/proclaim",
-        "election",
+        "lock",
         A::Write,
         true,
         "Change the leader's value (leader's owner token only)",
@@ -401,7 +448,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::ElectionLeader,
         M::Get,
         "/api/v1/elections/{name}",
-        "election",
+        "lock",
         A::Read,
         false,
         "The current leader and the number of candidates waiting",
@@ -410,8 +457,8 @@ pub static ROUTES: &[Route] = &[
         RouteId::ElectionObserve,
         M::Get,
         "/api/v1/elections/{name}/observe",
-        "election",
-        A::Watch,
+        "lock",
+        A::Read,
         false,
         "The leader now and at every change (Server-Sent Events)",
     ),
@@ -419,7 +466,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::ElectionResign,
         M::Post,
         "/api/v1/elections/{name}/resign",
-        "election",
+        "lock",
         A::Write,
         false,
         "Give up leadership with the owner token",
@@ -428,7 +475,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::ElectionRenew,
         M::Post,
         "/api/v1/elections/{name}/renew",
-        "election",
+        "lock",
         A::Write,
         false,
         "Renew the leader's lease with its owner token",
@@ -437,7 +484,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::PrometheusSd,
         M::Get,
         "/api/v1/prometheus/sd",
-        "registry",
+        "instance",
         A::Read,
         false,
         "Prometheus HTTP service discovery: enabled instances as `http_sd` target groups (`namespace`, `group`, `service` filters)",
@@ -446,7 +493,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::ServicesList,
         M::Get,
         "/api/v1/namespaces/{ns}/services",
-        "registry",
+        "service",
         A::Read,
         false,
         "List the services of a namespace (`group`, `page`, `page_size`)",
@@ -455,7 +502,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::ServiceGet,
         M::Get,
         "/api/v1/namespaces/{ns}/services/{service}",
-        "registry",
+        "service",
         A::Read,
         false,
         "A service's settings and health summary (`group`)",
@@ -464,7 +511,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::ServicePut,
         M::Put,
         "/api/v1/namespaces/{ns}/services/{service}",
-        "registry",
+        "service",
         A::Write,
         true,
         "Create or replace a service's settings: protect_threshold, metadata",
@@ -473,8 +520,8 @@ pub static ROUTES: &[Route] = &[
         RouteId::ServiceDelete,
         M::Delete,
         "/api/v1/namespaces/{ns}/services/{service}",
-        "registry",
-        A::Delete,
+        "service",
+        A::Write,
         true,
         "Delete a service that has no instances",
     ),
@@ -482,8 +529,8 @@ pub static ROUTES: &[Route] = &[
         RouteId::ServiceWatch,
         M::Get,
         "/api/v1/namespaces/{ns}/services/{service}/watch",
-        "registry",
-        A::Watch,
+        "instance",
+        A::Read,
         false,
         "Server-Sent Events: the instance list now and after every change",
     ),
@@ -491,7 +538,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::InstancesList,
         M::Get,
         "/api/v1/namespaces/{ns}/services/{service}/instances",
-        "registry",
+        "instance",
         A::Read,
         false,
         "List instances (`clusters`, `healthy_only`); `wait_secs` + `since_revision` long-polls",
@@ -500,7 +547,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::InstanceRegister,
         M::Post,
         "/api/v1/namespaces/{ns}/services/{service}/instances",
-        "registry",
+        "instance",
         A::Write,
         true,
         "Register an instance (ephemeral by default)",
@@ -509,7 +556,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::InstanceUpdate,
         M::Put,
         "/api/v1/namespaces/{ns}/services/{service}/instances/{instance}",
-        "registry",
+        "instance",
         A::Write,
         true,
         "Change an instance's weight, enabled flag or metadata (`cluster`)",
@@ -518,8 +565,8 @@ pub static ROUTES: &[Route] = &[
         RouteId::InstanceDeregister,
         M::Delete,
         "/api/v1/namespaces/{ns}/services/{service}/instances/{instance}",
-        "registry",
-        A::Delete,
+        "instance",
+        A::Write,
         true,
         "Deregister an instance (`cluster`)",
     ),
@@ -527,7 +574,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::InstanceBeat,
         M::Post,
         "/api/v1/namespaces/{ns}/services/{service}/instances/{instance}/beat",
-        "registry",
+        "instance",
         A::Write,
         false,
         "Heartbeat of an ephemeral instance (memory only; 404 when unknown: register again)",
@@ -536,7 +583,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::InstanceDrain,
         M::Post,
         "/api/v1/namespaces/{ns}/services/{service}/instances/{instance}/drain",
-        "registry",
+        "instance",
         A::Write,
         true,
         "Disable an instance now and delete it after `delay_secs`",
@@ -545,7 +592,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::InstanceCheckGet,
         M::Get,
         "/api/v1/namespaces/{ns}/services/{service}/instances/{instance}/check",
-        "registry",
+        "instance",
         A::Read,
         false,
         "A persistent instance's active health check (`group`, `cluster`)",
@@ -554,7 +601,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::InstanceCheckPut,
         M::Put,
         "/api/v1/namespaces/{ns}/services/{service}/instances/{instance}/check",
-        "registry",
+        "instance",
         A::Write,
         true,
         "Set a persistent instance's active health check: http (method, path, expect_status, headers), tcp or grpc (service), interval_ms, timeout_ms, healthy_threshold, unhealthy_threshold",
@@ -563,8 +610,8 @@ pub static ROUTES: &[Route] = &[
         RouteId::InstanceCheckDelete,
         M::Delete,
         "/api/v1/namespaces/{ns}/services/{service}/instances/{instance}/check",
-        "registry",
-        A::Delete,
+        "instance",
+        A::Write,
         true,
         "Remove a persistent instance's active health check",
     ),
@@ -572,7 +619,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::NacosInstanceRegister,
         M::Post,
         "/nacos/v1/ns/instance",
-        "registry",
+        "instance",
         A::Write,
         true,
         "Nacos 1.x: register an instance",
@@ -581,7 +628,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::NacosInstanceUpdate,
         M::Put,
         "/nacos/v1/ns/instance",
-        "registry",
+        "instance",
         A::Write,
         true,
         "Nacos 1.x: update an instance",
@@ -590,8 +637,8 @@ pub static ROUTES: &[Route] = &[
         RouteId::NacosInstanceDeregister,
         M::Delete,
         "/nacos/v1/ns/instance",
-        "registry",
-        A::Delete,
+        "instance",
+        A::Write,
         true,
         "Nacos 1.x: deregister an instance",
     ),
@@ -599,7 +646,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::NacosInstanceGet,
         M::Get,
         "/nacos/v1/ns/instance",
-        "registry",
+        "instance",
         A::Read,
         false,
         "Nacos 1.x: one instance",
@@ -608,7 +655,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::NacosInstanceList,
         M::Get,
         "/nacos/v1/ns/instance/list",
-        "registry",
+        "instance",
         A::Read,
         false,
         "Nacos 1.x: list instances (UDP push with clientIP + udpPort)",
@@ -617,7 +664,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::NacosInstanceBeat,
         M::Put,
         "/nacos/v1/ns/instance/beat",
-        "registry",
+        "instance",
         A::Write,
         false,
         "Nacos 1.x: heartbeat (full or light)",
@@ -626,7 +673,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::NacosServiceCreate,
         M::Post,
         "/nacos/v1/ns/service",
-        "registry",
+        "service",
         A::Write,
         true,
         "Nacos 1.x: create a service",
@@ -635,7 +682,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::NacosServiceUpdate,
         M::Put,
         "/nacos/v1/ns/service",
-        "registry",
+        "service",
         A::Write,
         true,
         "Nacos 1.x: update a service",
@@ -644,8 +691,8 @@ pub static ROUTES: &[Route] = &[
         RouteId::NacosServiceDelete,
         M::Delete,
         "/nacos/v1/ns/service",
-        "registry",
-        A::Delete,
+        "service",
+        A::Write,
         true,
         "Nacos 1.x: delete a service",
     ),
@@ -653,7 +700,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::NacosServiceGet,
         M::Get,
         "/nacos/v1/ns/service",
-        "registry",
+        "service",
         A::Read,
         false,
         "Nacos 1.x: one service",
@@ -662,7 +709,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::NacosServiceList,
         M::Get,
         "/nacos/v1/ns/service/list",
-        "registry",
+        "service",
         A::Read,
         false,
         "Nacos 1.x: a page of service names",
@@ -680,7 +727,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::NacosSwitches,
         M::Get,
         "/nacos/v1/ns/operator/switches",
-        "registry",
+        "session",
         A::Read,
         false,
         "Nacos 1.x: naming switches",
@@ -689,7 +736,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::NacosMetrics,
         M::Get,
         "/nacos/v1/ns/operator/metrics",
-        "registry",
+        "session",
         A::Read,
         false,
         "Nacos 1.x: naming status (the SDKs' health check)",
@@ -717,7 +764,7 @@ pub static ROUTES: &[Route] = &[
         M::Put,
         "/api/v1/namespaces/{ns}/configs/{group}/{data_id}",
         "config",
-        A::Write,
+        A::Publish,
         true,
         "Publish a config: validated in its format (and JSON Schema); If-Match: <version>",
     ),
@@ -726,7 +773,7 @@ pub static ROUTES: &[Route] = &[
         M::Delete,
         "/api/v1/namespaces/{ns}/configs/{group}/{data_id}",
         "config",
-        A::Delete,
+        A::Publish,
         true,
         "Delete a config (recorded in its history); If-Match: <version>",
     ),
@@ -762,7 +809,7 @@ pub static ROUTES: &[Route] = &[
         M::Post,
         "/api/v1/namespaces/{ns}/configs/{group}/{data_id}/rollback",
         "config",
-        A::Write,
+        A::Publish,
         true,
         "Roll back to a version: a new publish of that version's content",
     ),
@@ -771,7 +818,7 @@ pub static ROUTES: &[Route] = &[
         M::Get,
         "/api/v1/namespaces/{ns}/configs/{group}/{data_id}/watch",
         "config",
-        A::Watch,
+        A::Read,
         false,
         "Watch a config (Server-Sent Events: publish, delete)",
     ),
@@ -807,7 +854,7 @@ pub static ROUTES: &[Route] = &[
         M::Post,
         "/api/v1/namespaces/{ns}/configs/{group}/{data_id}/promote",
         "config",
-        A::Write,
+        A::Publish,
         true,
         "Promote the gray version: a new publish of its content (409 if there is none)",
     ),
@@ -835,7 +882,7 @@ pub static ROUTES: &[Route] = &[
         M::Post,
         "/api/v1/namespaces/{ns}/configs-import",
         "config",
-        A::Write,
+        A::Publish,
         true,
         "Import an export file (?policy=skip|overwrite|abort): validated before any write, batched, with a report",
     ),
@@ -853,7 +900,7 @@ pub static ROUTES: &[Route] = &[
         M::Post,
         "/nacos/v1/cs/configs",
         "config",
-        A::Write,
+        A::Publish,
         true,
         "Nacos 1.x: publish a config (content that does not parse as its type is a 400)",
     ),
@@ -862,7 +909,7 @@ pub static ROUTES: &[Route] = &[
         M::Delete,
         "/nacos/v1/cs/configs",
         "config",
-        A::Delete,
+        A::Publish,
         true,
         "Nacos 1.x: delete a config",
     ),
@@ -871,7 +918,7 @@ pub static ROUTES: &[Route] = &[
         M::Post,
         "/nacos/v1/cs/configs/listener",
         "config",
-        A::Watch,
+        A::Read,
         false,
         "Nacos 1.x: long-poll for changes (Listening-Configs, Long-Pulling-Timeout)",
     ),
@@ -925,7 +972,7 @@ pub static ROUTES: &[Route] = &[
         M::Delete,
         "/api/v1/ratelimit/rules/{name}",
         "ratelimit",
-        A::Delete,
+        A::Write,
         true,
         "Delete a rate-limit rule",
     ),
@@ -956,6 +1003,41 @@ pub static ROUTES: &[Route] = &[
         false,
         "Give a concurrency permit back",
     ),
+    login(
+        RouteId::AuthLogin,
+        "/api/v1/auth/login",
+        "Log in with username and password (JSON); answers a session token and its TTL (ttl_secs)",
+    ),
+    route(RouteId::AuthWhoami, M::Get, "/api/v1/auth/whoami", "session", A::Read, false, "Who the credential acts as, and its role bindings"),
+    route(RouteId::UserList, M::Get, "/api/v1/auth/users", "user", A::Admin, true, "List users and their role bindings"),
+    route(RouteId::UserCreate, M::Post, "/api/v1/auth/users", "user", A::Admin, true, "Create a user: name, password, description, bindings"),
+    route(RouteId::UserGet, M::Get, "/api/v1/auth/users/{name}", "user", A::Admin, true, "A user and its role bindings"),
+    route(RouteId::UserDelete, M::Delete, "/api/v1/auth/users/{name}", "user", A::Admin, true, "Delete a user; its tokens stop working at once"),
+    route(RouteId::UserPassword, M::Put, "/api/v1/auth/users/{name}/password", "user", A::Admin, true, "Set a user's password"),
+    route(RouteId::AccountList, M::Get, "/api/v1/auth/service-accounts", "user", A::Admin, true, "List service accounts"),
+    route(RouteId::AccountCreate, M::Post, "/api/v1/auth/service-accounts", "user", A::Admin, true, "Create a service account (a TLS client certificate's CN acts as the account of that name)"),
+    route(RouteId::AccountDelete, M::Delete, "/api/v1/auth/service-accounts/{name}", "user", A::Admin, true, "Delete a service account; its tokens stop working at once"),
+    route(RouteId::BindingGrant, M::Post, "/api/v1/auth/bindings", "role", A::Admin, true, "Grant a role on a namespace pattern to a user or service account"),
+    route(RouteId::BindingRevoke, M::Delete, "/api/v1/auth/bindings", "role", A::Admin, true, "Remove a role binding"),
+    route(RouteId::RoleList, M::Get, "/api/v1/auth/roles", "role", A::Admin, true, "The built-in and custom roles with their permissions"),
+    route(RouteId::RolePut, M::Put, "/api/v1/auth/roles/{name}", "role", A::Admin, true, "Create or replace a custom role: permissions (kind, action, namespace)"),
+    route(RouteId::RoleDelete, M::Delete, "/api/v1/auth/roles/{name}", "role", A::Admin, true, "Delete a custom role"),
+    route(RouteId::TokenList, M::Get, "/api/v1/auth/tokens", "user", A::Admin, true, "List tokens (ids and owners, never the tokens)"),
+    route(RouteId::TokenCreate, M::Post, "/api/v1/auth/tokens", "user", A::Admin, true, "Create an API token for a user or service account (shown once), optional ttl_secs"),
+    route(RouteId::TokenRevoke, M::Delete, "/api/v1/auth/tokens/{id}", "user", A::Admin, true, "Revoke a token by id: refused at once on this node"),
+    route(RouteId::BackoffList, M::Get, "/api/v1/auth/backoff", "user", A::Admin, true, "This node's login backoff entries"),
+    route(RouteId::BackoffClear, M::Delete, "/api/v1/auth/backoff", "user", A::Admin, true, "Clear login backoff entries (?user=, ?address=)"),
+    route(RouteId::NamespaceList, M::Get, "/api/v1/namespaces", "namespace", A::Read, false, "List namespaces (public and the created ones)"),
+    route(RouteId::NamespaceCreate, M::Post, "/api/v1/namespaces", "namespace", A::Admin, true, "Create a namespace: name, display_name, description"),
+    route(RouteId::NamespaceGet, M::Get, "/api/v1/namespaces/{ns}", "namespace", A::Read, false, "A namespace's display name and description"),
+    route(RouteId::NamespaceUpdate, M::Put, "/api/v1/namespaces/{ns}", "namespace", A::Admin, true, "Change a namespace's display name and description"),
+    route(RouteId::NamespaceDelete, M::Delete, "/api/v1/namespaces/{ns}", "namespace", A::Admin, true, "Delete a namespace's record (its contents stay)"),
+    login(RouteId::NacosLogin, "/nacos/v1/auth/login", "Nacos 1.x: log in (username, password) → accessToken, tokenTtl, globalAdmin"),
+    login(RouteId::NacosUsersLogin, "/nacos/v1/auth/users/login", "Nacos 1.x: log in (the console's path)"),
+    route(RouteId::NacosNamespaceList, M::Get, "/nacos/v1/console/namespaces", "namespace", A::Read, false, "Nacos 1.x: list namespaces"),
+    route(RouteId::NacosNamespaceCreate, M::Post, "/nacos/v1/console/namespaces", "namespace", A::Admin, true, "Nacos 1.x: create a namespace (customNamespaceId, namespaceName, namespaceDesc)"),
+    route(RouteId::NacosNamespaceUpdate, M::Put, "/nacos/v1/console/namespaces", "namespace", A::Admin, true, "Nacos 1.x: edit a namespace (namespace, namespaceShowName, namespaceDesc)"),
+    route(RouteId::NacosNamespaceDelete, M::Delete, "/nacos/v1/console/namespaces", "namespace", A::Admin, true, "Nacos 1.x: delete a namespace (namespaceId)"),
 ];
 
 /// The handler of each route, exhaustively, so a route without a handler cannot compile.
@@ -1050,6 +1132,36 @@ fn handler(route: &Route) -> MethodRouter<ApiState> {
         RouteId::RateLimitCheck => on(filter, ratelimit::check),
         RouteId::RateLimitPermitAcquire => on(filter, ratelimit::acquire),
         RouteId::RateLimitPermitRelease => on(filter, ratelimit::release),
+        RouteId::AuthLogin => on(filter, auth_api::login),
+        RouteId::AuthWhoami => on(filter, auth_api::whoami),
+        RouteId::UserList => on(filter, auth_api::list_users),
+        RouteId::UserCreate => on(filter, auth_api::create_user),
+        RouteId::UserGet => on(filter, auth_api::get_user),
+        RouteId::UserDelete => on(filter, auth_api::delete_user),
+        RouteId::UserPassword => on(filter, auth_api::set_password),
+        RouteId::AccountList => on(filter, auth_api::list_accounts),
+        RouteId::AccountCreate => on(filter, auth_api::create_account),
+        RouteId::AccountDelete => on(filter, auth_api::delete_account),
+        RouteId::BindingGrant => on(filter, auth_api::grant),
+        RouteId::BindingRevoke => on(filter, auth_api::ungrant),
+        RouteId::RoleList => on(filter, auth_api::list_roles),
+        RouteId::RolePut => on(filter, auth_api::put_role),
+        RouteId::RoleDelete => on(filter, auth_api::delete_role),
+        RouteId::TokenList => on(filter, auth_api::list_tokens),
+        RouteId::TokenCreate => on(filter, auth_api::create_token),
+        RouteId::TokenRevoke => on(filter, auth_api::revoke_token),
+        RouteId::BackoffList => on(filter, auth_api::list_backoff),
+        RouteId::BackoffClear => on(filter, auth_api::clear_backoff),
+        RouteId::NamespaceList => on(filter, namespaces::list),
+        RouteId::NamespaceCreate => on(filter, namespaces::create),
+        RouteId::NamespaceGet => on(filter, namespaces::get),
+        RouteId::NamespaceUpdate => on(filter, namespaces::update),
+        RouteId::NamespaceDelete => on(filter, namespaces::delete),
+        RouteId::NacosLogin | RouteId::NacosUsersLogin => on(filter, auth_api::nacos_login),
+        RouteId::NacosNamespaceList => on(filter, namespaces::nacos_list),
+        RouteId::NacosNamespaceCreate => on(filter, namespaces::nacos_create),
+        RouteId::NacosNamespaceUpdate => on(filter, namespaces::nacos_update),
+        RouteId::NacosNamespaceDelete => on(filter, namespaces::nacos_delete),
     }
 }
 
@@ -1060,7 +1172,7 @@ pub fn router(state: ApiState) -> Router {
         // Each route gets its own metadata-aware layer: authentication now, permissions
         // (from `resource` and `action`) and audit later.
         let layered = handler(route).layer(from_fn_with_state(
-            middleware::RouteContext { route, state: state.clone() },
+            middleware::RouteContext { route, policy: route.policy(), state: state.clone() },
             middleware::per_route,
         ));
         let merged = match by_path.remove(route.path) {
@@ -1093,7 +1205,7 @@ async fn not_found(
     }
     let token = crate::middleware::nacos_token_from(uri.query(), &headers)
         .or_else(|| crate::auth::bearer(headers.get(axum::http::header::AUTHORIZATION)).map(str::to_owned));
-    let known = token.is_some_and(|token| crate::auth::resolve(&state.tokens, &token).is_some());
+    let known = token.is_some_and(|token| state.auth.resolve_token(&token).is_some());
     let error = if known {
         ApiError::not_found(format!("no such api: {}", uri.path()))
     } else {
@@ -1124,9 +1236,19 @@ mod tests {
     }
 
     #[test]
-    fn only_probes_and_metrics_are_public() {
+    fn only_probes_metrics_and_logins_are_public() {
         let public: Vec<_> = ROUTES.iter().filter(|r| !r.authenticated).map(|r| r.path).collect();
-        assert_eq!(public, ["/healthz", "/readyz", "/metrics"]);
+        assert_eq!(
+            public,
+            [
+                "/healthz",
+                "/readyz",
+                "/metrics",
+                "/api/v1/auth/login",
+                "/nacos/v1/auth/login",
+                "/nacos/v1/auth/users/login"
+            ]
+        );
     }
 
     /// Mutating routes that are not audited, as the audit issue scopes them: keep-alives,
@@ -1150,6 +1272,10 @@ mod tests {
         RouteId::RateLimitCheck,
         RouteId::RateLimitPermitAcquire,
         RouteId::RateLimitPermitRelease,
+        // A login mints a session token on a lease; failures feed the backoff and the log.
+        RouteId::AuthLogin,
+        RouteId::NacosLogin,
+        RouteId::NacosUsersLogin,
     ];
 
     #[test]

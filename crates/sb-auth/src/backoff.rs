@@ -144,7 +144,7 @@ impl LoginBackoff {
             !(user_opt.as_ref().is_none_or(|u| u == user) && address_opt.is_none_or(|a| a == *address))
         });
         if user_opt.is_none() {
-            tables.addresses.retain(|address, _| !address_opt.is_none_or(|a| a == *address));
+            tables.addresses.retain(|address, _| address_opt.is_some_and(|a| a != *address));
         }
         before - (tables.pairs.len() + tables.addresses.len())
     }
@@ -169,7 +169,9 @@ fn bump<K: std::hash::Hash + Eq + Clone>(
 ) -> u32 {
     if !table.contains_key(&key) && table.len() >= options.max_entries {
         // Idle entries first (waits over and quiet for a full cap), then the oldest.
-        table.retain(|_, e| e.blocked_until > now || now.saturating_duration_since(e.last_failure) < options.max);
+        table.retain(|_, e| {
+            e.blocked_until > now || now.saturating_duration_since(e.last_failure) < options.max
+        });
         if table.len() >= options.max_entries {
             if let Some(oldest) = table.iter().min_by_key(|(_, e)| e.last_failure).map(|(k, _)| k.clone()) {
                 table.remove(&oldest);

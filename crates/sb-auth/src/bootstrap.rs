@@ -5,10 +5,12 @@
 //! values are refused. This module never logs a secret: the caller shows generated ones
 //! once, on the console.
 
-use sb_store::{Compare, CompareOp, TxnOp, Txn};
+use sb_store::{Compare, CompareOp, Txn, TxnOp};
 
 use crate::error::{AuthError, AuthResult};
-use crate::model::{Binding, BootstrapRecord, PrincipalKind, PrincipalRef, TokenRecord, UserRecord, BOOTSTRAP_KEY};
+use crate::model::{
+    Binding, BootstrapRecord, PrincipalKind, PrincipalRef, TokenRecord, UserRecord, BOOTSTRAP_KEY,
+};
 use crate::password::{check_password_strength, generate_password};
 use crate::service::{now_ms, token_key, user_key, AuthService};
 use crate::tokens::{generate_token, generate_uid, token_id_and_digest, MIN_TOKEN_CHARS};
@@ -75,10 +77,15 @@ fn admin_token_record(token: &str, uid: &str, description: &str) -> (String, Tok
 }
 
 fn encoded<T: sb_store::codec::StoredValue>(value: &T) -> AuthResult<Vec<u8>> {
-    sb_store::codec::encode(value).map_err(|e| AuthError::Corrupt(format!("encoding a bootstrap record: {e}")))
+    sb_store::codec::encode(value)
+        .map_err(|e| AuthError::Corrupt(format!("encoding a bootstrap record: {e}")))
 }
 
-pub async fn bootstrap(service: &AuthService, node: &str, secrets: BootstrapSecrets) -> AuthResult<BootstrapOutcome> {
+pub async fn bootstrap(
+    service: &AuthService,
+    node: &str,
+    secrets: BootstrapSecrets,
+) -> AuthResult<BootstrapOutcome> {
     check_secrets(&secrets)?;
     let store = service.store();
     let bootstrapped = store.get(BOOTSTRAP_KEY.as_bytes()).await?.is_some();
@@ -103,6 +110,12 @@ pub async fn bootstrap(service: &AuthService, node: &str, secrets: BootstrapSecr
                 TxnOp::put(user_key(ADMIN_USER), encoded(&user)?),
                 TxnOp::put(token_key(&id), encoded(&token_record)?),
                 TxnOp::put(BOOTSTRAP_KEY, encoded(&marker)?),
+                sb_audit::Audit::system("switchboard-bootstrap").op(
+                    "user.create",
+                    format!("user/{ADMIN_USER}"),
+                    None,
+                    None,
+                ),
             ]);
         let (succeeded, _) = service.commit_public(txn).await?;
         if succeeded {
@@ -132,13 +145,19 @@ pub async fn bootstrap(service: &AuthService, node: &str, secrets: BootstrapSecr
                 Some(kv) => Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision),
                 None => Compare::absent(key.clone()),
             };
-            service.commit_public(Txn::new().when([compare]).and_then([TxnOp::put(key, encoded(&token_record)?)])).await?;
+            service
+                .commit_public(
+                    Txn::new().when([compare]).and_then([TxnOp::put(key, encoded(&token_record)?)]),
+                )
+                .await?;
         }
     }
     if let Some(password) = &secrets.password_opt {
         let matches = service.hasher().verify(password, Some(record.password_hash.clone())).await?;
         if !matches {
-            service.set_password(ADMIN_USER, password).await?;
+            service
+                .set_password(ADMIN_USER, password, &sb_audit::Audit::system("switchboard-bootstrap"))
+                .await?;
         }
     }
     Ok(BootstrapOutcome::AlreadyDone)

@@ -19,7 +19,9 @@ pub mod tokens;
 
 pub use backoff::{BackoffEntry, BackoffOptions, LoginBackoff};
 pub use error::{AuthError, AuthResult};
-pub use model::{Action, Binding, Kind, Permission, PrincipalKind, PrincipalRef, Resource, DEFAULT_NAMESPACE};
+pub use model::{
+    Action, Binding, Kind, Permission, PrincipalKind, PrincipalRef, Resource, DEFAULT_NAMESPACE,
+};
 pub use policy::{authorize, builtin_allows, is_global_admin, Subject, BUILTIN_ROLES};
 pub use service::{now_ms, AuthOptions, AuthService, MintedToken, Session};
 pub use state::AuthState;

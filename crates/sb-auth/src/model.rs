@@ -1,8 +1,8 @@
 //! What access control stores, and the vocabulary of the policy: resource kinds, actions,
 //! principals, role bindings. Every stored record carries the store's `"v"` format version.
 
-use serde::{Deserialize, Serialize};
 use sb_store::codec::StoredValue;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{AuthError, AuthResult};
 
@@ -283,7 +283,9 @@ pub fn check_principal_name(field: &'static str, name: &str) -> AuthResult<()> {
     if !first_ok || !name.chars().all(allowed) {
         return Err(AuthError::invalid(
             field,
-            format!("{field} {name:?} is not valid: letters, digits and . _ - (starting with a letter or digit)"),
+            format!(
+                "{field} {name:?} is not valid: letters, digits and . _ - (starting with a letter or digit)"
+            ),
         ));
     }
     Ok(())

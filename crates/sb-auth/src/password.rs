@@ -18,7 +18,8 @@ pub const MAX_PASSWORD_CHARS: usize = 256;
 
 /// Passwords that are refused whatever their length (defaults of well-known products and
 /// the obvious ones).
-const COMMON: &[&str] = &["password", "nacos", "admin", "switchboard", "123456", "qwerty", "letmein", "secret"];
+const COMMON: &[&str] =
+    &["password", "nacos", "admin", "switchboard", "123456", "qwerty", "letmein", "secret"];
 
 #[derive(Clone)]
 pub struct PasswordHasher {

@@ -180,7 +180,12 @@ mod tests {
     fn only_admin_on_star_is_global_admin() {
         let state = state_with("root", &[("admin", "*")]);
         assert!(is_global_admin(&state, &user("root")));
-        assert!(authorize(&state, &user("root"), Action::Admin, Resource { kind: Kind::User, namespace: None }));
+        assert!(authorize(
+            &state,
+            &user("root"),
+            Action::Admin,
+            Resource { kind: Kind::User, namespace: None }
+        ));
         let state = state_with("nsadmin", &[("admin", "dev")]);
         assert!(!is_global_admin(&state, &user("nsadmin")));
         assert!(!authorize(

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+use sb_audit::Audit;
 use sb_store::codec::{decode, encode, StoredValue};
 use sb_store::view::DecodedMap;
 use sb_store::{Compare, CompareOp, KeyRange, Revision, SharedStore, Txn, TxnOp, View};
@@ -127,7 +128,8 @@ impl AuthService {
     /// Loads the views; returns once they are applied.
     pub async fn start(store: SharedStore, options: AuthOptions) -> AuthResult<AuthService> {
         let view = View::start(store.clone(), KeyRange::prefix(AUTH_PREFIX), "auth").await?;
-        let namespaces = View::start(store.clone(), KeyRange::prefix(NAMESPACES_PREFIX), "namespaces").await?;
+        let namespaces =
+            View::start(store.clone(), KeyRange::prefix(NAMESPACES_PREFIX), "namespaces").await?;
         Ok(AuthService {
             hasher: PasswordHasher::new(options.hash_concurrency, options.hash_wait),
             backoff: LoginBackoff::new(options.backoff.clone()),
@@ -309,7 +311,7 @@ impl AuthService {
         let subject = self.verify_password(user, password, address, false).await?;
         let principal = subject.principal();
         let lease = self.store.lease_grant(ttl_secs).await?;
-        let minted = self.mint(&principal, Some(ttl_secs), "login session", Some(lease.id)).await;
+        let minted = self.mint(&principal, Some(ttl_secs), "login session", Some(lease.id), None).await;
         let minted = match minted {
             Ok(minted) => minted,
             Err(error) => {
@@ -335,6 +337,7 @@ impl AuthService {
         ttl_secs_opt: Option<i64>,
         description: &str,
         lease_opt: Option<sb_store::LeaseId>,
+        audit_opt: Option<&Audit>,
     ) -> AuthResult<MintedToken> {
         check_description("description", description)?;
         let key = principal_key(principal);
@@ -359,15 +362,20 @@ impl AuthService {
         };
         let value = encoded(&record)?;
         let put = match lease_opt {
-            Some(lease) => TxnOp::put_with_lease(token_key(&id), value, lease),
-            None => TxnOp::put(token_key(&id), value),
+            Some(lease) => TxnOp::put_with_lease(token_key(&id), value.clone(), lease),
+            None => TxnOp::put(token_key(&id), value.clone()),
         };
+        let mut ops = vec![put];
+        if let Some(audit) = audit_opt {
+            // The digest is of the stored record (itself a digest), never of the token.
+            ops.push(audit.op("token.create", format!("token/{id}"), None, Some(&value)));
+        }
         let txn = Txn::new()
             .when([
                 Compare::mod_revision(key, CompareOp::Equal, current.mod_revision),
                 Compare::absent(token_key(&id)),
             ])
-            .and_then([put]);
+            .and_then(ops);
         let (succeeded, _) = self.commit(txn).await?;
         if !succeeded {
             return Err(AuthError::Conflict(format!(
@@ -385,24 +393,26 @@ impl AuthService {
         principal: &PrincipalRef,
         ttl_secs_opt: Option<i64>,
         description: &str,
+        audit: &Audit,
     ) -> AuthResult<MintedToken> {
         if let Some(ttl) = ttl_secs_opt {
             if ttl <= 0 {
                 return Err(AuthError::invalid("ttl_secs", format!("ttl_secs {ttl} must be positive")));
             }
         }
-        self.mint(principal, ttl_secs_opt, description, None).await
+        self.mint(principal, ttl_secs_opt, description, None, Some(audit)).await
     }
 
     /// Revokes a token by id: deleted from the store, gone from this node's view on return.
-    pub async fn revoke_token(&self, id: &str) -> AuthResult<()> {
+    pub async fn revoke_token(&self, id: &str, audit: &Audit) -> AuthResult<()> {
         let key = token_key(id);
         let txn = Txn::new().when([Compare::new(
             key.clone(),
             CompareOp::Greater,
             sb_store::CompareTarget::CreateRevision(0),
         )]);
-        let (succeeded, _) = self.commit(txn.and_then([TxnOp::delete(key)])).await?;
+        let record = audit.op("token.revoke", format!("token/{id}"), None, None);
+        let (succeeded, _) = self.commit(txn.and_then([TxnOp::delete(key), record])).await?;
         if !succeeded {
             return Err(AuthError::NotFound(format!("token {id:?} does not exist")));
         }
@@ -417,6 +427,7 @@ impl AuthService {
         password: &str,
         description: &str,
         bindings: Vec<Binding>,
+        audit: &Audit,
     ) -> AuthResult<Revision> {
         check_principal_name("name", name)?;
         check_description("description", description)?;
@@ -430,24 +441,31 @@ impl AuthService {
             created_at_ms: now_ms(),
         };
         let key = user_key(name);
-        let txn = Txn::new().when([Compare::absent(key.clone())]).and_then([TxnOp::put(key, encoded(&record)?)]);
+        let value = encoded(&record)?;
+        let audited = audit.op("user.create", format!("user/{name}"), None, Some(&value));
+        let txn = Txn::new().when([Compare::absent(key.clone())]).and_then([TxnOp::put(key, value), audited]);
         match self.commit(txn).await? {
             (true, revision) => Ok(revision),
             (false, _) => Err(AuthError::AlreadyExists(format!("user {name:?} exists"))),
         }
     }
 
-    pub async fn set_password(&self, name: &str, password: &str) -> AuthResult<Revision> {
+    pub async fn set_password(&self, name: &str, password: &str, audit: &Audit) -> AuthResult<Revision> {
         check_password_strength("password", password)?;
         let hash = self.hasher.hash(password).await?;
-        self.update_user(name, move |record| {
+        self.update_user(name, ("user.password", audit), move |record| {
             record.password_hash = hash.clone();
             Ok(())
         })
         .await
     }
 
-    pub async fn create_service_account(&self, name: &str, description: &str) -> AuthResult<Revision> {
+    pub async fn create_service_account(
+        &self,
+        name: &str,
+        description: &str,
+        audit: &Audit,
+    ) -> AuthResult<Revision> {
         check_principal_name("name", name)?;
         check_description("description", description)?;
         let record = ServiceAccountRecord {
@@ -457,7 +475,10 @@ impl AuthService {
             created_at_ms: now_ms(),
         };
         let key = account_key(name);
-        let txn = Txn::new().when([Compare::absent(key.clone())]).and_then([TxnOp::put(key, encoded(&record)?)]);
+        let value = encoded(&record)?;
+        let audited =
+            audit.op("service_account.create", format!("service-account/{name}"), None, Some(&value));
+        let txn = Txn::new().when([Compare::absent(key.clone())]).and_then([TxnOp::put(key, value), audited]);
         match self.commit(txn).await? {
             (true, revision) => Ok(revision),
             (false, _) => Err(AuthError::AlreadyExists(format!("service account {name:?} exists"))),
@@ -466,11 +487,13 @@ impl AuthService {
 
     /// Deletes a user or service account. Its tokens stop working at once (they carry the
     /// principal's uid); the records themselves are deleted too, in batches.
-    pub async fn delete_principal(&self, principal: &PrincipalRef) -> AuthResult<Revision> {
+    pub async fn delete_principal(&self, principal: &PrincipalRef, audit: &Audit) -> AuthResult<Revision> {
         let key = principal_key(principal);
+        let action = format!("{}.delete", principal.kind.as_str());
+        let audited = audit.op(&action, audit_resource(principal), None, None);
         let txn = Txn::new()
             .when([Compare::new(key.clone(), CompareOp::Greater, sb_store::CompareTarget::CreateRevision(0))])
-            .and_then([TxnOp::delete(key)]);
+            .and_then([TxnOp::delete(key), audited]);
         let (succeeded, revision) = self.commit(txn).await?;
         if !succeeded {
             return Err(AuthError::NotFound(format!(
@@ -495,9 +518,14 @@ impl AuthService {
     }
 
     /// Adds a role binding to a user or service account (idempotent).
-    pub async fn grant(&self, principal: &PrincipalRef, binding: Binding) -> AuthResult<Revision> {
+    pub async fn grant(
+        &self,
+        principal: &PrincipalRef,
+        binding: Binding,
+        audit: &Audit,
+    ) -> AuthResult<Revision> {
         self.check_bindings(std::slice::from_ref(&binding))?;
-        self.update_bindings(principal, move |bindings| {
+        self.update_bindings(principal, ("binding.grant", audit), move |bindings| {
             if !bindings.contains(&binding) {
                 bindings.push(binding.clone());
             }
@@ -507,8 +535,13 @@ impl AuthService {
     }
 
     /// Removes a role binding; a binding that is not there is a not-found.
-    pub async fn ungrant(&self, principal: &PrincipalRef, binding: Binding) -> AuthResult<Revision> {
-        self.update_bindings(principal, move |bindings| {
+    pub async fn ungrant(
+        &self,
+        principal: &PrincipalRef,
+        binding: Binding,
+        audit: &Audit,
+    ) -> AuthResult<Revision> {
+        self.update_bindings(principal, ("binding.revoke", audit), move |bindings| {
             let before = bindings.len();
             bindings.retain(|b| b != &binding);
             if bindings.len() == before {
@@ -536,12 +569,16 @@ impl AuthService {
     async fn update_bindings(
         &self,
         principal: &PrincipalRef,
+        audit: (&str, &Audit),
         change: impl Fn(&mut Vec<Binding>) -> AuthResult<()>,
     ) -> AuthResult<Revision> {
         match principal.kind {
-            PrincipalKind::User => self.update_user(&principal.name, |r| change(&mut r.bindings)).await,
+            PrincipalKind::User => {
+                self.update_user(&principal.name, audit, |r| change(&mut r.bindings)).await
+            }
             PrincipalKind::ServiceAccount => {
-                self.update_record::<ServiceAccountRecord>(&account_key(&principal.name), "service account", |r| {
+                let key = account_key(&principal.name);
+                self.update_record::<ServiceAccountRecord>(&key, "service account", audit, |r| {
                     change(&mut r.bindings)
                 })
                 .await
@@ -552,9 +589,10 @@ impl AuthService {
     async fn update_user(
         &self,
         name: &str,
+        audit: (&str, &Audit),
         change: impl Fn(&mut UserRecord) -> AuthResult<()>,
     ) -> AuthResult<Revision> {
-        self.update_record::<UserRecord>(&user_key(name), "user", change).await
+        self.update_record::<UserRecord>(&user_key(name), "user", audit, change).await
     }
 
     /// Read, change, and write back if the record did not change meanwhile (a few retries).
@@ -562,19 +600,22 @@ impl AuthService {
         &self,
         key: &str,
         what: &str,
+        (action, audit): (&str, &Audit),
         change: impl Fn(&mut T) -> AuthResult<()>,
     ) -> AuthResult<Revision> {
         for _ in 0..5 {
-            let current = self
-                .store
-                .get(key.as_bytes())
-                .await?
-                .ok_or_else(|| AuthError::NotFound(format!("{what} {:?} does not exist", key_name(key))))?;
+            let current =
+                self.store.get(key.as_bytes()).await?.ok_or_else(|| {
+                    AuthError::NotFound(format!("{what} {:?} does not exist", key_name(key)))
+                })?;
             let mut record = decode_record::<T>(&current.value)?;
             change(&mut record)?;
+            let value = encoded(&record)?;
+            let resource = format!("{}/{}", what.replace(' ', "-"), key_name(key));
+            let audited = audit.op(action, resource, Some(&current.value), Some(&value));
             let txn = Txn::new()
                 .when([Compare::mod_revision(key, CompareOp::Equal, current.mod_revision)])
-                .and_then([TxnOp::put(key, encoded(&record)?)]);
+                .and_then([TxnOp::put(key, value), audited]);
             if let (true, revision) = self.commit(txn).await? {
                 return Ok(revision);
             }
@@ -584,11 +625,20 @@ impl AuthService {
 
     // ---- roles ----
 
-    pub async fn put_role(&self, name: &str, permissions: Vec<Permission>, description: &str) -> AuthResult<Revision> {
+    pub async fn put_role(
+        &self,
+        name: &str,
+        permissions: Vec<Permission>,
+        description: &str,
+        audit: &Audit,
+    ) -> AuthResult<Revision> {
         check_principal_name("name", name)?;
         check_description("description", description)?;
         if BUILTIN_ROLES.contains(&name) {
-            return Err(AuthError::invalid("name", format!("role {name:?} is built in and cannot be changed")));
+            return Err(AuthError::invalid(
+                "name",
+                format!("role {name:?} is built in and cannot be changed"),
+            ));
         }
         if permissions.is_empty() || permissions.len() > 64 {
             return Err(AuthError::invalid(
@@ -613,19 +663,26 @@ impl AuthService {
             check_namespace_pattern(&p.namespace)?;
         }
         let record = RoleRecord { permissions, description: description.to_owned() };
-        let (_, revision) = self.commit(Txn::new().and_then([TxnOp::put(role_key(name), encoded(&record)?)])).await?;
+        let value = encoded(&record)?;
+        let audited = audit.op("role.put", format!("role/{name}"), None, Some(&value));
+        let (_, revision) =
+            self.commit(Txn::new().and_then([TxnOp::put(role_key(name), value), audited])).await?;
         Ok(revision)
     }
 
     /// Deletes a custom role; bindings to it then allow nothing.
-    pub async fn delete_role(&self, name: &str) -> AuthResult<Revision> {
+    pub async fn delete_role(&self, name: &str, audit: &Audit) -> AuthResult<Revision> {
         if BUILTIN_ROLES.contains(&name) {
-            return Err(AuthError::invalid("name", format!("role {name:?} is built in and cannot be deleted")));
+            return Err(AuthError::invalid(
+                "name",
+                format!("role {name:?} is built in and cannot be deleted"),
+            ));
         }
         let key = role_key(name);
+        let audited = audit.op("role.delete", format!("role/{name}"), None, None);
         let txn = Txn::new()
             .when([Compare::new(key.clone(), CompareOp::Greater, sb_store::CompareTarget::CreateRevision(0))])
-            .and_then([TxnOp::delete(key)]);
+            .and_then([TxnOp::delete(key), audited]);
         match self.commit(txn).await? {
             (true, revision) => Ok(revision),
             (false, _) => Err(AuthError::NotFound(format!("role {name:?} does not exist"))),
@@ -640,20 +697,26 @@ impl AuthService {
                 let permissions = Kind::ALL
                     .iter()
                     .flat_map(|kind| {
-                        Action::ALL.iter().filter(move |action| builtin_allows(name, *kind, **action) == Some(true)).map(
-                            move |action| Permission {
+                        Action::ALL
+                            .iter()
+                            .filter(move |action| builtin_allows(name, *kind, **action) == Some(true))
+                            .map(move |action| Permission {
                                 kind: kind.as_str().into(),
                                 action: action.as_str().into(),
                                 namespace: "*".into(),
-                            },
-                        )
+                            })
                     })
                     .collect();
                 ((*name).to_owned(), permissions, "built in".to_owned(), true)
             })
             .collect();
         for (name, entry) in self.view.snapshot().roles.iter() {
-            roles.push((name.clone(), entry.value.permissions.clone(), entry.value.description.clone(), false));
+            roles.push((
+                name.clone(),
+                entry.value.permissions.clone(),
+                entry.value.description.clone(),
+                false,
+            ));
         }
         roles
     }
@@ -675,6 +738,7 @@ impl AuthService {
         display_name: &str,
         description: &str,
         create_only: bool,
+        audit: &Audit,
     ) -> AuthResult<Revision> {
         check_namespace(name)?;
         check_description("display_name", display_name)?;
@@ -686,7 +750,10 @@ impl AuthService {
             description: description.to_owned(),
             created_at_ms: existing.as_ref().map_or_else(now_ms, |e| e.created_at_ms),
         };
-        let mut txn = Txn::new().and_then([TxnOp::put(key.clone(), encoded(&record)?)]);
+        let value = encoded(&record)?;
+        let action = if create_only { "namespace.create" } else { "namespace.update" };
+        let audited = audit.op(action, format!("namespace/{name}"), None, Some(&value));
+        let mut txn = Txn::new().and_then([TxnOp::put(key.clone(), value), audited]);
         if create_only {
             txn = txn.when([Compare::absent(key)]);
         }
@@ -700,17 +767,45 @@ impl AuthService {
 
     /// Deletes a namespace's record. What lives in the namespace stays (Nacos 1.x does the
     /// same); the namespace is implicit again on its next use.
-    pub async fn delete_namespace(&self, name: &str) -> AuthResult<Revision> {
+    pub async fn delete_namespace(&self, name: &str, audit: &Audit) -> AuthResult<Revision> {
         let key = namespace_key(name);
+        let audited = audit.op("namespace.delete", format!("namespace/{name}"), None, None);
         let txn = Txn::new()
             .when([Compare::new(key.clone(), CompareOp::Greater, sb_store::CompareTarget::CreateRevision(0))])
-            .and_then([TxnOp::delete(key)]);
+            .and_then([TxnOp::delete(key), audited]);
         let response = self.store.txn(txn).await?;
         if !response.succeeded {
             return Err(AuthError::NotFound(format!("namespace {name:?} does not exist")));
         }
         self.namespaces.wait_for(response.revision, self.options.read_your_writes_timeout).await?;
         Ok(response.revision)
+    }
+}
+
+/// Clears login backoff entries and records who did it (an audit record on its own: the
+/// backoff lives in memory, not in the store).
+impl AuthService {
+    pub async fn clear_backoff(
+        &self,
+        user_opt: Option<&str>,
+        address_opt: Option<IpAddr>,
+        audit: &Audit,
+    ) -> AuthResult<usize> {
+        let cleared = self.backoff.clear(user_opt, address_opt);
+        let resource = format!(
+            "login-backoff/{}@{}",
+            user_opt.unwrap_or("*"),
+            address_opt.map_or_else(|| "*".to_owned(), |a| a.to_string())
+        );
+        self.store.txn(Txn::new().and_then([audit.op("backoff.clear", resource, None, None)])).await?;
+        Ok(cleared)
+    }
+}
+
+fn audit_resource(principal: &PrincipalRef) -> String {
+    match principal.kind {
+        PrincipalKind::User => format!("user/{}", principal.name),
+        PrincipalKind::ServiceAccount => format!("service-account/{}", principal.name),
     }
 }
 

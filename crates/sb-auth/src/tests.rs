@@ -22,6 +22,10 @@ fn user(name: &str) -> PrincipalRef {
     PrincipalRef { kind: PrincipalKind::User, name: name.into() }
 }
 
+fn audit() -> sb_audit::Audit {
+    sb_audit::Audit::system("test")
+}
+
 const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3));
 const PASSWORD: &str = "tr0ub4dor&3-horse";
 
@@ -29,26 +33,26 @@ const PASSWORD: &str = "tr0ub4dor&3-horse";
 async fn tokens_resolve_until_revoked_and_revocation_is_immediate_here() {
     let dir = tempfile::tempdir().unwrap();
     let auth = service(store(&dir).await).await;
-    auth.create_user("alice", PASSWORD, "", vec![]).await.unwrap();
-    let minted = auth.create_token(&user("alice"), None, "ci").await.unwrap();
+    auth.create_user("alice", PASSWORD, "", vec![], &audit()).await.unwrap();
+    let minted = auth.create_token(&user("alice"), None, "ci", &audit()).await.unwrap();
     let subject = auth.resolve_token(&minted.token).expect("resolves");
     assert_eq!(subject.name, "alice");
     assert_eq!(subject.token_id.as_deref(), Some(minted.id.as_str()));
     assert!(auth.resolve_token(&minted.token.replace('a', "b")).is_none());
-    auth.revoke_token(&minted.id).await.unwrap();
+    auth.revoke_token(&minted.id, &audit()).await.unwrap();
     assert!(auth.resolve_token(&minted.token).is_none(), "revoked on this node on return");
-    assert!(matches!(auth.revoke_token(&minted.id).await, Err(AuthError::NotFound(_))));
+    assert!(matches!(auth.revoke_token(&minted.id, &audit()).await, Err(AuthError::NotFound(_))));
 }
 
 #[tokio::test]
 async fn a_recreated_user_does_not_inherit_old_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let auth = service(store(&dir).await).await;
-    auth.create_user("bob", PASSWORD, "", vec![]).await.unwrap();
-    let minted = auth.create_token(&user("bob"), None, "").await.unwrap();
-    auth.delete_principal(&user("bob")).await.unwrap();
+    auth.create_user("bob", PASSWORD, "", vec![], &audit()).await.unwrap();
+    let minted = auth.create_token(&user("bob"), None, "", &audit()).await.unwrap();
+    auth.delete_principal(&user("bob"), &audit()).await.unwrap();
     assert!(auth.resolve_token(&minted.token).is_none());
-    auth.create_user("bob", PASSWORD, "", vec![]).await.unwrap();
+    auth.create_user("bob", PASSWORD, "", vec![], &audit()).await.unwrap();
     assert!(auth.resolve_token(&minted.token).is_none());
 }
 
@@ -56,8 +60,8 @@ async fn a_recreated_user_does_not_inherit_old_tokens() {
 async fn expired_tokens_do_not_resolve() {
     let dir = tempfile::tempdir().unwrap();
     let auth = service(store(&dir).await).await;
-    auth.create_user("carol", PASSWORD, "", vec![]).await.unwrap();
-    let minted = auth.create_token(&user("carol"), Some(1), "").await.unwrap();
+    auth.create_user("carol", PASSWORD, "", vec![], &audit()).await.unwrap();
+    let minted = auth.create_token(&user("carol"), Some(1), "", &audit()).await.unwrap();
     assert!(auth.resolve_token(&minted.token).is_some());
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert!(auth.resolve_token(&minted.token).is_none());
@@ -67,16 +71,29 @@ async fn expired_tokens_do_not_resolve() {
 async fn logins_check_passwords_and_back_off() {
     let dir = tempfile::tempdir().unwrap();
     let auth = service(store(&dir).await).await;
-    auth.create_user("dave", PASSWORD, "", vec![Binding { role: "viewer".into(), namespace: "dev".into() }])
-        .await
-        .unwrap();
+    auth.create_user(
+        "dave",
+        PASSWORD,
+        "",
+        vec![Binding { role: "viewer".into(), namespace: "dev".into() }],
+        &audit(),
+    )
+    .await
+    .unwrap();
     let session = auth.login("dave", PASSWORD, IP, Some(60)).await.unwrap();
     assert!(!session.global_admin);
     let subject = auth.resolve_token(&session.token).unwrap();
     assert!(auth.authorize(&subject, Action::Read, Resource { kind: Kind::Config, namespace: Some("dev") }));
-    assert!(!auth.authorize(&subject, Action::Write, Resource { kind: Kind::Config, namespace: Some("dev") }));
+    assert!(!auth.authorize(
+        &subject,
+        Action::Write,
+        Resource { kind: Kind::Config, namespace: Some("dev") }
+    ));
     for _ in 0..3 {
-        assert!(matches!(auth.login("dave", "wrong-password-x", IP, None).await, Err(AuthError::BadCredentials)));
+        assert!(matches!(
+            auth.login("dave", "wrong-password-x", IP, None).await,
+            Err(AuthError::BadCredentials)
+        ));
     }
     assert!(matches!(auth.login("dave", "wrong-password-x", IP, None).await, Err(AuthError::BadCredentials)));
     assert!(matches!(auth.login("dave", PASSWORD, IP, None).await, Err(AuthError::Backoff { .. })));
@@ -98,7 +115,9 @@ async fn bootstrap_is_create_if_absent() {
     let created: Vec<_> = [first.unwrap(), second.unwrap()]
         .into_iter()
         .filter_map(|o| match o {
-            BootstrapOutcome::Created { password_opt, token_opt } => Some((password_opt.unwrap(), token_opt.unwrap())),
+            BootstrapOutcome::Created { password_opt, token_opt } => {
+                Some((password_opt.unwrap(), token_opt.unwrap()))
+            }
             BootstrapOutcome::AlreadyDone => None,
         })
         .collect();

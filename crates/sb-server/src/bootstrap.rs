@@ -1,94 +1,69 @@
-//! First start: the admin token.
-//!
-//! On a store that was never bootstrapped, a random admin token is generated; the store
-//! keeps only its SHA-256. The bootstrap is one create-if-absent transaction on
-//! `auth/bootstrap`, so two nodes starting at once on one etcd never both mint a token.
-//! The token goes to `<data-dir>/admin-token` (mode 0600) and, once, to the console:
-//! never to the structured log.
+//! First start: the `admin` user and an admin token (`sb_auth::bootstrap` does the store
+//! part, create-if-absent). This module takes the secrets from the environment, writes
+//! generated ones to `<data-dir>/admin-password` and `<data-dir>/admin-token` (mode 0600),
+//! and prints them once on the console: never to the structured log.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use sb_api::auth::{generate_token, token_key, BootstrapRecord, TokenRecord, BOOTSTRAP_KEY, MIN_TOKEN_CHARS};
-use sb_store::codec::encode;
-use sb_store::{Compare, SharedStore, Txn, TxnOp};
+use sb_auth::bootstrap::{bootstrap, BootstrapOutcome, BootstrapSecrets};
+use sb_auth::AuthService;
 use tracing::{info, warn};
 
 use crate::error::{ServerError, ServerResult};
 
 /// The file the first start writes the admin token to.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// The file the first start writes the admin password to.
+pub const ADMIN_PASSWORD_FILE: &str = "admin-password";
 /// The variable that sets the admin token instead of generating one.
 pub const ADMIN_TOKEN_ENV: &str = "SWITCHBOARD_ADMIN_TOKEN";
+/// The variable that sets the admin password instead of generating one.
+pub const ADMIN_PASSWORD_ENV: &str = "SWITCHBOARD_ADMIN_PASSWORD";
 
 #[derive(Debug)]
 pub enum Bootstrap {
-    /// This start minted the token: show it once.
-    Generated { token: String, file: PathBuf },
-    /// `SWITCHBOARD_ADMIN_TOKEN` is a valid admin token (stored now or before).
-    FromEnv,
+    /// This start bootstrapped the store; generated secrets are shown once.
+    Created { token_opt: Option<(String, PathBuf)>, password_opt: Option<(String, PathBuf)> },
     /// The store was bootstrapped before (by this node or another).
     AlreadyDone,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-fn admin_record(description: &str) -> TokenRecord {
-    TokenRecord {
-        subject: "admin".into(),
-        roles: vec!["admin".into()],
-        created_at_ms: now_ms(),
-        description: description.into(),
-    }
-}
-
-fn encoded<T: sb_store::codec::StoredValue>(value: &T) -> ServerResult<Vec<u8>> {
-    encode(value).map_err(|e| ServerError::Config(format!("encoding the bootstrap records: {e}")))
+/// The environment's secrets (empty values count as unset).
+pub fn secrets_from_env() -> BootstrapSecrets {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    BootstrapSecrets { password_opt: var(ADMIN_PASSWORD_ENV), token_opt: var(ADMIN_TOKEN_ENV) }
 }
 
 pub async fn bootstrap_admin(
-    store: &SharedStore,
+    auth: &AuthService,
     data_dir: &Path,
     node: &str,
-    env_token: Option<String>,
+    secrets: BootstrapSecrets,
 ) -> ServerResult<Bootstrap> {
-    let marker = encoded(&BootstrapRecord { node: node.into(), created_at_ms: now_ms() })?;
-    if let Some(token) = env_token {
-        let chars = token.chars().count();
-        if chars < MIN_TOKEN_CHARS {
-            return Err(ServerError::Config(format!(
-                "{ADMIN_TOKEN_ENV} is {chars} characters, at least {MIN_TOKEN_CHARS} are required"
-            )));
-        }
-        let key = token_key(&token);
-        let txn = Txn::new().when([Compare::absent(key.clone())]).and_then([
-            TxnOp::put(key, encoded(&admin_record(&format!("set by {ADMIN_TOKEN_ENV}")))?),
-            TxnOp::put(BOOTSTRAP_KEY, marker),
-        ]);
-        store.txn(txn).await.map_err(ServerError::store("storing the admin token"))?;
-        info!("admin token from {ADMIN_TOKEN_ENV} is in place");
-        return Ok(Bootstrap::FromEnv);
-    }
-    let token = generate_token();
-    let txn = Txn::new().when([Compare::absent(BOOTSTRAP_KEY)]).and_then([
-        TxnOp::put(token_key(&token), encoded(&admin_record("generated at first start"))?),
-        TxnOp::put(BOOTSTRAP_KEY, marker),
-    ]);
-    let response = store.txn(txn).await.map_err(ServerError::store("bootstrapping the admin token"))?;
-    if !response.succeeded {
+    let outcome = bootstrap(auth, node, secrets).await.map_err(|error| match error {
+        sb_auth::AuthError::Invalid { message, .. } => ServerError::Config(message),
+        other => ServerError::Config(format!("bootstrapping the admin user: {other}")),
+    })?;
+    let BootstrapOutcome::Created { password_opt, token_opt } = outcome else {
         return Ok(Bootstrap::AlreadyDone);
-    }
-    let file = data_dir.join(ADMIN_TOKEN_FILE);
-    if let Err(error) = write_secret(&file, &token) {
-        // The token is in the store already; the console print is then its only copy.
-        warn!(file = %file.display(), %error, "the admin token could not be written to its file");
-    }
-    info!(file = %file.display(), "admin token generated (printed once on the console)");
-    Ok(Bootstrap::Generated { token, file })
+    };
+    let write = |file_name: &str, secret: String| {
+        let file = data_dir.join(file_name);
+        if let Err(error) = write_secret(&file, &secret) {
+            // The secret is in the store already; the console print is then its only copy.
+            warn!(file = %file.display(), %error, "a bootstrap secret could not be written to its file");
+        }
+        (secret, file)
+    };
+    let token_opt = token_opt.map(|t| write(ADMIN_TOKEN_FILE, t));
+    let password_opt = password_opt.map(|p| write(ADMIN_PASSWORD_FILE, p));
+    info!(
+        user = sb_auth::bootstrap::ADMIN_USER,
+        "admin user bootstrapped (generated secrets are printed once on the console)"
+    );
+    Ok(Bootstrap::Created { token_opt, password_opt })
 }
 
 /// Writes a secret readable by its owner only (mode 0600, also when the file existed).
@@ -102,11 +77,27 @@ fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// The console block of a first start: the token once, and a quick start.
-pub fn first_start_banner(token: &str, file: &Path, base_url: &str) -> String {
+/// The console block of a first start: the generated secrets once, and a quick start.
+pub fn first_start_banner(
+    token_opt: Option<&(String, PathBuf)>,
+    password_opt: Option<&(String, PathBuf)>,
+    base_url: &str,
+) -> String {
+    let mut banner = String::from("\n");
+    if let Some((password, file)) = password_opt {
+        banner.push_str(&format!(
+            "switchboard: first start: user admin was created; its password was written to {} (mode 0600).\n\
+             switchboard: it is shown here once:\n\n    {password}\n\n",
+            file.display()
+        ));
+    }
+    let Some((token, file)) = token_opt else {
+        banner.push_str(&format!("switchboard: the admin token is the one in {ADMIN_TOKEN_ENV}\n"));
+        return banner;
+    };
     let file = file.display();
-    format!(
-        "\nswitchboard: first start: an admin token was generated and written to {file} (mode 0600).\n\
+    banner.push_str(&format!(
+        "switchboard: first start: an admin token was generated and written to {file} (mode 0600).\n\
          switchboard: it is shown here once:\n\n    {token}\n\n\
          Quick start:\n\
          \x20 export SWITCHBOARD_TOKEN=$(cat {file})\n\
@@ -117,6 +108,7 @@ pub fn first_start_banner(token: &str, file: &Path, base_url: &str) -> String {
          \x20 export SWITCHBOARD_ENDPOINT={base_url}\n\
          \x20 switchboard kv put greeting hello\n\
          \x20 switchboard kv get greeting\n\
-         \x20 switchboard kv watch greeting\n"
-    )
+         \x20 switchboard auth whoami\n"
+    ));
+    banner
 }

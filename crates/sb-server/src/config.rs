@@ -114,6 +114,32 @@ pub struct ServeArgs {
     pub ids: IdArgs,
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Access control: logins and their backoff.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AuthArgs {
+    /// A login's session token TTL when the request names none (Nacos's tokenTtl).
+    #[arg(long, env = "SWITCHBOARD_LOGIN_SESSION_TTL_SECS", default_value_t = 18_000, value_parser = clap::value_parser!(i64).range(2..=604_800))]
+    pub login_session_ttl_secs: i64,
+    /// Login backoff: the wait after the first counted failure; it doubles with each
+    /// further failure per (user, address) and per address, never per user alone.
+    #[arg(long, env = "SWITCHBOARD_LOGIN_BACKOFF_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub login_backoff_base_ms: u64,
+    /// Login backoff: the longest wait.
+    #[arg(long, env = "SWITCHBOARD_LOGIN_BACKOFF_MAX_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub login_backoff_max_ms: u64,
+    /// Login backoff: failures per (user, address) before any wait.
+    #[arg(long, env = "SWITCHBOARD_LOGIN_FREE_FAILURES", default_value_t = 3)]
+    pub login_free_failures: u32,
+    /// Login backoff: failures per address (all users) before any wait.
+    #[arg(long, env = "SWITCHBOARD_LOGIN_FREE_FAILURES_PER_ADDRESS", default_value_t = 20)]
+    pub login_free_failures_per_address: u32,
+    /// Password hashes computed at once (argon2id: about 19 MiB each).
+    #[arg(long, env = "SWITCHBOARD_PASSWORD_HASH_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub password_hash_concurrency: u64,
 }
 
 /// Unique IDs: Snowflake and segments.

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sb_api::auth::TOKENS_PREFIX;
 use sb_api::{Api, ApiConfig, ApiMetrics, IdServices, LogLevelControl, SystemLeases, KV_PREFIX};
 use sb_config::{ConfigService, ConfigSettings, ConfigView, Retention};
 use sb_ids::{SegmentService, SnowflakeService};
@@ -22,7 +21,7 @@ use sb_store_etcd::{EtcdCompactor, EtcdCompactorOptions};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::bootstrap::{bootstrap_admin, first_start_banner, Bootstrap, ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE};
+use crate::bootstrap::{bootstrap_admin, first_start_banner, secrets_from_env, Bootstrap, ADMIN_TOKEN_FILE};
 use crate::config::ServeArgs;
 use crate::error::{ServerError, ServerResult};
 use crate::ids;
@@ -68,8 +67,15 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         EtcdCompactor::spawn(store.clone(), EtcdCompactorOptions::new(node_id.as_str(), retention))
     });
 
-    let env_token = std::env::var(ADMIN_TOKEN_ENV).ok().filter(|t| !t.is_empty());
-    let bootstrap = bootstrap_admin(&store, data_dir, node_id.as_str(), env_token).await?;
+    // Weak environment secrets are refused before anything else is written.
+    let secrets = secrets_from_env();
+    sb_auth::bootstrap::check_secrets(&secrets).map_err(|e| ServerError::Config(e.to_string()))?;
+    let auth = Arc::new(
+        sb_auth::AuthService::start(store.clone(), auth_options(&args))
+            .await
+            .map_err(|e| ServerError::Config(format!("loading the access-control views: {e}")))?,
+    );
+    let bootstrap = bootstrap_admin(&auth, data_dir, node_id.as_str(), secrets).await?;
 
     let record = NodeRecord {
         id: node_id.to_string(),
@@ -89,9 +95,6 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     let kv = View::start(store.clone(), KeyRange::prefix(KV_PREFIX), "kv")
         .await
         .map_err(ServerError::store("loading the kv view"))?;
-    let tokens = View::start(store.clone(), KeyRange::prefix(TOKENS_PREFIX), "tokens")
-        .await
-        .map_err(ServerError::store("loading the token view"))?;
     let registry = Arc::new(start_registry(&args, &store, node_id.as_str()).await?);
     let config_view =
         ConfigView::start(store.clone()).await.map_err(ServerError::store("loading the config view"))?;
@@ -168,7 +171,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         store: store.clone(),
         kv,
         configs,
-        tokens,
+        auth,
         system_leases,
         coord,
         registry: registry.clone(),
@@ -193,8 +196,9 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         println!("switchboard: dns on {} (udp+tcp)", dns.local_addr);
     }
     match &bootstrap {
-        Bootstrap::Generated { token, file } => println!("{}", first_start_banner(token, file, &base_url)),
-        Bootstrap::FromEnv => println!("switchboard: the admin token is the one in {ADMIN_TOKEN_ENV}"),
+        Bootstrap::Created { token_opt, password_opt } => {
+            println!("{}", first_start_banner(token_opt.as_ref(), password_opt.as_ref(), &base_url))
+        }
         Bootstrap::AlreadyDone => println!(
             "switchboard: the store was bootstrapped before; the first start wrote its admin token to <data-dir>/{ADMIN_TOKEN_FILE}"
         ),
@@ -277,6 +281,22 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     }
     println!("switchboard: node {node_id} left the membership and stopped");
     Ok(())
+}
+
+fn auth_options(args: &ServeArgs) -> sb_auth::AuthOptions {
+    let auth = &args.auth;
+    sb_auth::AuthOptions {
+        hash_concurrency: auth.password_hash_concurrency as usize,
+        session_ttl_secs: auth.login_session_ttl_secs,
+        backoff: sb_auth::BackoffOptions {
+            base: Duration::from_millis(auth.login_backoff_base_ms),
+            max: Duration::from_millis(auth.login_backoff_max_ms.max(auth.login_backoff_base_ms)),
+            free_per_pair: auth.login_free_failures,
+            free_per_address: auth.login_free_failures_per_address,
+            ..sb_auth::BackoffOptions::default()
+        },
+        ..sb_auth::AuthOptions::default()
+    }
 }
 
 /// The DNS interface: on by default at 127.0.0.1:8600, where a taken port is only a

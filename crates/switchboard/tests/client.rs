@@ -134,7 +134,7 @@ fn kv_and_lease_commands_work_against_a_running_server() {
     let error = fails(cli(&server, elsewhere.path()).args(["kv", "ls"]));
     assert!(error.contains("401") && error.contains("admin-token"), "{error}");
     let error = fails(cli(&server, elsewhere.path()).args(["kv", "ls", "--token", "not-a-token"]));
-    assert!(error.contains("unknown or revoked"), "{error}");
+    assert!(error.contains("unknown, expired or revoked"), "{error}");
     server.terminate();
 
     // No server at all: a clear error, not a hang.

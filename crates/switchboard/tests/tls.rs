@@ -255,6 +255,40 @@ async fn tls_mtls_rejects_a_client_without_a_certificate_and_the_cn_authenticate
     let identity = client_ca.client("svc-orders");
     let client = https_client(&ca.pem, Some(&identity));
     assert_eq!(healthz(&client, &server).await.unwrap(), StatusCode::OK);
+    // A certificate's CN acts as the service account of that name: none yet, so refused...
+    let put = client.put(server.url("/api/v1/kv/m/a")).body("v").send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::UNAUTHORIZED, "an unknown CN is no one");
+    // ...and once the account exists, it may do what its role bindings allow.
+    let admin = |method: reqwest::Method, path: &str, body: serde_json::Value| {
+        client
+            .request(method, server.url(path))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let created = admin(
+        reqwest::Method::POST,
+        "/api/v1/auth/service-accounts",
+        serde_json::json!({"name": "svc-orders"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let put = client.put(server.url("/api/v1/kv/m/a")).body("v").send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::FORBIDDEN, "an account with no binding may do nothing");
+    let role = serde_json::json!({"permissions": [{"kind": "kv", "action": "*"}]});
+    assert!(admin(reqwest::Method::PUT, "/api/v1/auth/roles/kv-writer", role)
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    let binding = serde_json::json!({"service_account": "svc-orders", "role": "kv-writer", "namespace": "*"});
+    assert!(admin(reqwest::Method::POST, "/api/v1/auth/bindings", binding)
+        .await
+        .unwrap()
+        .status()
+        .is_success());
     // The certificate's CN authenticates a request without a token...
     let put = client.put(server.url("/api/v1/kv/m/a")).body("v").send().await.unwrap();
     assert_eq!(put.status(), StatusCode::OK, "{}", put.text().await.unwrap());
