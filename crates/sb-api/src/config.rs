@@ -187,16 +187,17 @@ fn who(
 }
 
 /// What lets this caller read secret configs of `namespace`: the node's master keys, when
-/// the caller may read secrets. The one place that decides it; everyone else gets masked
-/// content. Until roles are finer, only the admin role may.
+/// the caller may read secrets (`config-secret` `read` in the namespace, through the one
+/// policy check: admins and editors). Everyone else gets masked content.
 pub(crate) fn reveal_for(
     api: &ApiState,
     subject: &Option<Extension<Subject>>,
-    _namespace: &str,
+    namespace: &str,
 ) -> Option<sb_config::Reveal> {
     let keys = api.configs.settings().keyring.clone()?;
     let subject = subject.as_ref()?;
-    subject.roles.iter().any(|role| role == "admin").then(|| sb_config::Reveal(keys))
+    let resource = sb_auth::Resource { kind: sb_auth::Kind::ConfigSecret, namespace: Some(namespace) };
+    api.auth.authorize(subject, sb_auth::Action::Read, resource).then(|| sb_config::Reveal(keys))
 }
 
 /// The caller as gray release sees it: its IP (after `--trusted-proxies`) and its labels.

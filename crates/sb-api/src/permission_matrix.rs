@@ -59,6 +59,8 @@ fn expected(id: RouteId) -> &'static [&'static str] {
         | NacosConfigListener
         | NacosConfigHistory
         | NacosConfigHistoryPrevious => READERS,
+        // The master keys' ids and use counts: config-secret readers (never the keys).
+        ConfigKeys => EDITORS,
         // A canary to selected clients is an edit; a change every client sees is a publish.
         ConfigGrayPublish | ConfigGrayAbort => EDITORS,
         ConfigPublish | ConfigDelete | ConfigRollback | ConfigGrayPromote | ConfigImport
