@@ -35,7 +35,8 @@ fn expected(id: RouteId) -> &'static [&'static str] {
         | ElectionRenew => EDITORS,
         PrometheusSd | ServicesList | ServiceGet | ServiceWatch | InstancesList | InstanceCheckGet
         | NacosInstanceGet | NacosInstanceList | NacosServiceGet | NacosServiceList => REGISTRY_READERS,
-        ServicePut | ServiceDelete | NacosServiceCreate | NacosServiceUpdate | NacosServiceDelete => EDITORS,
+        ServicePut | ServiceDelete | NacosClusterUpdate | NacosServiceCreate | NacosServiceUpdate
+        | NacosServiceDelete => EDITORS,
         InstanceRegister
         | InstanceUpdate
         | InstanceDeregister

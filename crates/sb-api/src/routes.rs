@@ -718,7 +718,7 @@ pub static ROUTES: &[Route] = &[
         RouteId::NacosClusterUpdate,
         M::Put,
         "/nacos/v1/ns/cluster",
-        "registry",
+        "service",
         A::Write,
         true,
         "Nacos 1.x: a cluster's health checker (healthChecker TCP/HTTP/NONE, checkPort, useInstancePort4Check, metadata)",
