@@ -11,11 +11,18 @@
 //! - An unknown name is NXDOMAIN; a known name with no record of the asked type answers
 //!   NOERROR with no records; a name outside `switchboard.` is REFUSED.
 //!
+//! - UDP is served by a fixed number of worker loops with a per-source token bucket
+//!   (`udp`), so a query flood is bounded in CPU; TCP by hickory-server, behind the same
+//!   allow list and buckets.
+//!
 //! Architecture invariant: this crate sees the registry only through `sb_registry`'s
 //! snapshot and selection; it never reads the store, and knows nothing of HTTP.
 #![forbid(unsafe_code)]
 
 pub mod names;
+mod udp;
+
+pub use udp::DnsStats;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -52,12 +59,18 @@ pub struct DnsOptions {
     pub ttl_secs: u32,
     /// How long a TCP connection may sit idle.
     pub tcp_timeout: Duration,
+    /// Queries per second one source address may send (0: no limit); over it, UDP queries
+    /// are dropped and TCP queries refused.
+    pub per_source_qps: u32,
+    pub per_source_burst: u32,
+    /// UDP worker loops: UDP DNS never uses more cores than this.
+    pub udp_workers: usize,
 }
 
 /// Services by lowercased (namespace, group, service), rebuilt when the view changes.
 type Index = HashMap<(String, String, String), Vec<ServiceId>>;
 
-struct Handler {
+pub(crate) struct Handler {
     registry: Arc<Registry>,
     ttl: u32,
     index: Mutex<Option<(Arc<RegistryState>, Arc<Index>)>>,
@@ -167,8 +180,14 @@ impl Handler {
     }
 }
 
+/// hickory-server's side (TCP): the same answers behind the same gate.
+struct TcpHandler {
+    handler: Arc<Handler>,
+    gate: Arc<udp::Gate>,
+}
+
 #[async_trait::async_trait]
-impl RequestHandler for Handler {
+impl RequestHandler for TcpHandler {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
@@ -176,14 +195,21 @@ impl RequestHandler for Handler {
     ) -> ResponseInfo {
         let builder = MessageResponseBuilder::from_message_request(request);
         let mut metadata = Metadata::response_from_request(&request.metadata);
+        // Outside the allow list or over its rate: refused (TCP has no cheap drop).
+        let admitted = matches!(self.gate.admit(request.src().ip()), udp::Admit::Yes);
         let result = match request.request_info() {
+            _ if !admitted => {
+                let response = builder.error_msg(&request.metadata, ResponseCode::Refused);
+                response_handle.send_response(response).await
+            }
             Err(_) => {
                 let response = builder.error_msg(&request.metadata, ResponseCode::FormErr);
                 response_handle.send_response(response).await
             }
             Ok(info) => {
                 let query = info.query.original();
-                let answer = self.answer(query.name(), query.query_type());
+                let answer = self.handler.answer(query.name(), query.query_type());
+                self.gate.stats.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 metadata.authoritative = answer.code != Some(ResponseCode::Refused);
                 metadata.response_code = answer.code.unwrap_or(ResponseCode::NoError);
                 let response =
@@ -205,33 +231,61 @@ impl RequestHandler for Handler {
 
 /// The running DNS server; stopped when dropped.
 pub struct DnsServer {
-    server: Server<Handler>,
+    server: Server<TcpHandler>,
+    udp_tasks: Vec<tokio::task::JoinHandle<()>>,
     pub local_addr: SocketAddr,
 }
 
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        for task in &self.udp_tasks {
+            task.abort();
+        }
+    }
+}
+
+/// How often idle per-source buckets are forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 impl DnsServer {
     /// Binds UDP and TCP on the same address (with port 0, TCP takes the port UDP got) and
-    /// starts serving.
-    pub async fn start(registry: Arc<Registry>, options: DnsOptions) -> std::io::Result<DnsServer> {
+    /// starts serving; `stats` counts what it does.
+    pub async fn start(
+        registry: Arc<Registry>,
+        options: DnsOptions,
+        stats: Arc<DnsStats>,
+    ) -> std::io::Result<DnsServer> {
         let (udp, tcp) = bind_pair(options.listen).await?;
         let local_addr = udp.local_addr()?;
-        // hickory's access control allows a family with no entries: deny both families
-        // outright, and let the allowed networks (more specific) through.
-        let mut deny: Vec<IpNet> = Vec::new();
-        for all in ["0.0.0.0/0", "::/0"] {
-            let all: IpNet = all.parse().expect("a valid network");
-            if !options.allow.contains(&all) {
-                deny.push(all);
+        let handler = Arc::new(Handler { registry, ttl: options.ttl_secs, index: Mutex::new(None) });
+        let gate = Arc::new(udp::Gate::new(
+            options.allow.clone(),
+            options.per_source_qps,
+            options.per_source_burst,
+            stats,
+        ));
+        let udp = Arc::new(udp);
+        let mut udp_tasks: Vec<_> = (0..options.udp_workers.max(1))
+            .map(|_| tokio::spawn(udp::serve(udp.clone(), handler.clone(), gate.clone())))
+            .collect();
+        let sweeper = gate.clone();
+        udp_tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                every.tick().await;
+                sweeper.sweep();
             }
-        }
-        let handler = Handler { registry, ttl: options.ttl_secs, index: Mutex::new(None) };
-        let mut server = Server::with_access(handler, deny, options.allow.clone());
-        server.register_socket(udp);
+        }));
+        // The gate applies the allow list; hickory's own access control lets everything in.
+        let mut server = Server::new(TcpHandler { handler, gate });
         server.register_listener(tcp, options.tcp_timeout, 64);
-        Ok(DnsServer { server, local_addr })
+        Ok(DnsServer { server, udp_tasks, local_addr })
     }
 
     pub async fn stop(mut self) {
+        for task in &self.udp_tasks {
+            task.abort();
+        }
         if let Err(error) = self.server.shutdown_gracefully().await {
             warn!(%error, "stopping the DNS server");
         }

@@ -101,6 +101,16 @@ pub struct ServeArgs {
     /// The TTL of DNS answers, in seconds.
     #[arg(long, env = "SWITCHBOARD_DNS_TTL_SECS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=3600))]
     pub dns_ttl_secs: u32,
+    /// DNS queries per second one source address may send; over it, UDP queries are
+    /// dropped and TCP queries refused (0: no limit).
+    #[arg(long, env = "SWITCHBOARD_DNS_PER_SOURCE_QPS", default_value_t = 5000)]
+    pub dns_per_source_qps: u32,
+    /// The burst a source may send above its rate [default: the rate].
+    #[arg(long, env = "SWITCHBOARD_DNS_PER_SOURCE_BURST")]
+    pub dns_per_source_burst: Option<u32>,
+    /// UDP DNS worker loops: a query flood never takes more cores than this.
+    #[arg(long, env = "SWITCHBOARD_DNS_UDP_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub dns_udp_workers: u64,
     /// Active health checks: how often a node re-reads the checks and the membership view
     /// to pick up its share (a departed node's share moves within this plus one
     /// membership TTL).

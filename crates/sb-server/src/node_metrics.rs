@@ -167,3 +167,50 @@ pub fn register_config(metrics: &mut ApiMetrics, configs: Weak<sb_config::Config
         }
     }));
 }
+
+/// The registry's edges: the DNS interface's counters and this node's health probing.
+pub fn register_edges(
+    metrics: &mut ApiMetrics,
+    dns: Arc<sb_dns::DnsStats>,
+    health: Weak<sb_health::ProbeStats>,
+) {
+    let mut counter = |name: &str, help: &str| {
+        let counter = Counter::<u64>::default();
+        metrics.registry_mut().register(name, help, counter.clone());
+        counter
+    };
+    let answered = counter("switchboard_dns_queries_answered", "DNS queries answered (UDP and TCP)");
+    let limited = counter(
+        "switchboard_dns_queries_rate_limited",
+        "DNS queries over their source's rate (--dns-per-source-qps): dropped on UDP, refused on TCP",
+    );
+    let refused =
+        counter("switchboard_dns_queries_refused", "DNS queries refused: the source is outside --dns-allow");
+    let probes = counter("switchboard_health_probes", "Active health probes this node ran");
+    let failures = counter("switchboard_health_probe_failures", "Active health probes that failed");
+    let overdue = counter(
+        "switchboard_health_probes_overdue",
+        "Active health probes that started more than one interval after they were due",
+    );
+    let running = Gauge::<i64>::default();
+    metrics.registry_mut().register(
+        "switchboard_health_checks_running",
+        "Active health checks this node runs (its share)",
+        running.clone(),
+    );
+    metrics.add_scrape_hook(Box::new(move || {
+        use std::sync::atomic::Ordering::Relaxed;
+        let follow = |counter: &Counter<u64>, value: &AtomicU64| {
+            counter.inc_by(value.load(Relaxed).saturating_sub(counter.get()));
+        };
+        follow(&answered, &dns.answered);
+        follow(&limited, &dns.rate_limited);
+        follow(&refused, &dns.refused);
+        if let Some(health) = health.upgrade() {
+            follow(&probes, &health.probes);
+            follow(&failures, &health.failures);
+            follow(&overdue, &health.overdue);
+            running.set(health.running.load(Relaxed) as i64);
+        }
+    }));
+}

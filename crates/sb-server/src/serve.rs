@@ -161,6 +161,8 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         .await
         .map_err(ServerError::store("loading the health checks"))?,
     );
+    let dns_stats = Arc::new(sb_dns::DnsStats::default());
+    node_metrics::register_edges(&mut metrics, dns_stats.clone(), Arc::downgrade(health.stats()));
     let api = Arc::new(Api {
         config: ApiConfig {
             max_value_bytes: args.max_value_bytes,
@@ -185,7 +187,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         shutdown: stop_rx.clone(),
     });
     let router = sb_api::router(api.clone());
-    let dns = start_dns(&args, registry.clone()).await?;
+    let dns = start_dns(&args, registry.clone(), dns_stats).await?;
 
     info!(node = %node_id, store = store.kind(), addr = %local_addr, nodes = membership.live_nodes().len(), "node ready");
     let base_url = format!("{}://{local_addr}", if tls.is_some() { "https" } else { "http" });
@@ -301,7 +303,11 @@ fn auth_options(args: &ServeArgs) -> sb_auth::AuthOptions {
 
 /// The DNS interface: on by default at 127.0.0.1:8600, where a taken port is only a
 /// warning; an explicitly given address must bind.
-async fn start_dns(args: &ServeArgs, registry: Arc<Registry>) -> ServerResult<Option<sb_dns::DnsServer>> {
+async fn start_dns(
+    args: &ServeArgs,
+    registry: Arc<Registry>,
+    stats: Arc<sb_dns::DnsStats>,
+) -> ServerResult<Option<sb_dns::DnsServer>> {
     const DEFAULT_DNS: &str = "127.0.0.1:8600";
     let explicit = args.dns_listen.as_deref().map(str::trim);
     if explicit.is_some_and(|l| l.eq_ignore_ascii_case("off")) {
@@ -316,8 +322,11 @@ async fn start_dns(args: &ServeArgs, registry: Arc<Registry>) -> ServerResult<Op
         allow: args.dns_allow.clone(),
         ttl_secs: args.dns_ttl_secs,
         tcp_timeout: Duration::from_secs(5),
+        per_source_qps: args.dns_per_source_qps,
+        per_source_burst: args.dns_per_source_burst.unwrap_or(args.dns_per_source_qps),
+        udp_workers: args.dns_udp_workers as usize,
     };
-    match sb_dns::DnsServer::start(registry, options).await {
+    match sb_dns::DnsServer::start(registry, options, stats).await {
         Ok(dns) => Ok(Some(dns)),
         Err(error) if explicit.is_none() => {
             warn!(%error, addr = DEFAULT_DNS, "the DNS interface is off: its default address cannot be bound");
