@@ -14,12 +14,18 @@
 //!   Nacos 1.x API against r-nacos (and the bare-hyper ceiling);
 //! - `sb-bench ratelimit`: local GCRA in-process vs. `governor`, the Redis tier vs.
 //!   `redis-benchmark` EVALSHA, the HTTP check vs. bare hyper, and the Redis failover time;
+//! - `sb-bench health`: 10,000 active checks on one node against local listeners: CPU,
+//!   RSS and schedule lag;
+//! - `sb-bench dns`: the DNS interface vs. a static hickory authority serving the same
+//!   records (`sb-bench dns-peer` is that authority);
 //! - `sb-bench ceiling`: the bare-hyper server itself.
 #![forbid(unsafe_code)]
 
 mod ceiling;
 mod config_bench;
 mod coord_bench;
+mod dns_bench;
+mod health_bench;
 mod http_bench;
 mod ids_bench;
 mod nacos_targets;
@@ -60,6 +66,13 @@ enum Command {
     /// Rate limits: local GCRA vs. governor in-process, the Redis tier vs. redis-benchmark
     /// EVALSHA, the HTTP check vs. bare hyper, and the time to switch when Redis dies.
     Ratelimit(ratelimit_bench::RateLimitArgs),
+    /// Active health checks: 10k TCP/HTTP checks on one node against local listeners;
+    /// the node's CPU and RSS and the probes' schedule lag.
+    Health(health_bench::HealthArgs),
+    /// The DNS interface vs. a static hickory authority with the same records (UDP A qps).
+    Dns(dns_bench::DnsArgs),
+    /// A static hickory authority serving `orders.svc.switchboard.` (the dns bench's peer).
+    DnsPeer(dns_bench::DnsPeerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,5 +87,8 @@ fn main() -> anyhow::Result<()> {
         Command::Naming(args) => runtime.block_on(naming_bench::run(args)),
         Command::Config(args) => runtime.block_on(config_bench::run(args)),
         Command::Ratelimit(args) => runtime.block_on(ratelimit_bench::run(args)),
+        Command::Health(args) => runtime.block_on(health_bench::run(args)),
+        Command::Dns(args) => runtime.block_on(dns_bench::run(args)),
+        Command::DnsPeer(args) => runtime.block_on(dns_bench::serve_peer(args)),
     }
 }
