@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::{header::AUTHORIZATION, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -117,6 +117,9 @@ const MAX_NACOS_FORM_BYTES: usize = 16 * 1024 * 1024;
 async fn guard(context: &RouteContext, request: Request, nacos: bool) -> Result<Request, ApiError> {
     let (mut parts, body) = request.into_parts();
     let mut body = axum::body::Body::new(body);
+    // The `{ns}` segment of the matched template, percent-decoded as `Path` decodes it.
+    let raw = axum::extract::RawPathParams::from_request_parts(&mut parts, &()).await.ok();
+    let path_ns = raw.and_then(|p| p.iter().find(|(name, _)| *name == "ns").map(|(_, v)| v.to_owned()));
     let mut form = None;
     if nacos && is_form(&parts.headers) {
         let bytes = axum::body::to_bytes(body, MAX_NACOS_FORM_BYTES).await.map_err(|_| {
@@ -135,18 +138,12 @@ async fn guard(context: &RouteContext, request: Request, nacos: bool) -> Result<
     let allowed = match context.policy {
         None => false,
         Some(Policy::Session) => true,
-        Some(Policy::Check(kind)) => {
-            let path_ns = parts
-                .extensions
-                .get::<axum::extract::RawPathParams>()
-                .and_then(|p| p.iter().find(|(name, _)| *name == "ns").map(|(_, v)| v.to_owned()));
-            match request_namespaces(context.route, kind, path_ns, &params) {
-                None => auth.authorize(&subject, context.route.action, Resource { kind, namespace: None }),
-                Some(namespaces) => namespaces.iter().all(|ns| {
-                    auth.authorize(&subject, context.route.action, Resource { kind, namespace: Some(ns) })
-                }),
-            }
-        }
+        Some(Policy::Check(kind)) => match request_namespaces(context.route, kind, path_ns, &params) {
+            None => auth.authorize(&subject, context.route.action, Resource { kind, namespace: None }),
+            Some(namespaces) => namespaces.iter().all(|ns| {
+                auth.authorize(&subject, context.route.action, Resource { kind, namespace: Some(ns) })
+            }),
+        },
     };
     if !allowed {
         debug!(subject = %subject.name, route = context.route.path, "permission denied");

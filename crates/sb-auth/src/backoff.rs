@@ -78,37 +78,35 @@ impl LoginBackoff {
         LoginBackoff { options, tables: Mutex::new(Tables::default()) }
     }
 
-    /// `Err(wait)` when a login of `user` from `address` must wait.
-    pub fn check(&self, user: &str, address: IpAddr) -> Result<(), Duration> {
-        let now = Instant::now();
-        let tables = self.tables.lock();
-        let pair = tables.pairs.get(&(user_key(user), address)).map(|e| e.blocked_until);
-        let by_address = tables.addresses.get(&address).map(|e| e.blocked_until);
-        let until = pair.into_iter().chain(by_address).max();
-        match until {
-            Some(until) if until > now => Err(until - now),
-            _ => Ok(()),
-        }
-    }
-
-    pub fn failed(&self, user: &str, address: IpAddr) {
+    /// Starts a login attempt of `user` from `address`: `Err(wait)` when it must wait,
+    /// else the attempt is counted as a failure *now*, before any hash, so concurrent
+    /// guesses cannot all slip through one window; [`LoginBackoff::succeeded`] takes it back.
+    pub fn attempt(&self, user: &str, address: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
         let options = &self.options;
         let mut tables = self.tables.lock();
-        let pair = bump(&mut tables.pairs, (user_key(user), address), now, options, options.free_per_pair);
-        let by_address = bump(&mut tables.addresses, address, now, options, options.free_per_address);
-        tracing::info!(
-            target: "switchboard::auth",
-            address = %address,
-            pair_failures = pair,
-            address_failures = by_address,
-            "login failed"
-        );
+        let key = (user_key(user), address);
+        let pair = tables.pairs.get(&key).map(|e| e.blocked_until);
+        let by_address = tables.addresses.get(&address).map(|e| e.blocked_until);
+        if let Some(until) = pair.into_iter().chain(by_address).max().filter(|until| *until > now) {
+            return Err(until - now);
+        }
+        bump(&mut tables.pairs, key, now, options, options.free_per_pair);
+        bump(&mut tables.addresses, address, now, options, options.free_per_address);
+        Ok(())
     }
 
-    /// A successful login forgets the pair's failures (the address keeps its own).
+    /// A successful login: the pair's failures are forgotten and the address's count gives
+    /// back the attempt.
     pub fn succeeded(&self, user: &str, address: IpAddr) {
-        self.tables.lock().pairs.remove(&(user_key(user), address));
+        let mut tables = self.tables.lock();
+        tables.pairs.remove(&(user_key(user), address));
+        if let Some(entry) = tables.addresses.get_mut(&address) {
+            entry.failures = entry.failures.saturating_sub(1);
+            if entry.failures == 0 {
+                tables.addresses.remove(&address);
+            }
+        }
     }
 
     pub fn list(&self) -> Vec<BackoffEntry> {
@@ -159,14 +157,14 @@ impl LoginBackoff {
     }
 }
 
-/// Counts a failure; returns the failure count.
+/// Counts a failure.
 fn bump<K: std::hash::Hash + Eq + Clone>(
     table: &mut HashMap<K, Entry>,
     key: K,
     now: Instant,
     options: &BackoffOptions,
     free: u32,
-) -> u32 {
+) {
     if !table.contains_key(&key) && table.len() >= options.max_entries {
         // Idle entries first (waits over and quiet for a full cap), then the oldest.
         table.retain(|_, e| {
@@ -190,7 +188,6 @@ fn bump<K: std::hash::Hash + Eq + Clone>(
         let wait = options.base.saturating_mul(1u32 << doublings).min(options.max);
         entry.blocked_until = now + wait;
     }
-    entry.failures
 }
 
 #[cfg(test)]
@@ -211,19 +208,20 @@ mod tests {
     async fn waits_double_up_to_the_cap_and_then_pass() {
         let backoff = LoginBackoff::new(options());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        backoff.failed("admin", ip);
-        backoff.failed("admin", ip);
-        assert!(backoff.check("admin", ip).is_ok(), "free failures");
-        backoff.failed("admin", ip);
-        assert_eq!(backoff.check("admin", ip), Err(Duration::from_secs(1)));
-        backoff.failed("admin", ip);
-        assert_eq!(backoff.check("admin", ip), Err(Duration::from_secs(2)));
+        assert!(backoff.attempt("admin", ip).is_ok());
+        assert!(backoff.attempt("admin", ip).is_ok(), "free failures");
+        assert!(backoff.attempt("admin", ip).is_ok(), "the third attempt runs, and sets a wait");
+        assert_eq!(backoff.attempt("admin", ip), Err(Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(backoff.attempt("admin", ip).is_ok());
+        assert_eq!(backoff.attempt("admin", ip), Err(Duration::from_secs(2)), "doubled");
         for _ in 0..10 {
-            backoff.failed("admin", ip);
+            tokio::time::advance(Duration::from_secs(8)).await;
+            assert!(backoff.attempt("admin", ip).is_ok());
         }
-        assert_eq!(backoff.check("admin", ip), Err(Duration::from_secs(8)), "capped");
+        assert_eq!(backoff.attempt("admin", ip), Err(Duration::from_secs(8)), "capped");
         tokio::time::advance(Duration::from_secs(8)).await;
-        assert!(backoff.check("admin", ip).is_ok());
+        assert!(backoff.attempt("admin", ip).is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -231,28 +229,29 @@ mod tests {
         let backoff = LoginBackoff::new(options());
         let attacker: IpAddr = "10.0.0.66".parse().unwrap();
         let owner: IpAddr = "10.0.0.2".parse().unwrap();
-        for _ in 0..100 {
-            backoff.failed("admin", attacker);
-        }
-        assert!(backoff.check("admin", attacker).is_err());
-        assert!(backoff.check("bob", attacker).is_err(), "per address: every user from there waits");
-        assert!(backoff.check("admin", owner).is_ok(), "never per user alone");
+        let admitted = (0..100).filter(|_| backoff.attempt("admin", attacker).is_ok()).count();
+        assert_eq!(admitted, 3, "concurrent guesses do not slip through one window");
+        let others = (0..100).filter(|i| backoff.attempt(&format!("user{i}"), attacker).is_ok()).count();
+        assert_eq!(others, 3, "per address: every user from there waits once the address's count is up");
+        assert!(backoff.attempt("admin", owner).is_ok(), "never per user alone");
+        backoff.succeeded("admin", owner);
+        assert!(backoff.list().iter().all(|e| e.address != owner), "a success takes its attempt back");
     }
 
     #[tokio::test(start_paused = true)]
     async fn tables_stay_bounded_and_admins_can_clear() {
         let backoff = LoginBackoff::new(options());
         for i in 0..50u8 {
-            backoff.failed(&format!("user{i}"), IpAddr::from([10, 0, 1, i]));
+            let _ = backoff.attempt(&format!("user{i}"), IpAddr::from([10, 0, 1, i]));
         }
         assert!(backoff.len() <= 8, "{} entries", backoff.len());
         let ip: IpAddr = "10.0.0.9".parse().unwrap();
         for _ in 0..5 {
-            backoff.failed("admin", ip);
+            let _ = backoff.attempt("admin", ip);
         }
-        assert!(backoff.check("admin", ip).is_err());
+        assert!(backoff.attempt("admin", ip).is_err());
         assert!(backoff.clear(Some("admin"), Some(ip)) >= 1);
-        assert!(backoff.check("admin", ip).is_ok());
+        assert!(backoff.attempt("admin", ip).is_ok());
         backoff.clear(None, None);
         assert!(backoff.is_empty());
     }

@@ -254,7 +254,7 @@ impl AuthService {
                 return Ok(subject);
             }
         }
-        if let Err(wait) = self.backoff.check(user, address) {
+        if let Err(wait) = self.backoff.attempt(user, address) {
             return Err(AuthError::Backoff { retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64 });
         }
         let ok = if password.chars().count() > crate::password::MAX_PASSWORD_CHARS {
@@ -264,7 +264,9 @@ impl AuthService {
             self.hasher.verify(password, phc).await?
         };
         if !ok {
-            self.backoff.failed(user, address);
+            // The attempt was counted before the hash; the name is not logged (it may be a
+            // password typed into the wrong field).
+            tracing::info!(target: "switchboard::auth", address = %address, "login failed");
             return Err(AuthError::BadCredentials);
         }
         self.backoff.succeeded(user, address);

@@ -1,0 +1,448 @@
+//! Access control end to end against the real binary: a Nacos SDK with a username and
+//! password, the attacks of the access-control issue, login backoff under a flood, and
+//! that no secret reaches the logs.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use common::{client, start_with, Server};
+
+async fn call(
+    server: &Server,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut request = client().request(method, server.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.header("content-type", "application/json").body(body.to_string());
+    }
+    request.send().await.expect("request")
+}
+
+/// A JSON call that must succeed; its body.
+async fn ok(server: &Server, method: Method, path: &str, token: &str, body: Value) -> Value {
+    let response = call(server, method, path, Some(token), Some(body)).await;
+    let (status, value) = common::json_of(response).await;
+    assert!(status.is_success(), "{path}: {status} {value}");
+    value
+}
+
+async fn create_user(server: &Server, admin: &str, name: &str, password: &str, bindings: Value) {
+    let body = json!({"name": name, "password": password, "bindings": bindings});
+    ok(server, Method::POST, "/api/v1/auth/users", admin, body).await;
+}
+
+async fn status_and_text(response: reqwest::Response) -> (StatusCode, String) {
+    let status = response.status();
+    (status, response.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn nacos_sdk_with_username_and_password_does_naming_and_config() {
+    let (dir, server, admin) = start_with(&[]);
+    let password = "orders-App-pass-7731";
+    let bindings = json!([
+        {"role": "editor", "namespace": "dev"},
+        {"role": "publisher", "namespace": "dev"},
+    ]);
+    create_user(&server, &admin, "orders-app", password, bindings).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/nacos/auth_sdk.py");
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let work = dir.path().join("sdk");
+    std::fs::create_dir_all(&work).unwrap();
+    let output = std::process::Command::new(common::nacos_python())
+        .arg(script)
+        .args([&addr, "orders-app", password, "dev", "prod"])
+        .arg(&work)
+        .output()
+        .expect("the Nacos SDK script runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    server.terminate();
+}
+
+/// A JWT with the given header, claims and signature bytes.
+fn jwt(header: Value, claims: Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
+    let head = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    format!("{head}.{}", URL_SAFE_NO_PAD.encode(sign(head.as_bytes())))
+}
+
+/// HMAC-SHA256 (RFC 2104), enough to forge what a Nacos server with its default key accepts.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let inner: Vec<u8> = block.iter().map(|b| b ^ 0x36).chain(message.iter().copied()).collect();
+    let inner = Sha256::digest(&inner);
+    let outer: Vec<u8> = block.iter().map(|b| b ^ 0x5c).chain(inner.iter().copied()).collect();
+    Sha256::digest(&outer).to_vec()
+}
+
+/// Nacos's well-known default `token.secret.key` (alibaba/nacos#10060).
+const NACOS_DEFAULT_KEY: &str = "SecretKey012345678901234567890123456789012345678901234567890123456789";
+
+#[tokio::test]
+async fn attacks_get_401_or_403_and_never_learn_whether_a_resource_exists() {
+    let (_dir, server, admin) = start_with(&[]);
+    // A config that exists in prod, and a user who may only read dev.
+    let publish = client()
+        .put(server.url("/api/v1/namespaces/prod/configs/DEFAULT_GROUP/db.yaml"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(json!({"content": "password: hunter2", "format": "yaml"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(publish.status().is_success(), "{}", publish.text().await.unwrap());
+    create_user(
+        &server,
+        &admin,
+        "dev-reader",
+        "dev-Reader-pass-42",
+        json!([{"role": "viewer", "namespace": "dev"}]),
+    )
+    .await;
+    let minted =
+        ok(&server, Method::POST, "/api/v1/auth/tokens", &admin, json!({"user": "dev-reader"})).await;
+    let reader = minted["token"].as_str().unwrap().to_owned();
+
+    let native = |name: &str| format!("/api/v1/namespaces/prod/configs/DEFAULT_GROUP/{name}");
+    let nacos = |name: &str| format!("/nacos/v1/cs/configs?dataId={name}&group=DEFAULT_GROUP&tenant=prod");
+    // The same answer for a config that exists and one that does not.
+    let same_answer = |a: (StatusCode, String), b: (StatusCode, String), want: StatusCode, what: &str| {
+        assert_eq!(a.0, want, "{what}: {}", a.1);
+        assert_eq!(a, b, "{what}: the answer must not tell whether the config exists");
+    };
+
+    // No credentials.
+    let exists = status_and_text(call(&server, Method::GET, &native("db.yaml"), None, None).await).await;
+    let missing = status_and_text(call(&server, Method::GET, &native("nope.yaml"), None, None).await).await;
+    same_answer(exists, missing, StatusCode::UNAUTHORIZED, "no credentials, native");
+    let exists = status_and_text(call(&server, Method::GET, &nacos("db.yaml"), None, None).await).await;
+    let missing = status_and_text(call(&server, Method::GET, &nacos("nope.yaml"), None, None).await).await;
+    assert_eq!(exists.1, "unknown user!");
+    same_answer(exists, missing, StatusCode::FORBIDDEN, "no credentials, Nacos");
+
+    // A valid token for another namespace.
+    let exists =
+        status_and_text(call(&server, Method::GET, &native("db.yaml"), Some(&reader), None).await).await;
+    let missing =
+        status_and_text(call(&server, Method::GET, &native("nope.yaml"), Some(&reader), None).await).await;
+    same_answer(exists, missing, StatusCode::FORBIDDEN, "another namespace's token, native");
+    let with_token = |name: &str| format!("{}&accessToken={reader}", nacos(name));
+    let exists = status_and_text(call(&server, Method::GET, &with_token("db.yaml"), None, None).await).await;
+    let missing =
+        status_and_text(call(&server, Method::GET, &with_token("nope.yaml"), None, None).await).await;
+    assert_eq!(exists.1, "authorization failed!");
+    same_answer(exists, missing, StatusCode::FORBIDDEN, "another namespace's token, Nacos");
+    // ...while its own namespace answers.
+    let own = call(&server, Method::GET, "/api/v1/namespaces/dev/configs", Some(&reader), None).await;
+    assert_eq!(own.status(), StatusCode::OK);
+
+    // Nacos's bypasses: the server User-Agent and forged serverIdentity headers.
+    for (name, value) in
+        [("user-agent", "Nacos-Server"), ("serverIdentity", "security"), ("nacos-server-identity", "x")]
+    {
+        let response = client().get(server.url(&nacos("db.yaml"))).header(name, value).send().await.unwrap();
+        assert_eq!(
+            status_and_text(response).await,
+            (StatusCode::FORBIDDEN, "unknown user!".into()),
+            "{name}"
+        );
+        let response = client().get(server.url(&native("db.yaml"))).header(name, value).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{name}");
+    }
+
+    // JWTs: alg none, and HS256 with Nacos's default key (raw and base64-decoded, as
+    // Nacos uses it).
+    let claims = json!({"sub": "nacos", "exp": 4_102_444_800u64});
+    let none = jwt(json!({"alg": "none", "typ": "JWT"}), claims.clone(), |_| Vec::new());
+    // Nacos base64-decodes the key; its 69 characters decode as their first 68.
+    let decoded_key = base64::engine::general_purpose::STANDARD.decode(&NACOS_DEFAULT_KEY[..68]).unwrap();
+    let forged = [
+        none,
+        jwt(json!({"alg": "HS256", "typ": "JWT"}), claims.clone(), |m| {
+            hmac_sha256(NACOS_DEFAULT_KEY.as_bytes(), m)
+        }),
+        jwt(json!({"alg": "HS256"}), claims, |m| hmac_sha256(&decoded_key, m)),
+    ];
+    for token in &forged {
+        let response = call(&server, Method::GET, &native("db.yaml"), Some(token), None).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let url = format!("{}&accessToken={token}", nacos("db.yaml"));
+        let response = call(&server, Method::GET, &url, None, None).await;
+        assert_eq!(status_and_text(response).await, (StatusCode::FORBIDDEN, "unknown user!".into()));
+    }
+
+    // An expired token.
+    let short = ok(
+        &server,
+        Method::POST,
+        "/api/v1/auth/tokens",
+        &admin,
+        json!({"user": "dev-reader", "ttl_secs": 1}),
+    )
+    .await;
+    let short = short["token"].as_str().unwrap().to_owned();
+    let dev_list = "/api/v1/namespaces/dev/configs";
+    assert_eq!(call(&server, Method::GET, dev_list, Some(&short), None).await.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        call(&server, Method::GET, dev_list, Some(&short), None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A token replayed after its revoke: refused at once, native and Nacos.
+    let id = minted["id"].as_str().unwrap();
+    ok(&server, Method::DELETE, &format!("/api/v1/auth/tokens/{id}"), &admin, json!({})).await;
+    assert_eq!(
+        call(&server, Method::GET, dev_list, Some(&reader), None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let replay = format!("/nacos/v1/cs/configs?dataId=a&group=DEFAULT_GROUP&tenant=dev&accessToken={reader}");
+    let response = call(&server, Method::GET, &replay, None, None).await;
+    assert_eq!(status_and_text(response).await, (StatusCode::FORBIDDEN, "unknown user!".into()));
+
+    // A login's session token, revoked by an admin.
+    let login = json!({"username": "dev-reader", "password": "dev-Reader-pass-42"});
+    let (status, session) =
+        common::json_of(call(&server, Method::POST, "/api/v1/auth/login", None, Some(login)).await).await;
+    assert_eq!(status, StatusCode::OK, "{session}");
+    let session_token = session["token"].as_str().unwrap();
+    assert_eq!(
+        call(&server, Method::GET, dev_list, Some(session_token), None).await.status(),
+        StatusCode::OK
+    );
+    let path = format!("/api/v1/auth/tokens/{}", session["token_id"].as_str().unwrap());
+    ok(&server, Method::DELETE, &path, &admin, json!({})).await;
+    assert_eq!(
+        call(&server, Method::GET, dev_list, Some(session_token), None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    server.terminate();
+}
+
+/// A login from `address` (the server believes X-Forwarded-For from 127.0.0.1).
+async fn login_from(server: &Server, address: &str, user: &str, password: &str) -> reqwest::Response {
+    client()
+        .post(server.url("/api/v1/auth/login"))
+        .header("x-forwarded-for", address)
+        .header("content-type", "application/json")
+        .body(json!({"username": user, "password": password}).to_string())
+        .send()
+        .await
+        .expect("login request")
+}
+
+fn rss_kib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test]
+async fn a_thousand_wrong_passwords_keep_the_server_responsive_and_never_lock_the_user_out() {
+    let (dir, server, admin) = start_with(&[
+        "--trusted-proxies",
+        "127.0.0.1",
+        "--login-backoff-base-ms",
+        "50",
+        "--login-backoff-max-ms",
+        "2000",
+        "--login-free-failures",
+        "3",
+        "--login-free-failures-per-address",
+        "10",
+    ]);
+    let password =
+        std::fs::read_to_string(dir.path().join("admin-password")).expect("admin-password").trim().to_owned();
+    let attacker = "203.0.113.66";
+    let before = rss_kib(&server);
+    let (mut refused_early, mut wrong) = (0, 0);
+    for batch in 0..20 {
+        let logins = (0..50)
+            .map(|i| login_from(&server, attacker, "admin", if i % 2 == 0 { "wrong-1" } else { "guess-2" }));
+        for response in futures::future::join_all(logins).await {
+            match response.status() {
+                StatusCode::TOO_MANY_REQUESTS => {
+                    assert!(response.headers().contains_key("retry-after"));
+                    refused_early += 1;
+                }
+                StatusCode::UNAUTHORIZED => wrong += 1,
+                other => panic!("a wrong password answered {other}"),
+            }
+        }
+        // The server stays responsive during the flood.
+        let health = client().get(server.url("/healthz")).send().await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK, "batch {batch}");
+    }
+    assert_eq!(refused_early + wrong, 1000);
+    assert!(refused_early > 900, "the backoff refuses most attempts before hashing: {refused_early} of 1000");
+    let after = rss_kib(&server);
+    assert!(after < before + 100 * 1024, "memory stays bounded: {before} KiB before, {after} KiB after");
+
+    // From the flooding address even the right password waits (the flood left the longest
+    // wait running: 2 s)...
+    let early = login_from(&server, attacker, "admin", &password).await;
+    assert_eq!(early.status(), StatusCode::TOO_MANY_REQUESTS);
+    // ...while the owner, from another address, logs in at once: never a lockout per user.
+    let owner = login_from(&server, "198.51.100.7", "admin", &password).await;
+    assert_eq!(owner.status(), StatusCode::OK);
+    // Once the wait passes, the right password works from the flooding address too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let response = login_from(&server, attacker, "admin", &password).await;
+        if response.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(tokio::time::Instant::now() < deadline, "the right password works once the backoff passes");
+    }
+
+    // Admins see the backoff and clear it.
+    for _ in 0..6 {
+        login_from(&server, "192.0.2.9", "admin", "wrong-3").await;
+    }
+    let (_, listed) =
+        common::json_of(call(&server, Method::GET, "/api/v1/auth/backoff", Some(&admin), None).await).await;
+    let entries = listed["entries"].as_array().unwrap();
+    assert!(entries.len() <= 6, "bounded: one entry per pair and per address: {listed}");
+    assert!(entries.iter().any(|e| e["address"] == "192.0.2.9"), "{listed}");
+    assert_eq!(
+        login_from(&server, "192.0.2.9", "admin", &password).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let cleared = client()
+        .delete(server.url("/api/v1/auth/backoff?address=192.0.2.9"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleared.status(), StatusCode::OK);
+    assert_eq!(login_from(&server, "192.0.2.9", "admin", &password).await.status(), StatusCode::OK);
+    server.terminate();
+}
+
+#[tokio::test]
+async fn no_password_or_token_reaches_the_logs_metrics_or_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Every module at debug: the widest log a node can write.
+    let server = Server::start(dir.path(), |cmd| {
+        cmd.env("SWITCHBOARD_LOG", "debug").args(["--login-free-failures", "1"]);
+    });
+    let admin = std::fs::read_to_string(dir.path().join("admin-token")).unwrap().trim().to_owned();
+    let admin_password =
+        std::fs::read_to_string(dir.path().join("admin-password")).unwrap().trim().to_owned();
+    let user_password = "logs-Check-pass-8812";
+    create_user(&server, &admin, "logger", user_password, json!([{"role": "editor", "namespace": "public"}]))
+        .await;
+    let minted = ok(&server, Method::POST, "/api/v1/auth/tokens", &admin, json!({"user": "logger"})).await;
+    let api_token = minted["token"].as_str().unwrap().to_owned();
+    let login = json!({"username": "logger", "password": user_password});
+    let (_, session) =
+        common::json_of(call(&server, Method::POST, "/api/v1/auth/login", None, Some(login)).await).await;
+    let session_token = session["token"].as_str().unwrap().to_owned();
+    let (_, nacos) = common::json_of(
+        client()
+            .post(server.url(&format!("/nacos/v1/auth/login?username=admin&password={admin_password}")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let nacos_token = nacos["accessToken"].as_str().unwrap().to_owned();
+    let mut errors = Vec::new();
+    // Successes and failures, with secrets in queries, forms, headers and bodies.
+    let paths = [
+        format!("/nacos/v1/cs/configs?dataId=a&group=g&accessToken={nacos_token}"),
+        format!("/nacos/v1/cs/configs?dataId=a&group=g&username=logger&password={user_password}"),
+        format!("/nacos/v1/cs/configs?dataId=a&group=g&username=logger&password={user_password}x"),
+        format!("/nacos/v1/cs/configs?dataId=a&group=g&tenant=other&accessToken={session_token}"),
+        format!("/nacos/v1/ns/nope?accessToken={api_token}"),
+    ];
+    for path in &paths {
+        errors.push(client().get(server.url(path)).send().await.unwrap().text().await.unwrap());
+    }
+    let form = format!("dataId=b&group=g&content=x&username=logger&password={user_password}");
+    let published = client()
+        .post(server.url("/nacos/v1/cs/configs"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    errors.push(published.text().await.unwrap());
+    for password in [user_password, "wrong-Password-123", "wrong-Password-123"] {
+        let body = json!({"username": "logger", "password": password});
+        errors.push(
+            call(&server, Method::POST, "/api/v1/auth/login", None, Some(body)).await.text().await.unwrap(),
+        );
+    }
+    let weak = json!({"name": "weakling", "password": "short1"});
+    errors.push(
+        call(&server, Method::POST, "/api/v1/auth/users", Some(&admin), Some(weak))
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    errors.push(
+        call(&server, Method::GET, "/api/v1/kv/x", Some(&format!("{api_token}x")), None)
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    let metrics = client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let backup = client().get(server.url("/api/v1/admin/backup")).bearer_auth(&admin).send().await.unwrap();
+    let backup = backup.text().await.unwrap();
+    let pid = server.child.id();
+    let stderr = server.stderr.clone();
+    server.terminate();
+    let logs = stderr.lock().unwrap().join("\n");
+    assert!(logs.contains("login failed"), "the scenario ran with its logs captured (pid {pid})");
+    let secrets = [
+        admin.as_str(),
+        admin_password.as_str(),
+        user_password,
+        api_token.as_str(),
+        session_token.as_str(),
+        nacos_token.as_str(),
+    ];
+    for secret in secrets {
+        let short = &secret[..secret.len().min(12)];
+        assert!(!logs.contains(secret), "a secret starting {short:?} is in the log");
+        assert!(!metrics.contains(secret), "a secret starting {short:?} is in the metrics");
+        assert!(!backup.contains(secret), "a secret starting {short:?} is in a backup");
+        for error in &errors {
+            assert!(!error.contains(secret), "a secret starting {short:?} is in an answer: {error}");
+        }
+    }
+}
