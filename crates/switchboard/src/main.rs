@@ -3,6 +3,7 @@
 //! reads a store), and `restore` writes into an empty store.
 #![forbid(unsafe_code)]
 
+mod auth;
 mod client;
 mod config;
 mod elect;
@@ -62,6 +63,10 @@ enum Command {
     Restore(snapshot::RestoreArgs),
     /// Create or rotate the master key file secret configs are sealed with.
     MasterKey(master_key::MasterKeyArgs),
+    /// Access control: log in, who am I, users, service accounts, roles, tokens, backoff.
+    Auth(auth::AuthArgs),
+    /// Namespaces: create, list, delete.
+    Ns(auth::NsArgs),
 }
 
 /// Parses the command line; for `serve --config FILE`, parses it again with the file's
@@ -122,6 +127,8 @@ fn run() -> anyhow::Result<()> {
             Command::Svc(args) => svc::run(args).await,
             Command::Config(args) => config::run(args).await,
             Command::Ratelimit(args) => ratelimit::run(args).await,
+            Command::Auth(args) => auth::run(args).await,
+            Command::Ns(args) => auth::run_ns(args).await,
             Command::Backup(args) => snapshot::backup(args).await,
             Command::Restore(args) => snapshot::restore(args).await,
             Command::MasterKey(args) => master_key::run(args),

@@ -446,3 +446,73 @@ async fn no_password_or_token_reaches_the_logs_metrics_or_errors() {
         }
     }
 }
+
+/// `switchboard <args>` with `stdin` piped in; its stdout, and the run must succeed.
+fn cli_with_stdin(server: &Server, token: &str, args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    let mut child = common::switchboard()
+        .env("SWITCHBOARD_ENDPOINT", &server.base)
+        .env("SWITCHBOARD_TOKEN", token)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{args:?}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+#[test]
+fn the_cli_manages_users_roles_tokens_and_namespaces() {
+    let (_dir, server, admin) = start_with(&[]);
+    let cli = |args: &[&str]| common::cli_ok(&server.base, &admin, args);
+    let password = "cli-User-pass-5521\n";
+    cli_with_stdin(&server, &admin, &["auth", "user", "create", "carol", "--password-stdin"], password);
+    let granted = cli(&["auth", "role", "grant", "editor", "--user", "carol", "-n", "dev"]);
+    assert!(granted.contains("editor@dev"), "{granted}");
+    assert!(cli(&["auth", "user", "ls"]).contains("editor@dev"));
+
+    // Log in as carol and act as her.
+    let session = cli_with_stdin(&server, "", &["auth", "login", "--user", "carol", "--password-stdin"], password);
+    let session = session.trim().to_owned();
+    assert!(session.starts_with("sbt_"), "{session}");
+    let whoami = common::cli_ok(&server.base, &session, &["auth", "whoami", "-o", "json"]);
+    let whoami: Value = serde_json::from_str(&whoami).unwrap();
+    assert_eq!(whoami["name"], "carol");
+    assert_eq!(whoami["global_admin"], false);
+
+    // Custom roles, service accounts and their tokens.
+    cli(&["auth", "role", "put", "lockers", "--perm", "lock:*", "--perm", "id:write:team-*"]);
+    let roles = cli(&["auth", "role", "ls"]);
+    assert!(roles.contains("lockers") && roles.contains("id:write:team-*"), "{roles}");
+    cli(&["auth", "sa", "create", "batch-job"]);
+    cli(&["auth", "role", "grant", "lockers", "--sa", "batch-job", "-n", "*"]);
+    let minted = cli(&["auth", "token", "create", "--sa", "batch-job", "-o", "json"]);
+    let minted: Value = serde_json::from_str(&minted).unwrap();
+    let token = minted["token"].as_str().unwrap();
+    let id = minted["id"].as_str().unwrap();
+    let whoami = common::cli_ok(&server.base, token, &["auth", "whoami", "-o", "json"]);
+    assert!(whoami.contains("batch-job") && whoami.contains("service_account"), "{whoami}");
+    assert!(cli(&["auth", "token", "ls"]).contains(id));
+    cli(&["auth", "token", "revoke", id]);
+    let refused = common::switchboard()
+        .env("SWITCHBOARD_ENDPOINT", &server.base)
+        .env("SWITCHBOARD_TOKEN", token)
+        .args(["auth", "whoami"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "a revoked token is refused");
+
+    // Namespaces.
+    cli(&["ns", "create", "team-a", "--display-name", "Team A", "--description", "the A team"]);
+    let listed = cli(&["ns", "ls"]);
+    assert!(listed.contains("team-a") && listed.contains("Team A") && listed.contains("public"), "{listed}");
+    cli(&["ns", "rm", "team-a"]);
+    assert!(!cli(&["ns", "ls"]).contains("team-a"));
+    assert!(cli(&["auth", "backoff", "ls"]).contains("ADDRESS"));
+    server.terminate();
+}
