@@ -136,3 +136,32 @@ async fn bootstrap_is_create_if_absent() {
     assert!(a.resolve_token(env.token_opt.as_deref().unwrap()).is_some());
     assert!(a.login("admin", env.password_opt.as_deref().unwrap(), IP, None).await.is_ok());
 }
+
+#[tokio::test]
+async fn mutations_are_audited_in_their_own_transaction_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let auth = service(store.clone()).await;
+    let who = sb_audit::Audit::new("root", "10.0.0.1", "curl", "req-1");
+    auth.create_user("erin", PASSWORD, "", vec![], &who).await.unwrap();
+    let minted = auth.create_token(&user("erin"), None, "", &who).await.unwrap();
+    auth.grant(&user("erin"), Binding { role: "viewer".into(), namespace: "dev".into() }, &who)
+        .await
+        .unwrap();
+    auth.revoke_token(&minted.id, &who).await.unwrap();
+    // A failed change writes no record.
+    assert!(auth.create_user("erin", PASSWORD, "", vec![], &who).await.is_err());
+    let records = store.range(sb_store::RangeRequest::prefix(sb_audit::AUDIT_PREFIX)).await.unwrap();
+    let actions: Vec<String> = records
+        .kvs
+        .iter()
+        .map(|kv| sb_store::codec::decode::<sb_audit::AuditRecord>(&kv.value).unwrap())
+        .inspect(|r| assert_eq!((r.actor.as_str(), r.source_ip.as_str()), ("root", "10.0.0.1")))
+        .map(|r| r.action)
+        .collect();
+    assert_eq!(actions, ["user.create", "token.create", "binding.grant", "token.revoke"]);
+    for kv in &records.kvs {
+        let text = String::from_utf8_lossy(&kv.value);
+        assert!(!text.contains(PASSWORD) && !text.contains(&minted.token), "{text}");
+    }
+}

@@ -477,7 +477,8 @@ fn the_cli_manages_users_roles_tokens_and_namespaces() {
     assert!(cli(&["auth", "user", "ls"]).contains("editor@dev"));
 
     // Log in as carol and act as her.
-    let session = cli_with_stdin(&server, "", &["auth", "login", "--user", "carol", "--password-stdin"], password);
+    let session =
+        cli_with_stdin(&server, "", &["auth", "login", "--user", "carol", "--password-stdin"], password);
     let session = session.trim().to_owned();
     assert!(session.starts_with("sbt_"), "{session}");
     let whoami = common::cli_ok(&server.base, &session, &["auth", "whoami", "-o", "json"]);
@@ -514,5 +515,116 @@ fn the_cli_manages_users_roles_tokens_and_namespaces() {
     cli(&["ns", "rm", "team-a"]);
     assert!(!cli(&["ns", "ls"]).contains("team-a"));
     assert!(cli(&["auth", "backoff", "ls"]).contains("ADDRESS"));
+    server.terminate();
+}
+
+/// Polls `check` every 50 ms until it holds, for at most 10 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what} did not happen within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_etcd_nodes_bootstrap_once_share_users_and_a_revoke_reaches_the_other_node() {
+    let store = format!("etcd://{}", common::etcd_endpoint());
+    let prefix = format!(
+        "/t-auth-two-etcd-{}/",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    );
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = |node: &'static str| {
+        let (store, prefix) = (store.clone(), prefix.clone());
+        move |cmd: &mut std::process::Command| {
+            cmd.args(["--store", &store, "--root-prefix", &prefix, "--node-id", node]);
+        }
+    };
+    // Both start at once on an empty prefix: exactly one bootstraps.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| Server::start(dir_a.path(), args("node-a")));
+        let b = s.spawn(|| Server::start(dir_b.path(), args("node-b")));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let files: Vec<_> =
+        [dir_a.path(), dir_b.path()].iter().filter(|d| d.join("admin-token").exists()).cloned().collect();
+    assert_eq!(files.len(), 1, "exactly one node bootstraps the shared store");
+    let admin = std::fs::read_to_string(files[0].join("admin-token")).unwrap().trim().to_owned();
+    let password = std::fs::read_to_string(files[0].join("admin-password")).unwrap().trim().to_owned();
+
+    // A user created through A logs in through B.
+    create_user(&a, &admin, "shared", "shared-User-pass-31", json!([{"role": "viewer", "namespace": "*"}]))
+        .await;
+    let login = json!({"username": "shared", "password": "shared-User-pass-31"});
+    eventually("node B to know the user", async || {
+        call(&b, Method::POST, "/api/v1/auth/login", None, Some(login.clone())).await.status()
+            == StatusCode::OK
+    })
+    .await;
+    let admin_login = json!({"username": "admin", "password": password});
+    assert_eq!(
+        call(&b, Method::POST, "/api/v1/auth/login", None, Some(admin_login)).await.status(),
+        StatusCode::OK
+    );
+
+    // A token minted on A works on B; revoked on A, refused at once on A and soon on B.
+    let minted = ok(&a, Method::POST, "/api/v1/auth/tokens", &admin, json!({"user": "shared"})).await;
+    let token = minted["token"].as_str().unwrap().to_owned();
+    let whoami = "/api/v1/auth/whoami";
+    eventually("node B to accept the token", async || {
+        call(&b, Method::GET, whoami, Some(&token), None).await.status() == StatusCode::OK
+    })
+    .await;
+    let path = format!("/api/v1/auth/tokens/{}", minted["id"].as_str().unwrap());
+    ok(&a, Method::DELETE, &path, &admin, json!({})).await;
+    assert_eq!(call(&a, Method::GET, whoami, Some(&token), None).await.status(), StatusCode::UNAUTHORIZED);
+    eventually("node B to refuse the revoked token", async || {
+        call(&b, Method::GET, whoami, Some(&token), None).await.status() == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    a.terminate();
+    b.terminate();
+}
+
+#[tokio::test]
+async fn nacos_console_namespaces_and_implicit_namespaces() {
+    let (_dir, server, admin) = start_with(&[]);
+    let nacos = |method: Method, query: &str| {
+        client()
+            .request(method, server.url(&format!("/nacos/v1/console/namespaces?{query}")))
+            .bearer_auth(&admin)
+            .send()
+    };
+    let created =
+        nacos(Method::POST, "customNamespaceId=team-b&namespaceName=Team%20B&namespaceDesc=b").await.unwrap();
+    assert_eq!(status_and_text(created).await, (StatusCode::OK, "true".into()));
+    let again = nacos(Method::POST, "customNamespaceId=team-b&namespaceName=x").await.unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT, "an id is created once");
+    let updated =
+        nacos(Method::PUT, "namespace=team-b&namespaceShowName=Team%20Bee&namespaceDesc=bee").await.unwrap();
+    assert_eq!(status_and_text(updated).await, (StatusCode::OK, "true".into()));
+    let (_, listed) = common::json_of(nacos(Method::GET, "").await.unwrap()).await;
+    let data = listed["data"].as_array().unwrap();
+    assert_eq!(data[0]["namespace"], "", "public comes first, as Nacos's empty id");
+    let team = data.iter().find(|n| n["namespace"] == "team-b").expect("listed");
+    assert_eq!((team["namespaceShowName"].as_str(), team["type"].as_i64()), (Some("Team Bee"), Some(2)));
+    // A namespace never created is still usable through Nacos paths (implicit on first use).
+    let publish = client()
+        .post(server.url("/nacos/v1/cs/configs"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("dataId=a.properties&group=DEFAULT_GROUP&tenant=never-created&content=k%3Dv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status_and_text(publish).await, (StatusCode::OK, "true".into()));
+    let deleted = nacos(Method::DELETE, "namespaceId=team-b").await.unwrap();
+    assert_eq!(status_and_text(deleted).await, (StatusCode::OK, "true".into()));
+    let (_, listed) = common::json_of(nacos(Method::GET, "").await.unwrap()).await;
+    assert!(listed["data"].as_array().unwrap().iter().all(|n| n["namespace"] != "team-b"));
+    // Without credentials: Nacos's 403.
+    let anonymous = client().get(server.url("/nacos/v1/console/namespaces")).send().await.unwrap();
+    assert_eq!(status_and_text(anonymous).await, (StatusCode::FORBIDDEN, "unknown user!".into()));
     server.terminate();
 }
