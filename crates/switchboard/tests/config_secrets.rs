@@ -127,6 +127,113 @@ async fn publish_secrets(server: &Server, token: &str, marker: &str) {
     assert!(history["entries"].as_array().unwrap().iter().all(|e| e["secret"] == json!(true)), "{history}");
 }
 
+/// Creates a user with `role` on `dev` and logs in; returns its session token.
+async fn user_token(server: &Server, admin: &str, name: &str, role: &str) -> String {
+    let password = format!("Pw-{name}-7391-xyz");
+    let body = json!({"name": name, "password": password, "bindings": [{"role": role, "namespace": "dev"}]});
+    let response = client()
+        .post(server.url("/api/v1/auth/users"))
+        .bearer_auth(admin)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let (status, value) = json_of(response).await;
+    assert!(status.is_success(), "{value}");
+    let body = json!({"username": name, "password": password});
+    let response = client()
+        .post(server.url("/api/v1/auth/login"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let (status, value) = json_of(response).await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    value["token"].as_str().unwrap().to_owned()
+}
+
+/// Nacos's long-poll answer without waiting: the changed keys, `""` when none.
+async fn nacos_changed(server: &Server, token: &str, data_id: &str, md5: &str) -> String {
+    let probe = format!("{data_id}\u{2}G\u{2}{md5}\u{2}dev\u{1}");
+    let response = client()
+        .post(server.url("/nacos/v1/cs/configs/listener"))
+        .query(&[("accessToken", token)])
+        .form(&[("Listening-Configs", probe.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.text().await.unwrap()
+}
+
+/// A viewer (no leave to read secrets) gets masks whose md5 changes exactly when the secret
+/// does, on both APIs; an editor (config-secret read) gets the plaintext; a plaintext export
+/// is refused to the viewer.
+async fn readers_without_leave_see_masks(server: &Server, admin: &str, marker: &str) {
+    let viewer = user_token(server, admin, "sv-viewer", "viewer").await;
+    let editor = user_token(server, admin, "sv-editor", "editor").await;
+    let masked = read(server, &viewer, "db.properties").await;
+    let content = masked["content"].as_str().unwrap().to_owned();
+    assert!(content.starts_with("******") && !content.contains(marker), "{masked}");
+    assert_eq!(masked["md5"].as_str(), Some(sb_config::content_md5(&content).as_str()), "{masked}");
+    let opened = read(server, &editor, "db.properties").await;
+    assert!(opened["content"].as_str().unwrap().contains(marker), "{opened}");
+
+    let nacos_masked = client()
+        .get(server.url("/nacos/v1/cs/configs"))
+        .query(&[
+            ("dataId", "cipher-app"),
+            ("group", "G"),
+            ("tenant", "dev"),
+            ("accessToken", viewer.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(nacos_masked.starts_with("******") && !nacos_masked.contains(marker), "{nacos_masked}");
+    let mask_md5 = sb_config::content_md5(&nacos_masked);
+    assert_eq!(
+        nacos_changed(server, &viewer, "cipher-app", &mask_md5).await,
+        "",
+        "the mask's md5 is current"
+    );
+    // The editor holds the plaintext's md5, which is current for it.
+    let plain = format!("token={marker}-nacos");
+    assert_eq!(nacos_changed(server, &editor, "cipher-app", &sb_config::content_md5(&plain)).await, "");
+    // A new secret version: both hear the change, the viewer still learns nothing else.
+    let form =
+        [("dataId", "cipher-app"), ("group", "G"), ("tenant", "dev"), ("content", "token=rotated-value")];
+    let response = client()
+        .post(server.url("/nacos/v1/cs/configs"))
+        .query(&[("accessToken", admin)])
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "true");
+    assert!(nacos_changed(server, &viewer, "cipher-app", &mask_md5).await.contains("cipher-app"));
+    assert!(nacos_changed(server, &editor, "cipher-app", &sb_config::content_md5(&plain))
+        .await
+        .contains("cipher-app"));
+    let form = [("dataId", "cipher-app"), ("group", "G"), ("tenant", "dev"), ("content", plain.as_str())];
+    client()
+        .post(server.url("/nacos/v1/cs/configs"))
+        .query(&[("accessToken", admin)])
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+
+    let url = server.url("/api/v1/namespaces/dev/configs-export?plaintext=true");
+    let (status, value) = json_of(client().get(url).bearer_auth(&viewer).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{value}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_secrets_sealed_at_rest_rotated_and_moved_embedded() {
     let dir = tempfile::tempdir().unwrap();
@@ -142,6 +249,7 @@ async fn config_secrets_sealed_at_rest_rotated_and_moved_embedded() {
         assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
     }
     publish_secrets(&server, &token, &marker).await;
+    readers_without_leave_see_masks(&server, &token, &marker).await;
     // A sealed export carries no plaintext; a plaintext export does, on request.
     let sealed = cli(&server, &token, &["config", "--ns", "dev", "export"]);
     assert!(!sealed.contains(&marker) && sealed.contains("sealed_at"), "{sealed}");
