@@ -295,6 +295,13 @@ impl HealthChecks {
     }
 }
 
+struct Seen {
+    checks: Arc<DecodedMap<CheckSpec>>,
+    clusters: Arc<DecodedMap<ClusterCheck>>,
+    registry: Arc<sb_registry::RegistryState>,
+    nodes: Vec<String>,
+}
+
 /// This node's share of the probing, re-read every reconcile tick.
 struct Reconciler {
     view: Arc<CheckView>,
@@ -311,7 +318,9 @@ impl Reconciler {
         let mut running: HashMap<Vec<u8>, Running> = HashMap::new();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut seen: Option<(usize, usize, usize, Vec<String>)> = None;
+        // What the last pass saw; held (not just their addresses) so a freed snapshot's
+        // address reused by a new one cannot pass for "unchanged".
+        let mut seen: Option<Seen> = None;
         loop {
             tick.tick().await;
             let checks = self.view.snapshot();
@@ -320,17 +329,17 @@ impl Reconciler {
             let mut nodes: Vec<String> = self.membership.live_nodes().into_iter().map(|n| n.id).collect();
             nodes.sort();
             // Nothing changed since the last pass, and no check ended: nothing to do.
-            let now = (
-                Arc::as_ptr(&checks) as usize,
-                Arc::as_ptr(&clusters) as usize,
-                Arc::as_ptr(&registry_state) as usize,
-                nodes,
-            );
-            if seen.as_ref() == Some(&now) && running.values().all(|r| !r.task.is_finished()) {
+            let unchanged = seen.as_ref().is_some_and(|seen| {
+                Arc::ptr_eq(&seen.checks, &checks)
+                    && Arc::ptr_eq(&seen.clusters, &clusters)
+                    && Arc::ptr_eq(&seen.registry, &registry_state)
+                    && seen.nodes == nodes
+            });
+            if unchanged && running.values().all(|r| !r.task.is_finished()) {
                 continue;
             }
-            let wanted = self.wanted(&checks, &clusters, &registry_state, &now.3);
-            seen = Some(now);
+            let wanted = self.wanted(&checks, &clusters, &registry_state, &nodes);
+            seen = Some(Seen { checks, clusters, registry: registry_state, nodes });
             running.retain(|key, run| {
                 let keep = wanted.get(key).is_some_and(|w| w.2 == run.probe) && !run.task.is_finished();
                 if !keep {
