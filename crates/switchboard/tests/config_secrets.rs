@@ -234,6 +234,58 @@ async fn readers_without_leave_see_masks(server: &Server, admin: &str, marker: &
     assert_eq!(status, StatusCode::FORBIDDEN, "{value}");
 }
 
+/// Rotation: a new active key; the restart re-encrypts every secret entry to it (watched
+/// through `config keys` and `GET /api/v1/config-keys`); then the old key is retired from
+/// the file and, after another restart, every secret still reads. Returns that server.
+async fn rotate_and_retire(key_file: &Path, token: &str, marker: &str, start: impl Fn() -> Server) -> Server {
+    let old = std::fs::read_to_string(key_file)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("active "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let out = switchboard().args(["master-key", "rotate"]).arg(key_file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = start();
+    let keys = cli(&server, token, &["config", "keys", "-o", "json"]);
+    let keys: Value = serde_json::from_str(keys.trim()).unwrap();
+    let active = keys["active"].as_str().unwrap().to_owned();
+    assert_ne!(active, old);
+    let mut moved = false;
+    for _ in 0..100 {
+        let (_, usage) =
+            json_of(client().get(server.url("/api/v1/config-keys")).bearer_auth(token).send().await.unwrap())
+                .await;
+        if usage["entries_by_key"].get(&old).is_none() && usage["entries_by_key"][&active].as_u64() >= Some(4)
+        {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(moved, "every secret entry moves to the new key");
+    server.terminate();
+    let rotated = std::fs::read_to_string(key_file).unwrap();
+    let retired: String =
+        rotated.lines().filter(|l| !l.contains(&format!(" {old} "))).map(|l| format!("{l}\n")).collect();
+    std::fs::write(key_file, retired).unwrap();
+    let server = start();
+    let item = read(&server, token, "db.properties").await;
+    assert!(item["content"].as_str().unwrap().contains(marker), "{item}");
+    let nacos = client()
+        .get(server.url("/nacos/v1/cs/configs"))
+        .query(&[("dataId", "cipher-app"), ("group", "G"), ("tenant", "dev"), ("accessToken", token)])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(nacos.contains(marker), "{nacos}");
+    server
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_secrets_sealed_at_rest_rotated_and_moved_embedded() {
     let dir = tempfile::tempdir().unwrap();
@@ -243,6 +295,7 @@ async fn config_secrets_sealed_at_rest_rotated_and_moved_embedded() {
     let token = token_of(&data);
     let key_file = data.join("master-key");
     let key_text = std::fs::read_to_string(&key_file).expect("the first start creates the key file");
+    assert!(key_text.contains("\nactive "), "{}", key_file.display());
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -270,38 +323,7 @@ async fn config_secrets_sealed_at_rest_rotated_and_moved_embedded() {
     assert!(!logs.contains(&marker), "the logs hold the plaintext");
     assert_absent_from(&data, &marker);
 
-    // Rotation: a new active key; the restart re-encrypts everything to it; then the old
-    // key is retired from the file and every secret still reads.
-    let out = switchboard().args(["master-key", "rotate"]).arg(&key_file).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let server = Server::start(&data, |_| {});
-    let keys = cli(&server, &token, &["config", "keys", "-o", "json"]);
-    let keys: Value = serde_json::from_str(keys.trim()).unwrap();
-    let active = keys["active"].as_str().unwrap().to_owned();
-    let old = key_text.lines().find_map(|l| l.strip_prefix("active ")).unwrap().trim().to_owned();
-    assert_ne!(active, old);
-    let mut moved = false;
-    for _ in 0..100 {
-        let (_, usage) = json_of(
-            client().get(server.url("/api/v1/config-keys")).bearer_auth(&token).send().await.unwrap(),
-        )
-        .await;
-        if usage["entries_by_key"].get(&old).is_none() && usage["entries_by_key"][&active].as_u64() >= Some(4)
-        {
-            moved = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(moved, "every secret entry moves to the new key");
-    server.terminate();
-    let rotated = std::fs::read_to_string(&key_file).unwrap();
-    let retired: String =
-        rotated.lines().filter(|l| !l.contains(&format!(" {old} "))).map(|l| format!("{l}\n")).collect();
-    std::fs::write(&key_file, retired).unwrap();
-    let server = Server::start(&data, |_| {});
-    let item = read(&server, &token, "db.properties").await;
-    assert!(item["content"].as_str().unwrap().contains(&marker), "{item}");
+    let server = rotate_and_retire(&key_file, &token, &marker, || Server::start(&data, |_| {})).await;
     let export = cli(&server, &token, &["config", "--ns", "dev", "export"]);
 
     // Moved to a fresh server with the same key file: the sealed export imports, and the
@@ -391,7 +413,7 @@ impl Drop for OwnEtcd {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn config_secrets_sealed_at_rest_on_etcd() {
+async fn config_secrets_sealed_at_rest_and_rotated_on_etcd() {
     let dir = tempfile::tempdir().unwrap();
     let etcd_data = dir.path().join("etcd");
     let etcd = OwnEtcd::start(&etcd_data);
@@ -448,6 +470,14 @@ async fn config_secrets_sealed_at_rest_on_etcd() {
     let logs = format!("{:?}{:?}", server.stdout.lock().unwrap(), server.stderr.lock().unwrap());
     server.terminate();
     assert!(!logs.contains(&marker), "the logs hold the plaintext");
+    // Rotation on etcd too: every secret moves to the new key, and reads after the old one
+    // is retired.
+    let start = || {
+        Server::start(&data, |cmd| {
+            cmd.args(["--store", &store]).arg("--master-key-file").arg(&key_file);
+        })
+    };
+    rotate_and_retire(&key_file, &token, &marker, start).await.terminate();
     drop(etcd);
     assert_absent_from(&etcd_data, &marker);
     assert_absent_from(&data, &marker);
