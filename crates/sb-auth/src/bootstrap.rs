@@ -5,11 +5,12 @@
 //! values are refused. This module never logs a secret: the caller shows generated ones
 //! once, on the console.
 
-use sb_store::{Compare, CompareOp, Txn, TxnOp};
+use sb_store::{Compare, CompareOp, RangeRequest, Txn, TxnOp};
 
 use crate::error::{AuthError, AuthResult};
 use crate::model::{
     Binding, BootstrapRecord, PrincipalKind, PrincipalRef, TokenRecord, UserRecord, BOOTSTRAP_KEY,
+    USERS_PREFIX,
 };
 use crate::password::{check_password_strength, generate_password};
 use crate::service::{now_ms, token_key, user_key, AuthService};
@@ -88,8 +89,11 @@ pub async fn bootstrap(
 ) -> AuthResult<BootstrapOutcome> {
     check_secrets(&secrets)?;
     let store = service.store();
-    let bootstrapped = store.get(BOOTSTRAP_KEY.as_bytes()).await?.is_some();
-    if !bootstrapped {
+    let marked = store.get(BOOTSTRAP_KEY.as_bytes()).await?.is_some();
+    // A store bootstrapped before users existed (only an admin token) gets its admin user
+    // now; a store with users is never bootstrapped twice.
+    let users = store.range(RangeRequest::prefix(USERS_PREFIX).count_only()).await?.count;
+    if !marked || users == 0 {
         let password_generated = secrets.password_opt.is_none();
         let password = secrets.password_opt.clone().unwrap_or_else(generate_password);
         let token_generated = secrets.token_opt.is_none();
@@ -105,7 +109,11 @@ pub async fn bootstrap(
         let (id, token_record) = admin_token_record(&token, &uid, "created at first start");
         let marker = BootstrapRecord { node: node.to_owned(), created_at_ms: now_ms() };
         let txn = Txn::new()
-            .when([Compare::absent(BOOTSTRAP_KEY), Compare::absent(user_key(ADMIN_USER))])
+            .when(if marked {
+                vec![Compare::absent(user_key(ADMIN_USER))]
+            } else {
+                vec![Compare::absent(BOOTSTRAP_KEY), Compare::absent(user_key(ADMIN_USER))]
+            })
             .and_then([
                 TxnOp::put(user_key(ADMIN_USER), encoded(&user)?),
                 TxnOp::put(token_key(&id), encoded(&token_record)?),

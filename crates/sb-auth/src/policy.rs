@@ -73,8 +73,13 @@ pub fn bindings_of<'a>(state: &'a AuthState, principal: &PrincipalRef) -> Option
 /// principal covers the resource's namespace with a role that allows the kind and action.
 /// A principal that no longer exists is allowed nothing.
 pub fn authorize(state: &AuthState, subject: &Subject, action: Action, resource: Resource<'_>) -> bool {
-    let principal = PrincipalRef { kind: subject.kind, name: subject.name.clone() };
-    let Some(bindings) = bindings_of(state, &principal) else {
+    let bindings = match subject.kind {
+        PrincipalKind::User => state.users.get(&subject.name).map(|e| e.value.bindings.as_slice()),
+        PrincipalKind::ServiceAccount => {
+            state.accounts.get(&subject.name).map(|e| e.value.bindings.as_slice())
+        }
+    };
+    let Some(bindings) = bindings else {
         return false;
     };
     bindings.iter().any(|binding| {

@@ -165,3 +165,25 @@ async fn mutations_are_audited_in_their_own_transaction_without_secrets() {
         assert!(!text.contains(PASSWORD) && !text.contains(&minted.token), "{text}");
     }
 }
+
+#[tokio::test]
+async fn a_store_bootstrapped_before_users_existed_gets_its_admin_user_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let marker = model::BootstrapRecord { node: "old".into(), created_at_ms: 0 };
+    store
+        .put(model::BOOTSTRAP_KEY.as_bytes(), &sb_store::codec::encode(&marker).unwrap(), None)
+        .await
+        .unwrap();
+    let auth = service(store).await;
+    let outcome = bootstrap(&auth, "n1", BootstrapSecrets::default()).await.unwrap();
+    let BootstrapOutcome::Created { password_opt: Some(password), token_opt: Some(token) } = outcome else {
+        panic!("the admin user is created on a store that has none");
+    };
+    assert!(auth.resolve_token(&token).is_some());
+    assert!(auth.login("admin", &password, IP, None).await.is_ok());
+    assert!(matches!(
+        bootstrap(&auth, "n1", BootstrapSecrets::default()).await.unwrap(),
+        BootstrapOutcome::AlreadyDone
+    ));
+}
