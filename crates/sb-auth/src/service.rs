@@ -421,6 +421,50 @@ impl AuthService {
         Ok(())
     }
 
+    /// Deletes API tokens past their expiry (they are refused from that moment anyway;
+    /// session tokens go with their lease). Any node may sweep: each delete compares the
+    /// record's mod revision, so two sweepers never delete a re-minted record.
+    pub async fn sweep_expired_tokens(&self) -> AuthResult<usize> {
+        let now = now_ms();
+        let expired: Vec<(String, Revision)> = self
+            .view
+            .snapshot()
+            .tokens
+            .iter()
+            .filter(|(_, e)| e.value.expires_at_ms.is_some_and(|at| at <= now))
+            .map(|(id, e)| (id.clone(), e.mod_revision))
+            .collect();
+        let mut deleted = 0;
+        for (id, revision) in expired {
+            let key = token_key(&id);
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, revision)])
+                .and_then([TxnOp::delete(key)]);
+            if self.commit(txn).await?.0 {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Runs [`AuthService::sweep_expired_tokens`] every `every` until the service is dropped.
+    pub fn spawn_token_sweeper(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let service = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(service) = service.upgrade() else { return };
+                match service.sweep_expired_tokens().await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::debug!(deleted, "expired tokens deleted"),
+                    Err(error) => tracing::warn!(%error, "the expired-token sweep failed; it runs again"),
+                }
+            }
+        })
+    }
+
     // ---- users and service accounts ----
 
     pub async fn create_user(

@@ -65,6 +65,10 @@ async fn expired_tokens_do_not_resolve() {
     assert!(auth.resolve_token(&minted.token).is_some());
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert!(auth.resolve_token(&minted.token).is_none());
+    let forever = auth.create_token(&user("carol"), None, "", &audit()).await.unwrap();
+    assert_eq!(auth.sweep_expired_tokens().await.unwrap(), 1, "the expired record is deleted");
+    let left: Vec<String> = auth.snapshot().tokens.keys().cloned().collect();
+    assert_eq!(left, [forever.id]);
 }
 
 #[tokio::test]

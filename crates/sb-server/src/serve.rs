@@ -29,6 +29,8 @@ use crate::node_metrics;
 
 /// Where a node records its registry session lease, to re-adopt it after a restart.
 const SESSION_LEASE_FILE: &str = "session-lease";
+/// How often expired API tokens are deleted from the store.
+const TOKEN_SWEEP: Duration = Duration::from_secs(60);
 /// How often idle rate-limit counters are forgotten.
 const RATELIMIT_SWEEP: Duration = Duration::from_secs(1);
 
@@ -76,6 +78,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
             .map_err(|e| ServerError::Config(format!("loading the access-control views: {e}")))?,
     );
     let bootstrap = bootstrap_admin(&auth, data_dir, node_id.as_str(), secrets).await?;
+    let token_sweeper = auth.spawn_token_sweeper(TOKEN_SWEEP);
 
     let record = NodeRecord {
         id: node_id.to_string(),
@@ -240,6 +243,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         );
         server.abort();
     }
+    token_sweeper.abort();
     if let Some(reloader) = tls_reloader {
         reloader.abort();
     }
