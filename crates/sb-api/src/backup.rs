@@ -25,9 +25,15 @@ const CHUNK_BYTES: usize = 64 * 1024;
 
 type BackupTask = JoinHandle<sb_store::StoreResult<sb_store::backup::BackupSummary>>;
 
-pub async fn backup(State(api): State<ApiState>) -> Result<Response, ApiError> {
-    // Fail with a status while one can still be sent: an unreachable store is a 503.
-    let revision = timed(&api, "range", api.store.current_revision()).await?;
+pub async fn backup(
+    State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
+) -> Result<Response, ApiError> {
+    // Who took a backup (token hashes included) is recorded first; the write also fails
+    // with a status while one can still be sent: an unreachable store is a 503.
+    let revision =
+        timed(&api, "txn", crate::audit::record_alone(&api, &audit, "admin.backup", "admin/backup", None))
+            .await?;
     let (reader, writer) = tokio::io::duplex(PIPE_BYTES);
     let store = api.store.clone();
     let task: BackupTask =

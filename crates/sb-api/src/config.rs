@@ -21,6 +21,7 @@ use sb_config::{
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::audit::Audited;
 use crate::auth::Subject;
 use crate::error::{human_bytes, ApiError, ErrorKind};
 use crate::extract::{if_match_revision, Params};
@@ -177,15 +178,6 @@ fn publish_response(key: &ConfigKey, outcome: PublishOutcome) -> Response {
     with_etag(Json(json).into_response(), outcome.version)
 }
 
-fn who(
-    subject: &Option<Extension<Subject>>,
-    context: &Option<Extension<RequestContext>>,
-) -> (String, String) {
-    let author = subject.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-    let ip = context.as_ref().and_then(|c| c.client).map(|ip| ip.to_string()).unwrap_or_default();
-    (author, ip)
-}
-
 /// What lets this caller read secret configs of `namespace`: the node's master keys, when
 /// the caller may read secrets (`config-secret` `read` in the namespace, through the one
 /// policy check: admins and editors). Everyone else gets masked content.
@@ -294,8 +286,7 @@ fn string_field(
 pub async fn publish(
     State(api): State<ApiState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
-    subject: Option<Extension<Subject>>,
-    context: Option<Extension<RequestContext>>,
+    Audited(audit): Audited,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -326,15 +317,14 @@ pub async fn publish(
         Some(Value::Null) => SchemaChange::Clear,
         Some(schema) => SchemaChange::Set(schema.clone()),
     };
-    let (author, source_ip) = who(&subject, &context);
     let request = PublishRequest {
         content,
         format,
         description: string_field(&body, "description")?,
         tags,
         app_name: None,
-        author,
-        source_ip,
+        author: audit.actor.clone(),
+        source_ip: audit.source_ip.clone(),
         if_match,
         schema,
         secret: match body.get("secret") {
@@ -345,21 +335,19 @@ pub async fn publish(
             }
         },
     };
-    let outcome = api.configs.publish(&key, request).await?;
+    let outcome = api.configs.publish(&key, request, &audit).await?;
     Ok(publish_response(&key, outcome))
 }
 
 pub async fn delete(
     State(api): State<ApiState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
-    subject: Option<Extension<Subject>>,
-    context: Option<Extension<RequestContext>>,
+    Audited(audit): Audited,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = item_path(path)?;
     let if_match = if_match_revision(&headers)?;
-    let (author, ip) = who(&subject, &context);
-    match api.configs.delete(&key, if_match, &author, &ip).await? {
+    match api.configs.delete(&key, if_match, &audit).await? {
         Some(revision) => Ok(Json(serde_json::json!({"revision": revision, "deleted": 1})).into_response()),
         None => Err(ApiError::not_found(format!("config {key} not found"))),
     }
@@ -435,8 +423,7 @@ pub async fn diff(
 pub async fn rollback(
     State(api): State<ApiState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
-    subject: Option<Extension<Subject>>,
-    context: Option<Extension<RequestContext>>,
+    Audited(audit): Audited,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -447,8 +434,7 @@ pub async fn rollback(
         .get("version")
         .and_then(Value::as_i64)
         .ok_or_else(|| ApiError::invalid("version", "version is required: the revision to roll back to"))?;
-    let (author, ip) = who(&subject, &context);
-    let outcome = api.configs.rollback(&key, version, if_match, &author, &ip).await?;
+    let outcome = api.configs.rollback(&key, version, if_match, &audit).await?;
     Ok(publish_response(&key, outcome))
 }
 
@@ -638,8 +624,7 @@ fn selector_field(body: &serde_json::Map<String, Value>) -> Result<GraySelector,
 pub async fn gray_publish(
     State(api): State<ApiState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
-    subject: Option<Extension<Subject>>,
-    context: Option<Extension<RequestContext>>,
+    Audited(audit): Audited,
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = item_path(path)?;
@@ -647,9 +632,9 @@ pub async fn gray_publish(
     let content =
         string_field(&body, "content")?.ok_or_else(|| ApiError::invalid("content", "content is required"))?;
     let selector = selector_field(&body)?;
-    let (author, source_ip) = who(&subject, &context);
+    let (author, source_ip) = (audit.actor.clone(), audit.source_ip.clone());
     let outcome =
-        api.configs.publish_gray(&key, GrayRequest { content, selector, author, source_ip }).await?;
+        api.configs.publish_gray(&key, GrayRequest { content, selector, author, source_ip }, &audit).await?;
     Ok(Json(serde_json::json!({
         "namespace": key.namespace, "group": key.group, "data_id": key.data_id,
         "version": outcome.version, "md5": outcome.md5, "gray": true
@@ -659,22 +644,21 @@ pub async fn gray_publish(
 
 pub async fn gray_abort(
     State(api): State<ApiState>,
+    Audited(audit): Audited,
     path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let key = item_path(path)?;
-    let revision = api.configs.abort_gray(&key).await?;
+    let revision = api.configs.abort_gray(&key, &audit).await?;
     Ok(Json(serde_json::json!({"revision": revision, "aborted": true})).into_response())
 }
 
 pub async fn gray_promote(
     State(api): State<ApiState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
-    subject: Option<Extension<Subject>>,
-    context: Option<Extension<RequestContext>>,
+    Audited(audit): Audited,
 ) -> Result<Response, ApiError> {
     let key = item_path(path)?;
-    let (author, ip) = who(&subject, &context);
-    let outcome = api.configs.promote_gray(&key, &author, &ip).await?;
+    let outcome = api.configs.promote_gray(&key, &audit).await?;
     Ok(publish_response(&key, outcome))
 }
 
@@ -749,8 +733,7 @@ pub async fn import(
     State(api): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
     params: Params,
-    subject: Option<Extension<Subject>>,
-    context: Option<Extension<RequestContext>>,
+    Audited(audit): Audited,
     body: Body,
 ) -> Result<Response, ApiError> {
     let Path(ns) =
@@ -781,28 +764,27 @@ pub async fn import(
         sb_config::ExportDoc::parse(text)?
     };
     drop(bytes);
-    let (author, ip) = who(&subject, &context);
     // Everything is validated and decided before the answer starts, so a bad file is a 400.
     let plan = api.configs.plan_import(&ns, doc, policy).await?;
     if !progress {
-        let report = api.configs.apply_import(plan, &author, &ip, |_| {}).await?;
+        let report = api.configs.apply_import(plan, &audit, |_| {}).await?;
         return Ok(Json(report).into_response());
     }
-    Ok(import_with_progress(api, plan, author, ip))
+    Ok(import_with_progress(api, plan, audit))
 }
 
 /// Writes `plan` while streaming its progress as JSON lines: `{"progress":{"written","planned"}}`
 /// after each batch, then one `{"report":…}` or `{"error":…}`. The progress channel keeps
 /// only the latest value, so a slow reader never holds up the import or grows a queue; the
 /// import runs to its end even if the client goes away.
-fn import_with_progress(api: ApiState, plan: sb_config::ImportPlan, author: String, ip: String) -> Response {
+fn import_with_progress(api: ApiState, plan: sb_config::ImportPlan, audit: sb_audit::Audit) -> Response {
     let (progress_tx, progress_rx) =
         tokio::sync::watch::channel(sb_config::ImportProgress { written: 0, planned: plan.writes() });
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let result = api
             .configs
-            .apply_import(plan, &author, &ip, |progress| {
+            .apply_import(plan, &audit, |progress| {
                 progress_tx.send_replace(progress);
             })
             .await;

@@ -61,12 +61,13 @@ pub struct ProclaimedJson {
 pub async fn proclaim(
     State(api): State<ApiState>,
     Extension(subject): Extension<Subject>,
+    crate::audit::Audited(audit): crate::audit::Audited,
     path: Result<Path<String>, PathRejection>,
     params: Params,
     ApiJson(request): ApiJson<ProclaimRequest>,
 ) -> Result<Json<ProclaimedJson>, ApiError> {
     let name = queue_name(QueueKind::Election, path, &params)?;
-    let revision = api.coord.proclaim(&name, &subject.name, &request.owner, &request.value).await?;
+    let revision = api.coord.proclaim(&name, &subject.name, &request.owner, &request.value, &audit).await?;
     Ok(Json(ProclaimedJson { revision }))
 }
 

@@ -27,6 +27,7 @@ pub async fn get_check(
 
 pub async fn put_check(
     State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
     path: Result<Path<Vec<String>>, PathRejection>,
     params: Params,
     ApiJson(body): ApiJson<Value>,
@@ -34,17 +35,18 @@ pub async fn put_check(
     let (id, rest) = service_id(path, &params)?;
     let addr = instance_addr(&rest, &params)?;
     let spec = sb_health::CheckSpec::from_json(&body).map_err(|e| ApiError::invalid(e.field, e.message))?;
-    let revision = api.health.put(&id, &addr, &spec).await?;
+    let revision = api.health.put(&id, &addr, &spec, Some(&audit)).await?;
     Ok(Json(json!({"revision": revision, "check": spec})))
 }
 
 pub async fn delete_check(
     State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
     path: Result<Path<Vec<String>>, PathRejection>,
     params: Params,
 ) -> Result<Json<Value>, ApiError> {
     let (id, rest) = service_id(path, &params)?;
     let addr = instance_addr(&rest, &params)?;
-    let deleted = api.health.delete(&id, &addr).await?;
+    let deleted = api.health.delete(&id, &addr, &audit).await?;
     Ok(Json(json!({"deleted": deleted})))
 }

@@ -99,13 +99,14 @@ pub struct CreateTag {
 
 pub async fn segment_create(
     State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
     params: Params,
     ApiJson(request): ApiJson<CreateTag>,
 ) -> Result<Json<TagStatus>, ApiError> {
     let segments = &api.ids.segments;
     let step = request.step.unwrap_or(segments.default_step());
-    let status =
-        segments.create_tag(namespace(&params), &request.tag, request.start.unwrap_or(1), step).await?;
+    let start = request.start.unwrap_or(1);
+    let status = segments.create_tag(namespace(&params), &request.tag, start, step, &audit).await?;
     Ok(Json(status))
 }
 

@@ -19,6 +19,7 @@ use sb_store::{
 };
 use serde::Serialize;
 
+use crate::audit::Audited;
 use crate::error::{human_bytes, ApiError, ErrorKind};
 use crate::extract::{if_match_revision, Params};
 use crate::{leases, ApiState, KV_PREFIX};
@@ -178,8 +179,14 @@ async fn list(api: &ApiState, prefix: Vec<u8>, params: &Params) -> Result<Respon
     Ok(Json(list).into_response())
 }
 
+/// The key's current value as this node's view holds it (for an audit record's digest).
+fn viewed_value(api: &ApiState, key: &[u8]) -> Option<Vec<u8>> {
+    api.kv.snapshot().entries.get(key).map(|kv| kv.value.clone())
+}
+
 pub async fn put(
     State(api): State<ApiState>,
+    Audited(audit): Audited,
     path: Result<Path<String>, PathRejection>,
     params: Params,
     headers: HeaderMap,
@@ -196,10 +203,12 @@ pub async fn put(
     };
     let if_match = if_match_revision(&headers)?;
     let value = read_value(&api, &headers, body).await?;
+    let before = viewed_value(&api, &key);
+    let audited = audit.op("kv.put", String::from_utf8_lossy(&key), before.as_deref(), Some(&value));
     let put = TxnOp::Put { key: key.clone(), value, lease };
     let revision = match if_match {
-        None => timed(&api, "put", api.store.txn(Txn::new().and_then([put]))).await?.revision,
-        Some(expected) => guarded(&api, &key, expected, put).await?,
+        None => timed(&api, "put", api.store.txn(Txn::new().and_then([put, audited]))).await?.revision,
+        Some(expected) => guarded(&api, &key, expected, [put, audited]).await?,
     };
     wait_for_view(&api, revision).await?;
     let mut response = Json(WriteJson { key: user_key(&key), revision }).into_response();
@@ -209,6 +218,7 @@ pub async fn put(
 
 pub async fn delete(
     State(api): State<ApiState>,
+    Audited(audit): Audited,
     path: Result<Path<String>, PathRejection>,
     params: Params,
     headers: HeaderMap,
@@ -222,15 +232,29 @@ pub async fn delete(
         }
         (true, false_or_none) => {
             debug_assert!(false_or_none.is_none());
-            let response = timed(&api, "delete", api.store.delete(KeyRange::prefix(key))).await?;
-            (response.revision, response.deleted)
+            // A prefix delete is recorded once, for the prefix, even when it matched nothing.
+            let resource = format!("{}*", String::from_utf8_lossy(&key));
+            let txn = Txn::new().and_then([
+                TxnOp::Delete(KeyRange::prefix(key)),
+                audit.op("kv.delete", resource, None, None),
+            ]);
+            let response = timed(&api, "delete", api.store.txn(txn)).await?;
+            (response.revision, deleted_count(&response.responses))
         }
         (false, None) => {
-            let response = timed(&api, "delete", api.store.delete(KeyRange::key(key))).await?;
-            (response.revision, response.deleted)
+            // Recorded only when there was a key to delete.
+            let before = viewed_value(&api, &key);
+            let audited = audit.op("kv.delete", String::from_utf8_lossy(&key), before.as_deref(), None);
+            let txn = Txn::new()
+                .when([Compare::version(key.clone(), CompareOp::Greater, 0)])
+                .and_then([TxnOp::delete(key), audited]);
+            let response = timed(&api, "delete", api.store.txn(txn)).await?;
+            (response.revision, deleted_count(&response.responses))
         }
         (false, Some(expected)) => {
-            let revision = guarded(&api, &key, expected, TxnOp::delete(key.clone())).await?;
+            let before = viewed_value(&api, &key);
+            let audited = audit.op("kv.delete", String::from_utf8_lossy(&key), before.as_deref(), None);
+            let revision = guarded(&api, &key, expected, [TxnOp::delete(key.clone()), audited]).await?;
             (revision, 1)
         }
     };
@@ -238,11 +262,23 @@ pub async fn delete(
     Ok(Json(DeleteJson { revision, deleted }).into_response())
 }
 
-/// Runs `op` only if the key's mod revision is `expected` (0: the key must not exist).
-async fn guarded(api: &ApiState, key: &[u8], expected: Revision, op: TxnOp) -> Result<Revision, ApiError> {
+fn deleted_count(responses: &[OpResponse]) -> u64 {
+    match responses.first() {
+        Some(OpResponse::Delete { deleted }) => *deleted,
+        _ => 0,
+    }
+}
+
+/// Runs `ops` only if the key's mod revision is `expected` (0: the key must not exist).
+async fn guarded(
+    api: &ApiState,
+    key: &[u8],
+    expected: Revision,
+    ops: [TxnOp; 2],
+) -> Result<Revision, ApiError> {
     let txn = Txn::new()
         .when([Compare::mod_revision(key.to_vec(), CompareOp::Equal, expected)])
-        .and_then([op])
+        .and_then(ops)
         .or_else([TxnOp::get(key.to_vec())]);
     let response = timed(api, "txn", api.store.txn(txn)).await?;
     if response.succeeded {

@@ -11,9 +11,10 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::Json;
 use parking_lot::RwLock;
-use sb_store::{LeaseId, MAX_LEASE_TTL_SECS};
+use sb_store::{LeaseId, Txn, TxnOp, ETCD_MAX_TXN_OPS, MAX_LEASE_TTL_SECS};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::Audited;
 use crate::error::{ApiError, ErrorKind};
 use crate::extract::ApiJson;
 use crate::kv::{timed, wait_for_view};
@@ -52,8 +53,8 @@ fn system_lease_error(lease: LeaseId) -> ApiError {
     .with_field("lease")
 }
 
-/// Refuses a system lease; a lease that does not exist is a 404.
-pub(crate) async fn ensure_user_lease(api: &ApiState, lease: LeaseId) -> Result<(), ApiError> {
+/// Refuses a system lease; a lease that does not exist is a 404. Answers the lease's keys.
+pub(crate) async fn ensure_user_lease(api: &ApiState, lease: LeaseId) -> Result<Vec<Vec<u8>>, ApiError> {
     if api.system_leases.contains(lease) {
         return Err(system_lease_error(lease));
     }
@@ -61,7 +62,7 @@ pub(crate) async fn ensure_user_lease(api: &ApiState, lease: LeaseId) -> Result<
     if info.keys.iter().any(|key| !key.starts_with(KV_PREFIX.as_bytes())) {
         return Err(system_lease_error(lease));
     }
-    Ok(())
+    Ok(info.keys)
 }
 
 fn lease_id(path: Result<Path<String>, PathRejection>) -> Result<LeaseId, ApiError> {
@@ -117,13 +118,25 @@ pub async fn keep_alive(
 
 pub async fn revoke(
     State(api): State<ApiState>,
+    Audited(audit): Audited,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RevokedJson>, ApiError> {
     let lease = lease_id(path)?;
-    ensure_user_lease(&api, lease).await?;
+    let keys = ensure_user_lease(&api, lease).await?;
+    // A revoke cannot carry a record, so the lease's keys are deleted first in one
+    // transaction with the record (the change the record describes), then the lease goes.
+    // Keys beyond one transaction's room go in earlier batches, unrecorded one by one.
+    let room = ETCD_MAX_TXN_OPS - 1;
+    let (earlier, last) = keys.split_at(keys.len().saturating_sub(room));
+    for chunk in earlier.chunks(room) {
+        let ops = chunk.iter().map(|key| TxnOp::delete(key.clone()));
+        timed(&api, "txn", api.store.txn(Txn::new().and_then(ops))).await?;
+    }
+    let audited = audit.op("lease.revoke", format!("lease/{lease}"), None, None);
+    let ops = last.iter().map(|key| TxnOp::delete(key.clone())).chain([audited]);
+    let revision = timed(&api, "txn", api.store.txn(Txn::new().and_then(ops))).await?.revision;
     timed(&api, "lease_revoke", api.store.lease_revoke(lease)).await?;
-    // The revoke deleted the lease's keys: read-your-writes for them too.
-    let revision = timed(&api, "range", api.store.current_revision()).await?;
+    // The keys are gone: read-your-writes for them too.
     wait_for_view(&api, revision).await?;
     Ok(Json(RevokedJson { id: lease.0.to_string(), revoked: true }))
 }

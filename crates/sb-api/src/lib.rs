@@ -9,6 +9,7 @@
 //! only through `sb_store`'s port and views. Domain logic does not live here.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 mod auth_api;
 mod backup;

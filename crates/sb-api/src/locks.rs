@@ -266,6 +266,7 @@ pub struct GuardedPutJson {
 pub async fn guarded_put(
     State(api): State<ApiState>,
     Extension(subject): Extension<Subject>,
+    crate::audit::Audited(audit): crate::audit::Audited,
     path: Result<Path<String>, PathRejection>,
     params: Params,
     ApiJson(request): ApiJson<GuardedPutRequest>,
@@ -299,7 +300,7 @@ pub async fn guarded_put(
     let store_key = [KV_PREFIX.as_bytes(), request.key.as_bytes()].concat();
     let (token, revision) = api
         .coord
-        .guarded_put(&name, &subject.name, &request.owner, &store_key, request.value.as_bytes())
+        .guarded_put(&name, &subject.name, &request.owner, &store_key, request.value.as_bytes(), &audit)
         .await?;
     wait_for_view(&api, revision).await?;
     Ok(Json(GuardedPutJson { key: request.key, revision, token: token.to_string() }))

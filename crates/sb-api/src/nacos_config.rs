@@ -127,6 +127,7 @@ pub async fn get(
 
 pub async fn publish(
     State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
     subject: Option<Extension<Subject>>,
     context: Option<Extension<RequestContext>>,
     headers: HeaderMap,
@@ -147,7 +148,7 @@ pub async fn publish(
             .unwrap_or_default();
         let source_ip = context.and_then(|c| c.client).map(|ip| ip.to_string()).unwrap_or_default();
         let request = GrayRequest { content, selector, author, source_ip };
-        api.configs.publish_gray(&key, request).await.map_err(nacos_error)?;
+        api.configs.publish_gray(&key, request, &audit).await.map_err(nacos_error)?;
         return Ok(plain("true"));
     }
     // Nacos 2.x clients send `unset` for "no type given".
@@ -177,26 +178,23 @@ pub async fn publish(
         // created secret here (sealed with the master key, not by the client).
         secret: (key.data_id.starts_with("cipher-") && api.configs.get(&key).is_none()).then_some(true),
     };
-    api.configs.publish(&key, request).await.map_err(nacos_error)?;
+    api.configs.publish(&key, request, &audit).await.map_err(nacos_error)?;
     Ok(plain("true"))
 }
 
 pub async fn delete(
     State(api): State<ApiState>,
-    subject: Option<Extension<Subject>>,
-    context: Option<Extension<RequestContext>>,
+    crate::audit::Audited(audit): crate::audit::Audited,
     params: NacosParams,
 ) -> NacosResult<Response> {
     let key = config_key(&params)?;
     if is_beta(&params) {
         // Nacos's stopBeta.
-        api.configs.abort_gray(&key).await.map_err(nacos_error)?;
+        api.configs.abort_gray(&key, &audit).await.map_err(nacos_error)?;
         return Ok(rest_result("stop beta ok", serde_json::Value::Bool(true)));
     }
-    let author = subject.map(|s| s.name.clone()).unwrap_or_default();
-    let ip = context.and_then(|c| c.client).map(|ip| ip.to_string()).unwrap_or_default();
-    // Deleting an absent config is `true` in Nacos too.
-    api.configs.delete(&key, None, &author, &ip).await.map_err(nacos_error)?;
+    // Deleting an absent config is `true` in Nacos too (and changes nothing to record).
+    api.configs.delete(&key, None, &audit).await.map_err(nacos_error)?;
     Ok(plain("true"))
 }
 

@@ -91,20 +91,29 @@ fn spec(params: &NacosParams) -> NacosResult<InstanceSpec> {
 }
 
 /// `POST /nacos/v1/ns/instance`
-pub async fn register(State(api): State<ApiState>, params: NacosParams) -> NacosResult<Response> {
+pub async fn register(
+    State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
+    params: NacosParams,
+) -> NacosResult<Response> {
     let spec = spec(&params)?;
     let (id, addr, persistent) = (spec.service.clone(), spec.addr.clone(), !spec.ephemeral);
-    api.registry.register(spec).await.map_err(nacos_error)?;
+    api.registry.register(spec, &audit).await.map_err(nacos_error)?;
     // Nacos's default for a persistent instance: a TCP check on its port (its cluster's
     // health-checker settings, if any, take precedence: `sb_health::effective_check`).
+    // The registration's record covers its default check.
     if persistent && api.health.get(&id, &addr).is_none() {
-        api.health.put(&id, &addr, &api.health.nacos_default()).await.map_err(nacos_error)?;
+        api.health.put(&id, &addr, &api.health.nacos_default(), None).await.map_err(nacos_error)?;
     }
     Ok(ok())
 }
 
 /// `PUT /nacos/v1/ns/instance`
-pub async fn update(State(api): State<ApiState>, params: NacosParams) -> NacosResult<Response> {
+pub async fn update(
+    State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
+    params: NacosParams,
+) -> NacosResult<Response> {
     let id = service_id(&params)?;
     let addr = addr(&params)?;
     let patch = InstancePatch {
@@ -112,15 +121,19 @@ pub async fn update(State(api): State<ApiState>, params: NacosParams) -> NacosRe
         enabled: enabled(&params),
         metadata: metadata(&params)?,
     };
-    api.registry.update_instance(&id, &addr, patch).await.map_err(nacos_error)?;
+    api.registry.update_instance(&id, &addr, patch, &audit).await.map_err(nacos_error)?;
     Ok(ok())
 }
 
 /// `DELETE /nacos/v1/ns/instance`: `ok` whether or not it was registered, as Nacos.
-pub async fn deregister(State(api): State<ApiState>, params: NacosParams) -> NacosResult<Response> {
+pub async fn deregister(
+    State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
+    params: NacosParams,
+) -> NacosResult<Response> {
     let id = service_id(&params)?;
     let addr = addr(&params)?;
-    api.registry.deregister(&id, &addr).await.map_err(nacos_error)?;
+    api.registry.deregister(&id, &addr, &audit).await.map_err(nacos_error)?;
     Ok(ok())
 }
 
@@ -278,7 +291,11 @@ pub async fn list(
 }
 
 /// `PUT /nacos/v1/ns/instance/beat`
-pub async fn beat(State(api): State<ApiState>, params: NacosParams) -> NacosResult<Json<Value>> {
+pub async fn beat(
+    State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
+    params: NacosParams,
+) -> NacosResult<Json<Value>> {
     let id = service_id(&params)?;
     let beat: Option<Value> = match params.get("beat") {
         Some(text) => Some(serde_json::from_str(text).map_err(|e| {
@@ -317,7 +334,7 @@ pub async fn beat(State(api): State<ApiState>, params: NacosParams) -> NacosResu
         None => None,
     };
     let default_interval = api.registry.timeouts().interval.as_millis() as u64;
-    match api.registry.beat(&id, &addr, full).await {
+    match api.registry.beat(&id, &addr, full, &audit).await {
         Ok(timeouts) => Ok(Json(json!({
             "clientBeatInterval": timeouts.interval.as_millis() as u64,
             "code": CODE_OK,
@@ -335,27 +352,42 @@ fn threshold(params: &NacosParams) -> NacosResult<Option<f64>> {
 }
 
 /// `POST /nacos/v1/ns/service`
-pub async fn create_service(State(api): State<ApiState>, params: NacosParams) -> NacosResult<Response> {
+pub async fn create_service(
+    State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
+    params: NacosParams,
+) -> NacosResult<Response> {
     let id = service_id(&params)?;
     let record = ServiceRecord {
         protect_threshold: threshold(&params)?.unwrap_or(0.0),
         metadata: metadata(&params)?.unwrap_or_default(),
     };
-    api.registry.create_service(&id, record).await.map_err(nacos_error)?;
+    api.registry.create_service(&id, record, &audit).await.map_err(nacos_error)?;
     Ok(ok())
 }
 
 /// `PUT /nacos/v1/ns/service`
-pub async fn update_service(State(api): State<ApiState>, params: NacosParams) -> NacosResult<Response> {
+pub async fn update_service(
+    State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
+    params: NacosParams,
+) -> NacosResult<Response> {
     let id = service_id(&params)?;
-    api.registry.update_service(&id, threshold(&params)?, metadata(&params)?).await.map_err(nacos_error)?;
+    api.registry
+        .update_service(&id, threshold(&params)?, metadata(&params)?, &audit)
+        .await
+        .map_err(nacos_error)?;
     Ok(ok())
 }
 
 /// `DELETE /nacos/v1/ns/service`
-pub async fn delete_service(State(api): State<ApiState>, params: NacosParams) -> NacosResult<Response> {
+pub async fn delete_service(
+    State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
+    params: NacosParams,
+) -> NacosResult<Response> {
     let id = service_id(&params)?;
-    api.registry.delete_service(&id).await.map_err(nacos_error)?;
+    api.registry.delete_service(&id, &audit).await.map_err(nacos_error)?;
     Ok(ok())
 }
 

@@ -61,6 +61,7 @@ pub struct LogLevelRequest {
 
 pub async fn set_log_level(
     State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
     ApiJson(request): ApiJson<LogLevelRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Some(control) = &api.log_level else {
@@ -69,5 +70,18 @@ pub async fn set_log_level(
     control.set(&request.level).map_err(|e| {
         ApiError::invalid("level", format!("level {:?} is not a valid log filter: {e}", request.level))
     })?;
-    Ok(Json(json!({"level": control.current()})))
+    let current = control.current();
+    let revision = crate::kv::timed(
+        &api,
+        "txn",
+        crate::audit::record_alone(
+            &api,
+            &audit,
+            "admin.log-level",
+            "admin/log-level",
+            Some(current.as_bytes()),
+        ),
+    )
+    .await?;
+    Ok(Json(json!({"level": current, "revision": revision})))
 }

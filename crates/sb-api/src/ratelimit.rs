@@ -63,12 +63,13 @@ pub async fn get_rule(
 
 pub async fn put_rule(
     State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
     params: Params,
     path: Result<Path<String>, PathRejection>,
     ApiJson(spec): ApiJson<RuleSpec>,
 ) -> Result<Json<Value>, ApiError> {
     let name = rule_name(path)?;
-    let stored = limiter(&api).catalog().put(namespace(&params), &name, spec).await?;
+    let stored = limiter(&api).catalog().put(namespace(&params), &name, spec, &audit).await?;
     Ok(Json(rule_json(&stored)))
 }
 
@@ -80,11 +81,12 @@ pub struct Deleted {
 
 pub async fn delete_rule(
     State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
     params: Params,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Deleted>, ApiError> {
     let name = rule_name(path)?;
-    let revision = limiter(&api).catalog().delete(namespace(&params), &name).await?;
+    let revision = limiter(&api).catalog().delete(namespace(&params), &name, &audit).await?;
     Ok(Json(Deleted { revision, deleted: 1 }))
 }
 

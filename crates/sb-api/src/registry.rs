@@ -151,6 +151,7 @@ pub struct RegisterBody {
 
 pub async fn register(
     State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
     path: Result<Path<Vec<String>>, PathRejection>,
     params: Params,
     ApiJson(body): ApiJson<RegisterBody>,
@@ -163,7 +164,7 @@ pub async fn register(
     spec.healthy = body.healthy.unwrap_or(true);
     spec.ephemeral = body.ephemeral.unwrap_or(true);
     spec.metadata = body.metadata;
-    let revision = api.registry.register(spec).await?;
+    let revision = api.registry.register(spec, &audit).await?;
     let timeouts = api.registry.timeouts();
     Ok(Json(json!({
         "revision": revision,
@@ -180,6 +181,7 @@ pub struct UpdateBody {
 
 pub async fn update_instance(
     State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
     path: Result<Path<Vec<String>>, PathRejection>,
     params: Params,
     ApiJson(body): ApiJson<UpdateBody>,
@@ -187,18 +189,19 @@ pub async fn update_instance(
     let (id, rest) = service_id(path, &params)?;
     let addr = instance_addr(&rest, &params)?;
     let patch = InstancePatch { weight: body.weight, enabled: body.enabled, metadata: body.metadata };
-    let revision = api.registry.update_instance(&id, &addr, patch).await?;
+    let revision = api.registry.update_instance(&id, &addr, patch, &audit).await?;
     Ok(Json(RevisionJson { revision }))
 }
 
 pub async fn deregister(
     State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
     path: Result<Path<Vec<String>>, PathRejection>,
     params: Params,
 ) -> Result<Json<RevisionJson>, ApiError> {
     let (id, rest) = service_id(path, &params)?;
     let addr = instance_addr(&rest, &params)?;
-    match api.registry.deregister(&id, &addr).await? {
+    match api.registry.deregister(&id, &addr, &audit).await? {
         Some(revision) => Ok(Json(RevisionJson { revision })),
         None => Err(ApiError::not_found(format!(
             "instance {} (cluster {}) of service {id} is not registered",
@@ -215,7 +218,7 @@ pub async fn beat(
 ) -> Result<Json<Value>, ApiError> {
     let (id, rest) = service_id(path, &params)?;
     let addr = instance_addr(&rest, &params)?;
-    let timeouts = api.registry.beat(&id, &addr, None).await?;
+    let timeouts = api.registry.beat(&id, &addr, None, &sb_audit::Audit::default()).await?;
     Ok(Json(json!({
         "beat_interval_ms": timeouts.interval.as_millis() as u64,
         "unhealthy_after_ms": timeouts.unhealthy_after.as_millis() as u64,
@@ -230,6 +233,7 @@ pub struct DrainBody {
 
 pub async fn drain(
     State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
     path: Result<Path<Vec<String>>, PathRejection>,
     params: Params,
     body: axum::body::Bytes,
@@ -246,7 +250,7 @@ pub async fn drain(
     if delay_secs > 3600 {
         return Err(ApiError::invalid("delay_secs", format!("delay_secs is {delay_secs}, limit is 3600")));
     }
-    let revision = api.registry.drain(&id, &addr, Duration::from_secs(delay_secs)).await?;
+    let revision = api.registry.drain(&id, &addr, Duration::from_secs(delay_secs), &audit).await?;
     Ok(Json(json!({"revision": revision, "delete_after_secs": delay_secs})))
 }
 
@@ -290,23 +294,25 @@ pub struct ServiceBody {
 
 pub async fn put_service(
     State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
     path: Result<Path<Vec<String>>, PathRejection>,
     params: Params,
     ApiJson(body): ApiJson<ServiceBody>,
 ) -> Result<Json<RevisionJson>, ApiError> {
     let (id, _) = service_id(path, &params)?;
     let record = ServiceRecord { protect_threshold: body.protect_threshold, metadata: body.metadata };
-    let revision = api.registry.put_service(&id, record).await?;
+    let revision = api.registry.put_service(&id, record, &audit).await?;
     Ok(Json(RevisionJson { revision }))
 }
 
 pub async fn delete_service(
     State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
     path: Result<Path<Vec<String>>, PathRejection>,
     params: Params,
 ) -> Result<Json<RevisionJson>, ApiError> {
     let (id, _) = service_id(path, &params)?;
-    let revision = api.registry.delete_service(&id).await?;
+    let revision = api.registry.delete_service(&id, &audit).await?;
     Ok(Json(RevisionJson { revision }))
 }
 

@@ -11,7 +11,7 @@ use axum::Router;
 
 use crate::error::{ApiError, ErrorKind};
 use crate::{
-    auth_api, backup, config, elections, health, ids, kv, leases, locks, middleware, nacos_config,
+    audit, auth_api, backup, config, elections, health, ids, kv, leases, locks, middleware, nacos_config,
     nacos_naming, namespaces, ops, prometheus_sd, ratelimit, registry, watch, ApiState,
 };
 
@@ -189,6 +189,7 @@ pub enum RouteId {
     NacosNamespaceCreate,
     NacosNamespaceUpdate,
     NacosNamespaceDelete,
+    AuditList,
 }
 
 #[derive(Debug)]
@@ -289,7 +290,8 @@ pub static ROUTES: &[Route] = &[
         true,
         "Delete a key, or keys by prefix",
     ),
-    route(RouteId::LeaseGrant, M::Post, "/api/v1/leases", "kv", A::Write, true, "Grant a lease"),
+    // A grant changes no key (the puts on the lease are audited); a revoke deletes keys.
+    route(RouteId::LeaseGrant, M::Post, "/api/v1/leases", "kv", A::Write, false, "Grant a lease"),
     route(
         RouteId::LeaseKeepAlive,
         M::Post,
@@ -1038,6 +1040,15 @@ pub static ROUTES: &[Route] = &[
     route(RouteId::NacosNamespaceCreate, M::Post, "/nacos/v1/console/namespaces", "namespace", A::Admin, true, "Nacos 1.x: create a namespace (customNamespaceId, namespaceName, namespaceDesc)"),
     route(RouteId::NacosNamespaceUpdate, M::Put, "/nacos/v1/console/namespaces", "namespace", A::Admin, true, "Nacos 1.x: edit a namespace (namespace, namespaceShowName, namespaceDesc)"),
     route(RouteId::NacosNamespaceDelete, M::Delete, "/nacos/v1/console/namespaces", "namespace", A::Admin, true, "Nacos 1.x: delete a namespace (namespaceId)"),
+    route(
+        RouteId::AuditList,
+        M::Get,
+        "/api/v1/audit",
+        "audit",
+        A::Read,
+        false,
+        "Audit records, oldest first: `from`/`to` (Unix ms), `actor`, `resource` (prefix), `action`, `limit` (1 to 1000, default 100), `after` (the previous page's `next`)",
+    ),
 ];
 
 /// The handler of each route, exhaustively, so a route without a handler cannot compile.
@@ -1162,6 +1173,7 @@ fn handler(route: &Route) -> MethodRouter<ApiState> {
         RouteId::NacosNamespaceCreate => on(filter, namespaces::nacos_create),
         RouteId::NacosNamespaceUpdate => on(filter, namespaces::nacos_update),
         RouteId::NacosNamespaceDelete => on(filter, namespaces::nacos_delete),
+        RouteId::AuditList => on(filter, audit::list),
     }
 }
 
@@ -1256,6 +1268,8 @@ mod tests {
     /// changes an operator investigates. Reads sent as POST (for example Nacos's
     /// listener long-poll) belong here too. Everything else that mutates is audited.
     const UNAUDITED_MUTATIONS: &[RouteId] = &[
+        // A grant changes no key; the keys put on the lease and its revoke are audited.
+        RouteId::LeaseGrant,
         RouteId::LeaseKeepAlive,
         RouteId::InstanceBeat,
         RouteId::NacosInstanceBeat,

@@ -356,7 +356,7 @@ async fn failover(args: &RateLimitArgs, scratch: &std::path::Path) -> anyhow::Re
     let spec: RuleSpec = serde_json::from_value(serde_json::json!({
         "algorithm":"gcra","rate":RATE_PER_SEC,"burst":BURST,"tier":"redis"
     }))?;
-    limiter.catalog().put("public", "bench", spec).await?;
+    limiter.catalog().put("public", "bench", spec, &sb_audit::Audit::system("bench")).await?;
     for round in 0..3 {
         // A steady load: 8 tasks, one check per millisecond each.
         let stop = Arc::new(AtomicBool::new(false));

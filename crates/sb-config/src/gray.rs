@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use sb_audit::Audit;
 use sb_store::codec::{decode, StoredValue};
 use sb_store::{Compare, CompareOp, Revision, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
@@ -173,11 +174,18 @@ impl ConfigService {
 
     /// Publishes (or replaces) the item's gray version. The item must exist; the content is
     /// validated in the item's format and against its schema.
-    pub async fn publish_gray(&self, key: &ConfigKey, request: GrayRequest) -> ConfigResult<PublishOutcome> {
+    pub async fn publish_gray(
+        &self,
+        key: &ConfigKey,
+        request: GrayRequest,
+        audit: &Audit,
+    ) -> ConfigResult<PublishOutcome> {
         request.selector.check()?;
         let (item, item_version) = self.current_item(key).await?;
         self.validate(item.format, &request.content, item.schema.as_ref())?;
-        let gray_version = self.stored_gray(key).await?.map_or(0, |(_, v)| v);
+        let stored = self.stored_gray(key).await?;
+        let gray_version = stored.as_ref().map_or(0, |(_, v)| *v);
+        let before = stored.as_ref().map(|(record, _)| encode_value(record)).transpose()?;
         let now = now_ms();
         let entry_id = EntryId::next(now, self.latest_entry(key).await?);
         let md5 = content_md5(&request.content);
@@ -211,10 +219,14 @@ impl ConfigService {
                 Compare::mod_revision(key.item_key(), CompareOp::Equal, item_version),
                 Compare::mod_revision(key.gray_key(), CompareOp::Equal, gray_version),
             ])
-            .and_then([
-                TxnOp::put(key.gray_history_key(&entry_id), encode_value(&history)?),
-                TxnOp::put(key.gray_key(), encode_value(&record)?),
-            ]);
+            .and_then({
+                let value = encode_value(&record)?;
+                [
+                    TxnOp::put(key.gray_history_key(&entry_id), encode_value(&history)?),
+                    audit.op("config.gray.publish", key.gray_key(), before.as_deref(), Some(&value)),
+                    TxnOp::put(key.gray_key(), value),
+                ]
+            });
         let response = self.store.txn(txn).await?;
         if !response.succeeded {
             return Err(ConfigError::Contended(key.to_string()));
@@ -225,12 +237,7 @@ impl ConfigService {
 
     /// Makes the gray content the main version (a new publish, op `promote`) and ends the
     /// gray release, in one transaction.
-    pub async fn promote_gray(
-        &self,
-        key: &ConfigKey,
-        author: &str,
-        source_ip: &str,
-    ) -> ConfigResult<PublishOutcome> {
+    pub async fn promote_gray(&self, key: &ConfigKey, audit: &Audit) -> ConfigResult<PublishOutcome> {
         let (record, gray_version) =
             self.stored_gray(key).await?.ok_or_else(|| ConfigError::NoGray(key.to_string()))?;
         let entry_id = EntryId::parse(&record.entry).ok_or_else(|| {
@@ -248,23 +255,27 @@ impl ConfigService {
             description: None,
             tags: None,
             app_name: None,
-            author: author.to_owned(),
-            source_ip: source_ip.to_owned(),
+            author: audit.actor.clone(),
+            source_ip: audit.source_ip.clone(),
             if_match: None,
             schema: crate::service::SchemaChange::Keep,
             secret: None,
         };
-        self.publish_op(key, request, PublishKind::Promote { gray_version }).await
+        self.publish_op(key, request, PublishKind::Promote { gray_version }, audit).await
     }
 
     /// Ends the gray release without changing the main version; the gray entry stays in
     /// history.
-    pub async fn abort_gray(&self, key: &ConfigKey) -> ConfigResult<Revision> {
-        let (_, gray_version) =
+    pub async fn abort_gray(&self, key: &ConfigKey, audit: &Audit) -> ConfigResult<Revision> {
+        let (record, gray_version) =
             self.stored_gray(key).await?.ok_or_else(|| ConfigError::NoGray(key.to_string()))?;
+        let before = encode_value(&record)?;
         let txn = Txn::new()
             .when([Compare::mod_revision(key.gray_key(), CompareOp::Equal, gray_version)])
-            .and_then([TxnOp::delete(key.gray_key())]);
+            .and_then([
+                TxnOp::delete(key.gray_key()),
+                audit.op("config.gray.abort", key.gray_key(), Some(&before), None),
+            ]);
         let response = self.store.txn(txn).await?;
         if !response.succeeded {
             return Err(ConfigError::Contended(key.to_string()));

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sb_audit::Audit;
 use sb_store::codec::{decode, encode};
 use sb_store::{Compare, CompareOp, KeyValue, RangeRequest, Revision, SharedStore, Txn, TxnOp};
 use tracing::warn;
@@ -228,8 +229,13 @@ impl ConfigService {
         Ok(())
     }
 
-    pub async fn publish(&self, key: &ConfigKey, request: PublishRequest) -> ConfigResult<PublishOutcome> {
-        self.publish_op(key, request, PublishKind::Publish).await
+    pub async fn publish(
+        &self,
+        key: &ConfigKey,
+        request: PublishRequest,
+        audit: &Audit,
+    ) -> ConfigResult<PublishOutcome> {
+        self.publish_op(key, request, PublishKind::Publish, audit).await
     }
 
     pub(crate) async fn publish_op(
@@ -237,6 +243,7 @@ impl ConfigService {
         key: &ConfigKey,
         request: PublishRequest,
         kind: PublishKind,
+        audit: &Audit,
     ) -> ConfigResult<PublishOutcome> {
         let rolled_back_from = match kind {
             PublishKind::Rollback(version) => Some(version),
@@ -262,6 +269,7 @@ impl ConfigService {
                     (version, current.as_ref().map(decode_item).transpose()?)
                 }
             };
+            let before = current_item.as_ref().map(encode_value).transpose()?;
             if let Some(expected) = request.if_match {
                 if expected != current_version {
                     if attempt == 0 {
@@ -341,9 +349,16 @@ impl ConfigService {
             };
             let mut compares =
                 vec![Compare::mod_revision(item_key.clone(), CompareOp::Equal, current_version)];
+            let item_value = encode_value(&item)?;
+            let action = match kind {
+                PublishKind::Publish => "config.publish",
+                PublishKind::Rollback(_) => "config.rollback",
+                PublishKind::Promote { .. } => "config.gray.promote",
+            };
             let mut ops = vec![
                 TxnOp::put(key.history_key(&entry_id), encode_value(&history)?),
-                TxnOp::put(item_key.clone(), encode_value(&item)?),
+                audit.op(action, item_key.clone(), before.as_deref(), Some(&item_value)),
+                TxnOp::put(item_key.clone(), item_value),
             ];
             if let PublishKind::Promote { gray_version } = kind {
                 compares.push(Compare::mod_revision(key.gray_key(), CompareOp::Equal, gray_version));
@@ -366,8 +381,7 @@ impl ConfigService {
         &self,
         key: &ConfigKey,
         if_match: Option<Revision>,
-        author: &str,
-        source_ip: &str,
+        audit: &Audit,
     ) -> ConfigResult<Option<Revision>> {
         let item_key = key.item_key();
         for _ in 0..MAX_ATTEMPTS {
@@ -399,8 +413,8 @@ impl ConfigService {
                 description: String::new(),
                 tags: Vec::new(),
                 app_name: item.app_name.clone(),
-                author: author.to_owned(),
-                source_ip: source_ip.to_owned(),
+                author: audit.actor.clone(),
+                source_ip: audit.source_ip.clone(),
                 at_ms: now,
                 rolled_back_from: None,
                 secret: false,
@@ -409,6 +423,7 @@ impl ConfigService {
                 .when([Compare::mod_revision(item_key.clone(), CompareOp::Equal, current.mod_revision)])
                 .and_then([
                     TxnOp::put(key.history_key(&entry_id), encode_value(&history)?),
+                    audit.op("config.delete", item_key.clone(), Some(&current.value), None),
                     TxnOp::delete(item_key.clone()),
                     // A gray release ends with its item.
                     TxnOp::delete(key.gray_key()),
@@ -430,8 +445,7 @@ impl ConfigService {
         key: &ConfigKey,
         version: Revision,
         if_match: Option<Revision>,
-        author: &str,
-        source_ip: &str,
+        audit: &Audit,
     ) -> ConfigResult<PublishOutcome> {
         let record = self.history_entry(key, version).await?;
         if record.entry.op == HistoryOp::Delete {
@@ -446,13 +460,13 @@ impl ConfigService {
             description: Some(record.entry.description),
             tags: Some(record.entry.tags),
             app_name: None,
-            author: author.to_owned(),
-            source_ip: source_ip.to_owned(),
+            author: audit.actor.clone(),
+            source_ip: audit.source_ip.clone(),
             if_match,
             schema: crate::service::SchemaChange::Keep,
             secret: None,
         };
-        self.publish_op(key, request, PublishKind::Rollback(version)).await
+        self.publish_op(key, request, PublishKind::Rollback(version), audit).await
     }
 
     pub(crate) async fn wait_for(&self, revision: Revision) -> ConfigResult<()> {

@@ -31,11 +31,11 @@ async fn a_fresh_view_loads_only_current_contents() {
     let first = service(&dir, Retention::default()).await;
     let (a, b) = (key("a"), key("b"));
     for n in 0..3 {
-        first.publish(&a, text(&format!("a{n}"))).await.unwrap();
+        first.publish(&a, text(&format!("a{n}")), &audit()).await.unwrap();
     }
-    let b_version = first.publish(&b, text("b0")).await.unwrap().version;
-    first.delete(&b, None, "t", "").await.unwrap();
-    first.publish(&key("c"), text("c0")).await.unwrap();
+    let b_version = first.publish(&b, text("b0"), &audit()).await.unwrap().version;
+    first.delete(&b, None, &audit()).await.unwrap();
+    first.publish(&key("c"), text("c0"), &audit()).await.unwrap();
     // A second view loads the store from scratch, as a restarted node does.
     let second = service_on(first.store_for_tests(), Retention::default()).await;
     assert_eq!(&*second.get(&a).unwrap().content, "a2");
@@ -43,6 +43,67 @@ async fn a_fresh_view_loads_only_current_contents() {
     assert_eq!(second.view().snapshot().len(), 2);
     let history = second.history(&b, 1, 10).await.unwrap();
     assert_eq!(history.records.last().map(|r| r.version), Some(b_version));
+}
+
+fn audit() -> sb_audit::Audit {
+    sb_audit::Audit::new("t", "10.0.0.9", "unit-test", "req")
+}
+
+async fn audit_log(store: &SharedStore) -> Vec<(String, String, sb_store::Revision)> {
+    let query = sb_audit::AuditQuery { limit: 1000, ..Default::default() };
+    let page = sb_audit::query(store.as_ref(), &query).await.unwrap();
+    page.records.into_iter().map(|e| (e.record.action, e.record.resource, e.revision)).collect()
+}
+
+#[tokio::test]
+async fn every_change_writes_one_record_in_its_transaction_without_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = service(&dir, Retention::default()).await;
+    let store = service.store_for_tests();
+    let a = key("audited.txt");
+    let v1 = service.publish(&a, text("super-secret-value"), &audit()).await.unwrap().version;
+    let v2 = service.publish(&a, text("two"), &audit()).await.unwrap().version;
+    let v3 = service.rollback(&a, v1, None, &audit()).await.unwrap().version;
+    let gray = GrayRequest {
+        content: "g".into(),
+        selector: GraySelector { ips: parse_ips(["10.0.0.1"]).unwrap(), ..GraySelector::default() },
+        author: "t".into(),
+        source_ip: String::new(),
+    };
+    let v4 = service.publish_gray(&a, gray.clone(), &audit()).await.unwrap().version;
+    let v5 = service.abort_gray(&a, &audit()).await.unwrap();
+    service.publish_gray(&a, gray, &audit()).await.unwrap();
+    let v7 = service.promote_gray(&a, &audit()).await.unwrap().version;
+    let v8 = service.delete(&a, None, &audit()).await.unwrap().unwrap();
+    // A refused publish writes no record.
+    let stale = PublishRequest { if_match: Some(v1), ..text("x") };
+    assert!(service.publish(&a, stale, &audit()).await.is_err());
+    assert_eq!(audit_log(&store).await.len(), 8);
+    let log = audit_log(&store).await;
+    let item = a.item_key();
+    let gray_key = a.gray_key();
+    let actions: Vec<(&str, &str)> = log.iter().map(|(a, r, _)| (a.as_str(), r.as_str())).collect();
+    assert_eq!(
+        actions[..8],
+        [
+            ("config.publish", item.as_str()),
+            ("config.publish", item.as_str()),
+            ("config.rollback", item.as_str()),
+            ("config.gray.publish", gray_key.as_str()),
+            ("config.gray.abort", gray_key.as_str()),
+            ("config.gray.publish", gray_key.as_str()),
+            ("config.gray.promote", item.as_str()),
+            ("config.delete", item.as_str()),
+        ]
+    );
+    let revisions: Vec<_> = log.iter().map(|(_, _, r)| *r).collect();
+    assert_eq!([revisions[0], revisions[1], revisions[2], revisions[3], revisions[4]], [v1, v2, v3, v4, v5]);
+    assert_eq!([revisions[6], revisions[7]], [v7, v8]);
+    let raw = store.range(sb_store::RangeRequest::prefix(sb_audit::AUDIT_PREFIX)).await.unwrap();
+    for kv in raw.kvs {
+        let text = String::from_utf8_lossy(&kv.value);
+        assert!(!text.contains("super-secret-value"), "{text}");
+    }
 }
 
 fn text(content: &str) -> PublishRequest {
@@ -58,8 +119,8 @@ async fn versions_are_revisions_and_the_view_serves_the_current_content() {
     let dir = tempfile::tempdir().unwrap();
     let service = service(&dir, Retention::default()).await;
     let a = key("a");
-    let first = service.publish(&a, text("one")).await.unwrap();
-    let second = service.publish(&a, text("two")).await.unwrap();
+    let first = service.publish(&a, text("one"), &audit()).await.unwrap();
+    let second = service.publish(&a, text("two"), &audit()).await.unwrap();
     assert!(first.created && !second.created);
     assert!(second.version > first.version);
     let current = service.get(&a).expect("read-your-writes");
@@ -69,9 +130,9 @@ async fn versions_are_revisions_and_the_view_serves_the_current_content() {
     assert_eq!(versions, [second.version, first.version]);
 
     // A delete and a re-create: new versions, history kept, content from the new publish.
-    service.delete(&a, None, "test", "").await.unwrap().expect("deleted");
+    service.delete(&a, None, &audit()).await.unwrap().expect("deleted");
     assert!(service.get(&a).is_none());
-    let third = service.publish(&a, text("three")).await.unwrap();
+    let third = service.publish(&a, text("three"), &audit()).await.unwrap();
     assert!(third.created && third.version > second.version);
     assert_eq!(&*service.get(&a).unwrap().content, "three");
     let history = service.history(&a, 1, 10).await.unwrap();
@@ -85,10 +146,13 @@ async fn a_failed_publish_changes_nothing_and_if_match_guards() {
     let service = service(&dir, Retention::default()).await;
     let a = key("a.json");
     let json = |content: &str| PublishRequest { format: ConfigFormat::Json, ..text(content) };
-    let v1 = service.publish(&a, json("{\"a\":1}")).await.unwrap().version;
-    assert!(matches!(service.publish(&a, json("{\"a\":")).await, Err(ConfigError::InvalidContent(_))));
+    let v1 = service.publish(&a, json("{\"a\":1}"), &audit()).await.unwrap().version;
+    assert!(matches!(
+        service.publish(&a, json("{\"a\":"), &audit()).await,
+        Err(ConfigError::InvalidContent(_))
+    ));
     let stale = PublishRequest { if_match: Some(v1 - 1), ..json("{\"a\":2}") };
-    assert!(matches!(service.publish(&a, stale).await, Err(ConfigError::VersionMismatch { .. })));
+    assert!(matches!(service.publish(&a, stale, &audit()).await, Err(ConfigError::VersionMismatch { .. })));
     assert_eq!(service.get(&a).unwrap().version, v1);
     assert_eq!(service.history(&a, 1, 10).await.unwrap().total, 1);
 }
@@ -98,7 +162,7 @@ async fn listeners_answer_on_stale_md5s_and_on_changes() {
     let dir = tempfile::tempdir().unwrap();
     let service = Arc::new(service(&dir, Retention::default()).await);
     let a = key("a");
-    service.publish(&a, text("one")).await.unwrap();
+    service.publish(&a, text("one"), &audit()).await.unwrap();
     let held = ListenKey { key: a.clone(), md5: content_md5("one") };
     let stale = ListenKey { key: a.clone(), md5: "x".into() };
     let never = std::future::pending::<()>;
@@ -120,8 +184,8 @@ async fn listeners_answer_on_stale_md5s_and_on_changes() {
         })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    service.publish(&key("other"), text("unrelated")).await.unwrap();
-    service.publish(&a, text("two")).await.unwrap();
+    service.publish(&key("other"), text("unrelated"), &audit()).await.unwrap();
+    service.publish(&a, text("two"), &audit()).await.unwrap();
     assert_eq!(waiting.await.unwrap(), ListenOutcome::Changed(vec![a]));
 }
 
@@ -210,15 +274,15 @@ async fn retention_keeps_the_last_n_and_rollback_restores() {
     let a = key("a");
     let mut versions = Vec::new();
     for n in 0..4 {
-        versions.push(service.publish(&a, text(&format!("v{n}"))).await.unwrap().version);
+        versions.push(service.publish(&a, text(&format!("v{n}")), &audit()).await.unwrap().version);
     }
     let page = service.history(&a, 1, 10).await.unwrap();
     assert_eq!(page.total, 2);
     assert!(matches!(
-        service.rollback(&a, versions[0], None, "t", "").await,
+        service.rollback(&a, versions[0], None, &audit()).await,
         Err(ConfigError::VersionNotFound { .. })
     ));
-    let back = service.rollback(&a, versions[2], None, "t", "").await.unwrap();
+    let back = service.rollback(&a, versions[2], None, &audit()).await.unwrap();
     assert_eq!(&*service.get(&a).unwrap().content, "v2");
     let diff = service.diff(&a, versions[3], Some(back.version), &GrayClient::default()).await.unwrap();
     assert!(diff.contains("-v3") && diff.contains("+v2"), "{diff}");
@@ -237,7 +301,7 @@ async fn two_nodes_on_one_store_never_lose_a_publish_whatever_their_views_show()
         let writer = if n % 2 == 0 { &first } else { &second };
         let if_match = (n % 4 == 1).then_some(last);
         let request = PublishRequest { if_match, ..text(&format!("v{n}")) };
-        let outcome = writer.publish(&a, request).await.unwrap();
+        let outcome = writer.publish(&a, request, &audit()).await.unwrap();
         assert!(outcome.version > last);
         last = outcome.version;
     }
@@ -256,7 +320,7 @@ async fn gray_serves_matching_clients_survives_a_reload_and_promotes_or_aborts()
     let dir = tempfile::tempdir().unwrap();
     let service = service(&dir, Retention { keep_last: 2, max_age: None }).await;
     let a = key("a");
-    let main = service.publish(&a, text("main")).await.unwrap();
+    let main = service.publish(&a, text("main"), &audit()).await.unwrap();
     let selector =
         GraySelector { ips: parse_ips(["10.0.0.1"]).unwrap(), labels: parse_labels("env=canary").unwrap() };
     let gray = |content: &str| GrayRequest {
@@ -267,7 +331,7 @@ async fn gray_serves_matching_clients_survives_a_reload_and_promotes_or_aborts()
     };
     // Several grays: retention (keep 2) must keep the main entry and the newest gray.
     for n in 0..3 {
-        service.publish_gray(&a, gray(&format!("gray{n}"))).await.unwrap();
+        service.publish_gray(&a, gray(&format!("gray{n}")), &audit()).await.unwrap();
         service.prune(&a).await.unwrap();
     }
     let canary = GrayClient { ip: None, labels: parse_labels("env=canary").unwrap(), reveal: None };
@@ -284,15 +348,15 @@ async fn gray_serves_matching_clients_survives_a_reload_and_promotes_or_aborts()
     assert!(service.view().changed_now(&held, &other).is_empty());
     assert_eq!(service.view().changed_now(&held, &canary), vec![a.clone()]);
     // Abort: everyone reads main; the gray entries stay in history.
-    service.abort_gray(&a).await.unwrap();
+    service.abort_gray(&a, &audit()).await.unwrap();
     assert_eq!(&*service.view().snapshot().get_for(&a, &canary).unwrap().content, "main");
-    assert!(matches!(service.abort_gray(&a).await, Err(ConfigError::NoGray(_))));
-    assert!(matches!(service.promote_gray(&a, "t", "").await, Err(ConfigError::NoGray(_))));
+    assert!(matches!(service.abort_gray(&a, &audit()).await, Err(ConfigError::NoGray(_))));
+    assert!(matches!(service.promote_gray(&a, &audit()).await, Err(ConfigError::NoGray(_))));
     let history = service.history(&a, 1, 10).await.unwrap();
     assert!(history.records.iter().any(|r| r.entry.op == HistoryOp::Gray));
     // Promote: the gray content becomes the main version, for everyone.
-    service.publish_gray(&a, gray("next")).await.unwrap();
-    let promoted = service.promote_gray(&a, "t", "").await.unwrap();
+    service.publish_gray(&a, gray("next"), &audit()).await.unwrap();
+    let promoted = service.promote_gray(&a, &audit()).await.unwrap();
     let state = service.view().snapshot();
     assert!(state.gray(&a).is_none());
     assert_eq!(&*state.get_for(&a, &other).unwrap().content, "next");
@@ -300,8 +364,11 @@ async fn gray_serves_matching_clients_survives_a_reload_and_promotes_or_aborts()
     assert_eq!(service.history_entry(&a, promoted.version).await.unwrap().entry.op, HistoryOp::Promote);
     // Bad selectors.
     let empty = GrayRequest { selector: GraySelector::default(), ..gray("x") };
-    assert!(matches!(service.publish_gray(&a, empty).await, Err(ConfigError::InvalidSelector(_))));
-    assert!(matches!(service.publish_gray(&key("none"), gray("x")).await, Err(ConfigError::NotFound(_))));
+    assert!(matches!(service.publish_gray(&a, empty, &audit()).await, Err(ConfigError::InvalidSelector(_))));
+    assert!(matches!(
+        service.publish_gray(&key("none"), gray("x"), &audit()).await,
+        Err(ConfigError::NotFound(_))
+    ));
 }
 
 #[tokio::test]
@@ -316,32 +383,36 @@ async fn export_import_round_trips_in_batches_and_refuses_bad_files_before_writi
             tags: Some(vec!["t".into()]),
             ..text("")
         };
-        a.publish(&ConfigKey::new("dev", "G", format!("c{n}.yaml")).unwrap(), request).await.unwrap();
+        a.publish(&ConfigKey::new("dev", "G", format!("c{n}.yaml")).unwrap(), request, &audit())
+            .await
+            .unwrap();
     }
-    a.publish(&ConfigKey::new("dev", "H", "plain").unwrap(), text("line one\n  two: 'q'\n")).await.unwrap();
+    a.publish(&ConfigKey::new("dev", "H", "plain").unwrap(), text("line one\n  two: 'q'\n"), &audit())
+        .await
+        .unwrap();
     let exported = a.export("dev", None, None).unwrap().to_yaml().unwrap();
     let doc = ExportDoc::parse(&exported).unwrap();
     assert_eq!(doc.items.len(), 51);
-    let report = b.import("dev", doc.clone(), ConflictPolicy::Abort, "t", "").await.unwrap();
+    let report = b.import("dev", doc.clone(), ConflictPolicy::Abort, &audit()).await.unwrap();
     assert_eq!((report.created.len(), report.batches), (51, 2), "{report:?}");
     let mut again = b.export("dev", None, None).unwrap();
     again.exported_at_ms = doc.exported_at_ms;
     assert_eq!(again, doc);
     // Importing the same file again changes nothing; other content conflicts.
-    let report = b.import("dev", doc.clone(), ConflictPolicy::Abort, "t", "").await.unwrap();
+    let report = b.import("dev", doc.clone(), ConflictPolicy::Abort, &audit()).await.unwrap();
     assert_eq!(report.unchanged.len(), 51);
     let mut changed = doc.clone();
     changed.items[3].content = "n: changed\n".into();
     changed.items[3].md5 = String::new();
     let before = b.view().revision();
     assert!(matches!(
-        b.import("dev", changed.clone(), ConflictPolicy::Abort, "t", "").await,
+        b.import("dev", changed.clone(), ConflictPolicy::Abort, &audit()).await,
         Err(ConfigError::ImportConflict(_))
     ));
     assert_eq!(b.view().revision(), before, "an aborted import writes nothing");
-    let report = b.import("dev", changed.clone(), ConflictPolicy::Skip, "t", "").await.unwrap();
+    let report = b.import("dev", changed.clone(), ConflictPolicy::Skip, &audit()).await.unwrap();
     assert_eq!(report.skipped.len(), 1);
-    let report = b.import("dev", changed, ConflictPolicy::Overwrite, "t", "").await.unwrap();
+    let report = b.import("dev", changed, ConflictPolicy::Overwrite, &audit()).await.unwrap();
     assert_eq!(report.overwritten, vec!["dev/G/c11.yaml".to_owned()]);
     // A bad entry anywhere: nothing is written, the error names it.
     let mut bad = doc.clone();
@@ -349,7 +420,7 @@ async fn export_import_round_trips_in_batches_and_refuses_bad_files_before_writi
     bad.items[40].md5 = String::new();
     let fresh = tempfile::tempdir().unwrap();
     let c = service(&fresh, Retention::default()).await;
-    let error = c.import("dev", bad, ConflictPolicy::Abort, "t", "").await.unwrap_err().to_string();
+    let error = c.import("dev", bad, ConflictPolicy::Abort, &audit()).await.unwrap_err().to_string();
     assert!(error.contains("items[40]"), "{error}");
     assert!(c.view().snapshot().is_empty());
     assert!(ExportDoc::parse("kind: other\nitems: []\n").is_err());
@@ -378,9 +449,9 @@ async fn secrets_are_sealed_at_rest_and_read_masked_without_reveal() {
     let keys = keyring(&[("a", 1)], "a");
     let configs = service_with_keys(store.clone(), Some(keys.clone())).await;
     let k = key("db");
-    configs.publish(&k, secret("password=hunter2")).await.unwrap();
-    configs.publish(&k, text("password=hunter3")).await.unwrap(); // stays secret
-                                                                  // Nothing in the store holds the plaintext or its md5.
+    configs.publish(&k, secret("password=hunter2"), &audit()).await.unwrap();
+    configs.publish(&k, text("password=hunter3"), &audit()).await.unwrap(); // stays secret
+                                                                            // Nothing in the store holds the plaintext or its md5.
     let all = store.range(sb_store::RangeRequest::prefix("")).await.unwrap();
     for kv in &all.kvs {
         let value = String::from_utf8_lossy(&kv.value);
@@ -403,13 +474,13 @@ async fn secrets_are_sealed_at_rest_and_read_masked_without_reveal() {
     assert_eq!(view.md5_for(&k, &GrayClient::default()), masked_md5);
     // A rollback restores the plaintext, sealed again.
     let first = configs.history(&k, 0, 10).await.unwrap().records.last().unwrap().version;
-    configs.rollback(&k, first, None, "t", "").await.unwrap();
+    configs.rollback(&k, first, None, &audit()).await.unwrap();
     let (content, _) = configs.get(&k).unwrap().readable(&reader).unwrap();
     assert_eq!(content, "password=hunter2");
 
     // A node without keys: a 503-kind error naming the flag, and nothing written.
     let keyless = service_with_keys(store.clone(), None).await;
-    let error = keyless.publish(&key("other"), secret("x")).await.unwrap_err();
+    let error = keyless.publish(&key("other"), secret("x"), &audit()).await.unwrap_err();
     assert!(
         matches!(error, ConfigError::SecretsUnavailable(_)) && error.to_string().contains(MASTER_KEY_FLAG)
     );
@@ -429,8 +500,8 @@ async fn rotation_reencrypts_every_entry_and_old_keys_can_then_retire() {
     let store = store as Arc<dyn Store> as SharedStore;
     let old = service_with_keys(store.clone(), Some(keyring(&[("a", 1)], "a"))).await;
     let k = key("db");
-    old.publish(&k, secret("v1")).await.unwrap();
-    old.publish(&k, secret("v2")).await.unwrap();
+    old.publish(&k, secret("v1"), &audit()).await.unwrap();
+    old.publish(&k, secret("v2"), &audit()).await.unwrap();
     old.publish_gray(
         &k,
         GrayRequest {
@@ -439,6 +510,7 @@ async fn rotation_reencrypts_every_entry_and_old_keys_can_then_retire() {
             author: "t".into(),
             source_ip: String::new(),
         },
+        &audit(),
     )
     .await
     .unwrap();
@@ -463,7 +535,7 @@ async fn rotation_reencrypts_every_entry_and_old_keys_can_then_retire() {
         after.view().snapshot().get_for(&k, &gray_reader).unwrap().readable(&gray_reader).unwrap().0,
         "v3"
     );
-    after.promote_gray(&k, "t", "").await.unwrap();
+    after.promote_gray(&k, &audit()).await.unwrap();
     assert_eq!(after.get(&k).unwrap().readable(&reader).unwrap().0, "v3");
     let history = after.history(&k, 0, 10).await.unwrap();
     assert!(history.records.iter().all(|r| !r.entry.secret || r.entry.content.starts_with("sbenc1:b:")));
@@ -475,8 +547,8 @@ async fn secrets_export_sealed_or_in_plaintext_and_import_sealed_again() {
     let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path().join("a.redb"))).await.unwrap();
     let keys = keyring(&[("a", 1)], "a");
     let a = service_with_keys(store as Arc<dyn Store> as SharedStore, Some(keys.clone())).await;
-    a.publish(&key("db"), secret("password=hunter2")).await.unwrap();
-    a.publish(&key("plain"), text("hello")).await.unwrap();
+    a.publish(&key("db"), secret("password=hunter2"), &audit()).await.unwrap();
+    a.publish(&key("plain"), text("hello"), &audit()).await.unwrap();
     let sealed = a.export("public", None, None).unwrap();
     let yaml = sealed.to_yaml().unwrap();
     assert!(!yaml.contains("hunter2") && yaml.contains("sealed_at"), "{yaml}");
@@ -489,20 +561,20 @@ async fn secrets_export_sealed_or_in_plaintext_and_import_sealed_again() {
     let store = store as Arc<dyn Store> as SharedStore;
     let b = service_with_keys(store.clone(), Some(keys.clone())).await;
     let report =
-        b.import("public", ExportDoc::parse(&yaml).unwrap(), ConflictPolicy::Abort, "t", "").await.unwrap();
+        b.import("public", ExportDoc::parse(&yaml).unwrap(), ConflictPolicy::Abort, &audit()).await.unwrap();
     assert_eq!(report.created.len(), 2);
     let reader = GrayClient::default().with_reveal(Some(Reveal(keys.clone())));
     assert_eq!(b.get(&key("db")).unwrap().readable(&reader).unwrap().0, "password=hunter2");
     // Importing the same again: unchanged, secrets included.
     let again =
-        b.import("public", ExportDoc::parse(&yaml).unwrap(), ConflictPolicy::Abort, "t", "").await.unwrap();
+        b.import("public", ExportDoc::parse(&yaml).unwrap(), ConflictPolicy::Abort, &audit()).await.unwrap();
     assert_eq!(again.unchanged.len(), 2, "{again:?}");
     // A server without the key refuses before writing.
     let keyless_dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(EmbeddedOptions::new(keyless_dir.path().join("c.redb"))).await.unwrap();
     let c = service_with_keys(store as Arc<dyn Store> as SharedStore, None).await;
     let error = c
-        .import("public", ExportDoc::parse(&yaml).unwrap(), ConflictPolicy::Abort, "t", "")
+        .import("public", ExportDoc::parse(&yaml).unwrap(), ConflictPolicy::Abort, &audit())
         .await
         .unwrap_err();
     assert!(matches!(error, ConfigError::SecretsUnavailable(_)), "{error}");

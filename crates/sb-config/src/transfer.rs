@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use sb_audit::Audit;
 use sb_store::{txn_request_bytes, ETCD_MAX_REQUEST_BYTES, ETCD_MAX_TXN_OPS};
 use sb_store::{Compare, CompareOp, RangeRequest, Revision, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
@@ -246,11 +247,10 @@ impl ConfigService {
         namespace: &str,
         doc: ExportDoc,
         policy: ConflictPolicy,
-        author: &str,
-        source_ip: &str,
+        audit: &Audit,
     ) -> ConfigResult<ImportReport> {
         let plan = self.plan_import(namespace, doc, policy).await?;
-        self.apply_import(plan, author, source_ip, |_| {}).await
+        self.apply_import(plan, audit, |_| {}).await
     }
 
     /// Validates every item of `doc` (names, size, format, schema, md5, duplicates) and
@@ -354,10 +354,10 @@ impl ConfigService {
     pub async fn apply_import(
         &self,
         plan: ImportPlan,
-        author: &str,
-        source_ip: &str,
+        audit: &Audit,
         mut progress: impl FnMut(ImportProgress) + Send,
     ) -> ConfigResult<ImportReport> {
+        let (author, source_ip) = (audit.actor.as_str(), audit.source_ip.as_str());
         let ImportPlan { planned: plan, mut report } = plan;
         let planned_count = plan.len();
         progress(ImportProgress { written: 0, planned: planned_count });
@@ -408,9 +408,13 @@ impl ConfigService {
             let version = planned.current.as_ref().map_or(0, |(_, v)| *v);
             let item_key = planned.key.item_key();
             let compare = Compare::mod_revision(item_key.clone(), CompareOp::Equal, version);
+            let item_value = encode_value(&item)?;
+            let before = planned.current.as_ref().map(|(item, _)| encode_value(item)).transpose()?;
+            // One record per imported config, in the config's own batch.
             let ops = [
                 TxnOp::put(planned.key.history_key(&entry_id), encode_value(&history)?),
-                TxnOp::put(item_key, encode_value(&item)?),
+                audit.op("config.import", item_key.clone(), before.as_deref(), Some(&item_value)),
+                TxnOp::put(item_key, item_value),
             ];
             let single = Txn::new().when([compare.clone()]).and_then(ops.clone());
             if txn_request_bytes(&single) > BATCH_BYTES {

@@ -491,7 +491,14 @@ impl LockClient for InProcessClient {
     async fn guarded_write(&self, owner: &str, key: &str, value: &str) -> Result<Revision, Refusal> {
         let store_key = format!("kv/{key}");
         self.coord
-            .guarded_put(&self.name, &self.subject, owner, store_key.as_bytes(), value.as_bytes())
+            .guarded_put(
+                &self.name,
+                &self.subject,
+                owner,
+                store_key.as_bytes(),
+                value.as_bytes(),
+                &sb_audit::Audit::system(self.subject.clone()),
+            )
             .await
             .map(|(_, revision)| revision)
             .map_err(refusal)

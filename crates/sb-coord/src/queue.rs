@@ -556,11 +556,14 @@ pub(crate) async fn proclaim(
     subject: &str,
     owner: &str,
     value: &str,
+    audit: &sb_audit::Audit,
 ) -> CoordResult<Revision> {
     let (_, revision) = while_held(ctx, name, subject, owner, |kv, record| {
         let updated = MemberRecord { value: value.to_owned(), ..record.clone() };
         let bytes = encode(&updated).map_err(|e| corrupt(e.to_string()))?;
-        Ok(vec![TxnOp::Put { key: kv.key.clone(), value: bytes, lease: kv.lease }])
+        let resource = String::from_utf8_lossy(&kv.key).into_owned();
+        let audited = audit.op("election.proclaim", resource, Some(&kv.value), Some(&bytes));
+        Ok(vec![TxnOp::Put { key: kv.key.clone(), value: bytes, lease: kv.lease }, audited])
     })
     .await?;
     Ok(revision)
@@ -574,10 +577,13 @@ pub(crate) async fn guarded_put(
     owner: &str,
     key: &[u8],
     value: &[u8],
+    audit: &sb_audit::Audit,
 ) -> CoordResult<(Revision, Revision)> {
-    let (kv, revision) =
-        while_held(ctx, name, subject, owner, |_, _| Ok(vec![TxnOp::put(key.to_vec(), value.to_vec())]))
-            .await?;
+    let (kv, revision) = while_held(ctx, name, subject, owner, |_, _| {
+        let audited = audit.op("kv.put.guarded", String::from_utf8_lossy(key), None, Some(value));
+        Ok(vec![TxnOp::put(key.to_vec(), value.to_vec()), audited])
+    })
+    .await?;
     Ok((kv.create_revision, revision))
 }
 

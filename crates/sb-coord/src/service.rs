@@ -191,9 +191,10 @@ impl Coord {
         subject: &str,
         owner: &str,
         value: &str,
+        audit: &sb_audit::Audit,
     ) -> CoordResult<Revision> {
         CoordLimits::value(value)?;
-        queue::proclaim(&self.ctx, name, subject, owner, value).await
+        queue::proclaim(&self.ctx, name, subject, owner, value, audit).await
     }
 
     /// Puts `store_key` (which must lie under `kv/`) only if `owner` still holds the lock,
@@ -205,11 +206,12 @@ impl Coord {
         owner: &str,
         store_key: &[u8],
         value: &[u8],
+        audit: &sb_audit::Audit,
     ) -> CoordResult<(Revision, Revision)> {
         if !store_key.starts_with(b"kv/") || store_key.len() == 3 {
             return Err(CoordError::invalid("key", "a guarded write puts a key of the KV API (under kv/)"));
         }
-        queue::guarded_put(&self.ctx, name, subject, owner, store_key, value).await
+        queue::guarded_put(&self.ctx, name, subject, owner, store_key, value, audit).await
     }
 
     /// The leader (or lock holder) now and after every change.

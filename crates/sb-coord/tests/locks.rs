@@ -102,14 +102,23 @@ async fn a_late_release_never_frees_the_next_holder() {
     assert!(new.fencing_token > old.fencing_token);
     let error = coord.release(&name, "alice", &old.owner).await.unwrap_err();
     assert!(matches!(error, CoordError::WrongOwner { .. }), "{error}");
-    let error = coord.guarded_put(&name, "alice", &old.owner, b"kv/x", b"stale").await.unwrap_err();
+    let error = coord
+        .guarded_put(&name, "alice", &old.owner, b"kv/x", b"stale", &sb_audit::Audit::system("test"))
+        .await
+        .unwrap_err();
     assert!(matches!(error, CoordError::WrongOwner { .. }), "{error}");
     assert_eq!(coord.status(&name).await.unwrap().holder.unwrap().fencing_token, new.fencing_token);
-    let (token, revision) = coord.guarded_put(&name, "alice", &new.owner, b"kv/x", b"fresh").await.unwrap();
+    let (token, revision) = coord
+        .guarded_put(&name, "alice", &new.owner, b"kv/x", b"fresh", &sb_audit::Audit::system("test"))
+        .await
+        .unwrap();
     assert_eq!(token, new.fencing_token);
     let kv = store.get(b"kv/x").await.unwrap().unwrap();
     assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"fresh"[..], revision));
-    let error = coord.guarded_put(&name, "alice", &new.owner, b"locks/x", b"no").await.unwrap_err();
+    let error = coord
+        .guarded_put(&name, "alice", &new.owner, b"locks/x", b"no", &sb_audit::Audit::system("test"))
+        .await
+        .unwrap_err();
     assert!(matches!(error, CoordError::InvalidArgument { field: "key", .. }), "{error}");
 }
 
@@ -196,9 +205,10 @@ async fn elections_campaign_proclaim_observe_and_resign() {
         tokio::spawn(async move { coord.acquire(&name, "bob", 30, 10_000, "node-b".into()).await })
     };
     eventually("b queues", async || waiters(&coord, &name).await == 1).await;
-    coord.proclaim(&name, "alice", &a.owner, "node-a v2").await.unwrap();
+    coord.proclaim(&name, "alice", &a.owner, "node-a v2", &sb_audit::Audit::system("test")).await.unwrap();
     assert_eq!(observer.next().await.unwrap().unwrap().value, "node-a v2");
-    let error = coord.proclaim(&name, "bob", &a.owner, "stolen").await.unwrap_err();
+    let error =
+        coord.proclaim(&name, "bob", &a.owner, "stolen", &sb_audit::Audit::system("test")).await.unwrap_err();
     assert!(matches!(error, CoordError::WrongOwner { .. }), "{error}");
     coord.release(&name, "alice", &a.owner).await.unwrap();
     let b = b.await.unwrap().unwrap();
@@ -261,7 +271,10 @@ async fn old_owner_tokens_are_dead_when_their_lease_is_reused() {
         assert!(matches!(error, CoordError::WrongOwner { .. }), "{error}");
         let error = coord.renew(&name, "alice", stale).await.unwrap_err();
         assert!(matches!(error, CoordError::WrongOwner { .. }), "{error}");
-        let error = coord.guarded_put(&name, "alice", stale, b"kv/x", b"stale").await.unwrap_err();
+        let error = coord
+            .guarded_put(&name, "alice", stale, b"kv/x", b"stale", &sb_audit::Audit::system("test"))
+            .await
+            .unwrap_err();
         assert!(matches!(error, CoordError::WrongOwner { .. }), "{error}");
     }
     // A token whose revision was edited to the new holder's is still not the holder's.
@@ -270,7 +283,10 @@ async fn old_owner_tokens_are_dead_when_their_lease_is_reused() {
     assert!(matches!(error, CoordError::WrongOwner { .. }), "{error}");
     assert_eq!(coord.status(&name).await.unwrap().holder.unwrap().fencing_token, new.fencing_token);
     assert!(store.get(b"kv/x").await.unwrap().is_none());
-    coord.guarded_put(&name, "alice", &new.owner, b"kv/x", b"fresh").await.unwrap();
+    coord
+        .guarded_put(&name, "alice", &new.owner, b"kv/x", b"fresh", &sb_audit::Audit::system("test"))
+        .await
+        .unwrap();
     coord.release(&name, "alice", &new.owner).await.unwrap();
 }
 

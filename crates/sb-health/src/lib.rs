@@ -225,6 +225,7 @@ impl HealthChecks {
         id: &ServiceId,
         addr: &InstanceAddr,
         spec: &CheckSpec,
+        audit_opt: Option<&sb_audit::Audit>,
     ) -> RegistryResult<sb_store::Revision> {
         let snapshot = self.registry.snapshot();
         let Some(instance) = snapshot.instance(id, addr) else {
@@ -244,17 +245,37 @@ impl HealthChecks {
         }
         let value = encode(spec)
             .map_err(|e| sb_store::StoreError::InvalidArgument(format!("encoding a check: {e}")))?;
-        let response = self.store.txn(Txn::new().and_then([TxnOp::put(check_key(id, addr), value)])).await?;
+        let key = check_key(id, addr);
+        let before = self.get(id, addr).and_then(|spec| encode(&spec).ok());
+        // `None`: the default check of a registration, which that registration's record covers.
+        let audited = audit_opt.map(|audit| {
+            audit.op("health.check.put", String::from_utf8_lossy(&key), before.as_deref(), Some(&value))
+        });
+        let ops = std::iter::once(TxnOp::put(key, value)).chain(audited);
+        let response = self.store.txn(Txn::new().and_then(ops)).await?;
         self.view.wait_for(response.revision, self.settings.read_your_writes_timeout).await?;
         Ok(response.revision)
     }
 
     /// `true` when there was a check to delete.
-    pub async fn delete(&self, id: &ServiceId, addr: &InstanceAddr) -> RegistryResult<bool> {
-        let existed = self.get(id, addr).is_some();
-        let response = self.store.txn(Txn::new().and_then([TxnOp::delete(check_key(id, addr))])).await?;
+    pub async fn delete(
+        &self,
+        id: &ServiceId,
+        addr: &InstanceAddr,
+        audit: &sb_audit::Audit,
+    ) -> RegistryResult<bool> {
+        let key = check_key(id, addr);
+        let before = self.get(id, addr).and_then(|spec| encode(&spec).ok());
+        // Recorded only when there was a check to delete.
+        let txn = Txn::new()
+            .when([sb_store::Compare::version(key.clone(), sb_store::CompareOp::Greater, 0)])
+            .and_then([
+                TxnOp::delete(key.clone()),
+                audit.op("health.check.delete", String::from_utf8_lossy(&key), before.as_deref(), None),
+            ]);
+        let response = self.store.txn(txn).await?;
         self.view.wait_for(response.revision, self.settings.read_your_writes_timeout).await?;
-        Ok(existed)
+        Ok(response.succeeded)
     }
 
     /// A cluster's Nacos health-checker settings, if set.

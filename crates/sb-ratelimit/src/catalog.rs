@@ -6,9 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sb_audit::Audit;
 use sb_store::codec::encode;
 use sb_store::view::{DecodedMap, Entry};
-use sb_store::{KeyRange, Revision, SharedStore, StoreError, View};
+use sb_store::{Compare, CompareOp, KeyRange, Revision, SharedStore, StoreError, Txn, TxnOp, View};
 
 use crate::error::{RateLimitError, RateLimitResult};
 use crate::rule::{namespace_prefix, rule_key, validate_name, Rule, RuleSpec, RULES_PREFIX};
@@ -83,21 +84,43 @@ impl RuleCatalog {
 
     /// Creates or replaces a rule. Counters start afresh when a rule changes (they are
     /// keyed by its revision).
-    pub async fn put(&self, namespace: &str, name: &str, spec: RuleSpec) -> RateLimitResult<StoredRule> {
+    pub async fn put(
+        &self,
+        namespace: &str,
+        name: &str,
+        spec: RuleSpec,
+        audit: &Audit,
+    ) -> RateLimitResult<StoredRule> {
         validate_name("namespace", namespace)?;
         let rule = spec.into_rule(name)?;
         let value = encode(&rule).map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
-        let revision = self.store.put(&rule_key(namespace, name), &value, None).await?;
+        let key = rule_key(namespace, name);
+        let before = self.encoded(namespace, name);
+        let resource = String::from_utf8_lossy(&key).into_owned();
+        let audited = audit.op("ratelimit.rule.put", resource, before.as_deref(), Some(&value));
+        let revision = self.store.txn(Txn::new().and_then([TxnOp::put(key, value), audited])).await?.revision;
         self.view.wait_for(revision, self.read_your_writes_timeout).await?;
         Ok(StoredRule { namespace: namespace.to_owned(), rule, revision })
     }
 
+    /// The rule as this node's view holds it, encoded (for the audit record's digest).
+    fn encoded(&self, namespace: &str, name: &str) -> Option<Vec<u8>> {
+        self.get(namespace, name).ok().and_then(|stored| encode(&stored.rule).ok())
+    }
+
     /// Deletes a rule; its counters are forgotten as they go idle.
-    pub async fn delete(&self, namespace: &str, name: &str) -> RateLimitResult<Revision> {
+    pub async fn delete(&self, namespace: &str, name: &str, audit: &Audit) -> RateLimitResult<Revision> {
         validate_name("namespace", namespace)?;
         validate_name("name", name)?;
-        let response = self.store.delete(KeyRange::key(rule_key(namespace, name))).await?;
-        if response.deleted == 0 {
+        let key = rule_key(namespace, name);
+        let before = self.encoded(namespace, name);
+        // Recorded only when there was a rule to delete.
+        let txn = Txn::new().when([Compare::version(key.clone(), CompareOp::Greater, 0)]).and_then([
+            TxnOp::delete(key.clone()),
+            audit.op("ratelimit.rule.delete", String::from_utf8_lossy(&key), before.as_deref(), None),
+        ]);
+        let response = self.store.txn(txn).await?;
+        if !response.succeeded {
             return Err(RateLimitError::RuleNotFound {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),

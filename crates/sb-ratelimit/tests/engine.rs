@@ -18,7 +18,7 @@ async fn limiter(live_nodes: usize) -> (Arc<RateLimiter>, tempfile::TempDir) {
 
 async fn rule(limiter: &RateLimiter, ns: &str, name: &str, json: &str) {
     let spec: RuleSpec = serde_json::from_str(json).unwrap();
-    limiter.catalog().put(ns, name, spec).await.unwrap();
+    limiter.catalog().put(ns, name, spec, &sb_audit::Audit::system("test")).await.unwrap();
 }
 
 fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -145,7 +145,7 @@ async fn bad_input_is_refused_by_name() {
         Err(RateLimitError::InvalidArgument { .. })
     ));
     assert!(matches!(
-        limiter.catalog().delete("public", "nope").await,
+        limiter.catalog().delete("public", "nope", &sb_audit::Audit::system("test")).await,
         Err(RateLimitError::RuleNotFound { .. })
     ));
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use sb_audit::Audit;
 use sb_store::codec::encode;
 use sb_store::{
     Compare, CompareOp, KeyRange, LeaseId, Revision, SharedStore, StoreError, Txn, TxnOp, TxnResponse, View,
@@ -162,7 +163,7 @@ impl Registry {
 
     /// Registers (or re-registers) an instance; the service is created implicitly, in the
     /// same transaction.
-    pub async fn register(&self, spec: InstanceSpec) -> RegistryResult<Revision> {
+    pub async fn register(&self, spec: InstanceSpec, audit: &Audit) -> RegistryResult<Revision> {
         spec.check()?;
         let record = InstanceRecord {
             weight: spec.weight,
@@ -174,12 +175,23 @@ impl Registry {
         };
         let key = spec.service.instance_key(&spec.addr);
         let lease = spec.ephemeral.then(|| self.shared.session());
-        let put = TxnOp::Put { key: key.clone(), value: encode_value(&record)?, lease };
+        let value = encode_value(&record)?;
+        let before = self
+            .snapshot()
+            .instance(&spec.service, &spec.addr)
+            .map(|e| encode_value(&e.record))
+            .transpose()?;
+        let audited = audit.op("instance.register", key_text(&key), before.as_deref(), Some(&value));
+        let put = TxnOp::Put { key: key.clone(), value, lease };
         let service_key = spec.service.service_key();
         let txn = Txn::new()
             .when([Compare::absent(service_key.clone())])
-            .and_then([TxnOp::put(service_key, encode_value(&ServiceRecord::default())?), put.clone()])
-            .or_else([put]);
+            .and_then([
+                TxnOp::put(service_key, encode_value(&ServiceRecord::default())?),
+                put.clone(),
+                audited.clone(),
+            ])
+            .or_else([put, audited]);
         let revision = self.commit(txn).await?.revision;
         if spec.ephemeral {
             if let Some(entry) = self.snapshot().instance(&spec.service, &spec.addr) {
@@ -206,11 +218,18 @@ impl Registry {
         id: &ServiceId,
         entry: &InstanceEntry,
         record: &InstanceRecord,
+        audit: Option<(&Audit, &str)>,
     ) -> RegistryResult<Revision> {
         let key = id.instance_key(&entry.addr);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, entry.mod_revision)])
-            .and_then([TxnOp::Put { key, value: encode_value(record)?, lease: entry.lease }]);
+        let value = encode_value(record)?;
+        let mut ops = Vec::with_capacity(2);
+        if let Some((audit, action)) = audit {
+            let before = encode_value(&entry.record)?;
+            ops.push(audit.op(action, key_text(&key), Some(&before), Some(&value)));
+        }
+        ops.push(TxnOp::Put { key: key.clone(), value, lease: entry.lease });
+        let txn =
+            Txn::new().when([Compare::mod_revision(key, CompareOp::Equal, entry.mod_revision)]).and_then(ops);
         let response = self.commit(txn).await?;
         if !response.succeeded {
             return Err(RegistryError::Conflict(format!(
@@ -234,7 +253,9 @@ impl Registry {
         }
         let mut record = entry.record.clone();
         record.healthy = healthy;
-        self.rewrite(id, &entry, &record).await.map(Some)
+        // Health set by active checks is the system's observation, not an operator's
+        // change: a metric and a log line, not an audit record.
+        self.rewrite(id, &entry, &record, None).await.map(Some)
     }
 
     pub async fn update_instance(
@@ -242,6 +263,7 @@ impl Registry {
         id: &ServiceId,
         addr: &InstanceAddr,
         patch: InstancePatch,
+        audit: &Audit,
     ) -> RegistryResult<Revision> {
         let entry = self.existing(id, addr)?;
         let mut record = entry.record.clone();
@@ -256,15 +278,26 @@ impl Registry {
             check_metadata(&metadata)?;
             record.metadata = metadata;
         }
-        self.rewrite(id, &entry, &record).await
+        self.rewrite(id, &entry, &record, Some((audit, "instance.update"))).await
     }
 
     /// Deletes an instance; `None` when it was not registered.
-    pub async fn deregister(&self, id: &ServiceId, addr: &InstanceAddr) -> RegistryResult<Option<Revision>> {
+    pub async fn deregister(
+        &self,
+        id: &ServiceId,
+        addr: &InstanceAddr,
+        audit: &Audit,
+    ) -> RegistryResult<Option<Revision>> {
         let key = id.instance_key(addr);
-        let response = self.commit(Txn::new().and_then([TxnOp::delete(key.clone())])).await?;
+        let before = self.snapshot().instance(id, addr).map(|e| encode_value(&e.record)).transpose()?;
+        // Recorded only when there was something to delete.
+        let txn = Txn::new().when([Compare::version(key.clone(), CompareOp::Greater, 0)]).and_then([
+            TxnOp::delete(key.clone()),
+            audit.op("instance.deregister", key_text(&key), before.as_deref(), None),
+        ]);
+        let response = self.commit(txn).await?;
         self.shared.beats.remove(&key);
-        let deleted = matches!(response.responses.first(), Some(sb_store::OpResponse::Delete { deleted }) if *deleted > 0);
+        let deleted = response.succeeded;
         if deleted {
             info!(service = %id, instance = %addr.socket(), "instance deregistered");
         }
@@ -280,6 +313,7 @@ impl Registry {
         id: &ServiceId,
         addr: &InstanceAddr,
         full_opt: Option<InstanceSpec>,
+        audit: &Audit,
     ) -> RegistryResult<BeatTimeouts> {
         let defaults = self.shared.options.timeouts;
         let snapshot = self.snapshot();
@@ -294,7 +328,8 @@ impl Registry {
                 )));
             };
             let timeouts = defaults.for_metadata(&spec.metadata);
-            self.register(spec).await?;
+            // A full beat that registers is a registration, and audited as one.
+            self.register(spec, audit).await?;
             return Ok(timeouts);
         };
         let timeouts = defaults.for_metadata(&entry.record.metadata);
@@ -325,11 +360,13 @@ impl Registry {
         id: &ServiceId,
         addr: &InstanceAddr,
         delay: Duration,
+        audit: &Audit,
     ) -> RegistryResult<Revision> {
         let entry = self.existing(id, addr)?;
         let mut record = entry.record.clone();
         record.enabled = false;
-        let revision = self.rewrite(id, &entry, &record).await?;
+        // The delayed delete is part of the drain this record describes.
+        let revision = self.rewrite(id, &entry, &record, Some((audit, "instance.drain"))).await?;
         let store = self.shared.store.clone();
         let key = id.instance_key(addr);
         let service = id.clone();
@@ -351,13 +388,18 @@ impl Registry {
     }
 
     /// Creates a service; it must not exist yet.
-    pub async fn create_service(&self, id: &ServiceId, record: ServiceRecord) -> RegistryResult<Revision> {
+    pub async fn create_service(
+        &self,
+        id: &ServiceId,
+        record: ServiceRecord,
+        audit: &Audit,
+    ) -> RegistryResult<Revision> {
         check_threshold(record.protect_threshold)?;
         check_metadata(&record.metadata)?;
         let key = id.service_key();
-        let txn = Txn::new()
-            .when([Compare::absent(key.clone())])
-            .and_then([TxnOp::put(key, encode_value(&record)?)]);
+        let value = encode_value(&record)?;
+        let audited = audit.op("service.create", key_text(&key), None, Some(&value));
+        let txn = Txn::new().when([Compare::absent(key.clone())]).and_then([TxnOp::put(key, value), audited]);
         let response = self.commit(txn).await?;
         if !response.succeeded {
             return Err(RegistryError::Conflict(format!("service {id} already exists")));
@@ -366,10 +408,23 @@ impl Registry {
     }
 
     /// Creates or replaces a service's settings.
-    pub async fn put_service(&self, id: &ServiceId, record: ServiceRecord) -> RegistryResult<Revision> {
+    pub async fn put_service(
+        &self,
+        id: &ServiceId,
+        record: ServiceRecord,
+        audit: &Audit,
+    ) -> RegistryResult<Revision> {
         check_threshold(record.protect_threshold)?;
         check_metadata(&record.metadata)?;
-        let txn = Txn::new().and_then([TxnOp::put(id.service_key(), encode_value(&record)?)]);
+        let key = id.service_key();
+        let value = encode_value(&record)?;
+        let before = self
+            .snapshot()
+            .service(id)
+            .and_then(|s| s.record.as_ref().map(|r| encode_value(&r.record)))
+            .transpose()?;
+        let audited = audit.op("service.put", key_text(&key), before.as_deref(), Some(&value));
+        let txn = Txn::new().and_then([TxnOp::put(key, value), audited]);
         Ok(self.commit(txn).await?.revision)
     }
 
@@ -379,6 +434,7 @@ impl Registry {
         id: &ServiceId,
         threshold_opt: Option<f64>,
         metadata_opt: Option<Metadata>,
+        audit: &Audit,
     ) -> RegistryResult<Revision> {
         let snapshot = self.snapshot();
         let current = snapshot.service(id).and_then(|s| s.record.clone());
@@ -395,9 +451,12 @@ impl Registry {
         check_threshold(record.protect_threshold)?;
         check_metadata(&record.metadata)?;
         let key = id.service_key();
+        let value = encode_value(&record)?;
+        let before = encode_value(&current.record)?;
+        let audited = audit.op("service.update", key_text(&key), Some(&before), Some(&value));
         let txn = Txn::new()
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, current.mod_revision)])
-            .and_then([TxnOp::put(key, encode_value(&record)?)]);
+            .and_then([TxnOp::put(key, value), audited]);
         let response = self.commit(txn).await?;
         if !response.succeeded {
             return Err(RegistryError::Conflict(format!(
@@ -408,7 +467,7 @@ impl Registry {
     }
 
     /// Deletes a service that has no instances.
-    pub async fn delete_service(&self, id: &ServiceId) -> RegistryResult<Revision> {
+    pub async fn delete_service(&self, id: &ServiceId, audit: &Audit) -> RegistryResult<Revision> {
         let snapshot = self.snapshot();
         let Some(service) = snapshot.service(id) else {
             return Err(RegistryError::NotFound(format!("service {id} does not exist")));
@@ -419,7 +478,10 @@ impl Registry {
                 service.instances.len()
             )));
         }
-        Ok(self.commit(Txn::new().and_then([TxnOp::delete(id.service_key())])).await?.revision)
+        let key = id.service_key();
+        let before = service.record.as_ref().map(|r| encode_value(&r.record)).transpose()?;
+        let audited = audit.op("service.delete", key_text(&key), before.as_deref(), None);
+        Ok(self.commit(Txn::new().and_then([TxnOp::delete(key), audited])).await?.revision)
     }
 
     /// A service's instances as a query selects them, from the view.
@@ -447,6 +509,11 @@ impl Registry {
 
 pub(crate) fn encode_value<T: sb_store::codec::StoredValue>(value: &T) -> RegistryResult<Vec<u8>> {
     encode(value).map_err(|e| RegistryError::Store(StoreError::InvalidArgument(e.to_string())))
+}
+
+/// A store key as the audit log names the resource.
+fn key_text(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
 }
 
 fn instance_name(addr: &InstanceAddr) -> String {

@@ -75,6 +75,16 @@ pub struct ServeArgs {
     /// (also once at start).
     #[arg(long, env = "SWITCHBOARD_REENCRYPT_INTERVAL_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub reencrypt_interval_secs: u64,
+    /// Audit records older than this many days are deleted (0 keeps them, up to the count).
+    #[arg(long, env = "SWITCHBOARD_AUDIT_RETENTION_DAYS", default_value_t = 90)]
+    pub audit_retention_days: u64,
+    /// Beyond this many audit records the oldest are deleted (0: no count limit). The
+    /// default keeps the log to tens of MiB, far below etcd's storage quota.
+    #[arg(long, env = "SWITCHBOARD_AUDIT_MAX_RECORDS", default_value_t = 100_000)]
+    pub audit_max_records: u64,
+    /// How often audit retention runs (on one node at a time: the lowest live node id).
+    #[arg(long, env = "SWITCHBOARD_AUDIT_SWEEP_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub audit_sweep_secs: u64,
     /// The Redis of the global rate-limit tier (redis://host:port[/db]); without it,
     /// `redis` rules apply their failure policy.
     #[arg(long, env = "SWITCHBOARD_REDIS")]

@@ -118,6 +118,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     // Publishes apply retention to their own item; the sweep catches quiet items aging out.
     let config_sweeper = max_age
         .map(|age| configs.spawn_sweeper((age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))));
+    let audit_sweeper = spawn_audit_retention(&args, &store, &membership, node_id.as_str());
     let ratelimit = start_ratelimit(&args, &store, &membership).await?;
     let system_leases = Arc::new(SystemLeases::new());
     {
@@ -253,6 +254,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     if let Some(sweeper) = config_sweeper {
         sweeper.abort();
     }
+    audit_sweeper.abort();
     if let Some(dns) = dns {
         dns.stop().await;
     }
@@ -493,4 +495,33 @@ fn load_keyring(args: &ServeArgs) -> ServerResult<Arc<sb_config::Keyring>> {
         }
     }
     Ok(Arc::new(keyring))
+}
+
+/// Audit retention, run by one node at a time: the live node with the lowest id (a node
+/// that sees itself alone sweeps too). Two nodes briefly both sweeping is harmless: each
+/// deletes whole batches of the oldest records.
+fn spawn_audit_retention(
+    args: &ServeArgs,
+    store: &sb_store::SharedStore,
+    membership: &Arc<Membership>,
+    node_id: &str,
+) -> tokio::task::JoinHandle<()> {
+    let retention = sb_audit::AuditRetention {
+        max_age: (args.audit_retention_days > 0)
+            .then(|| Duration::from_secs(args.audit_retention_days * 86_400)),
+        max_records: (args.audit_max_records > 0).then_some(args.audit_max_records),
+    };
+    let membership = Arc::downgrade(membership);
+    let me = node_id.to_owned();
+    let is_sweeper = Arc::new(move || {
+        membership.upgrade().is_some_and(|m| {
+            m.live_nodes().iter().map(|n| n.id.as_str()).min().is_none_or(|lowest| lowest == me)
+        })
+    });
+    sb_audit::spawn_retention(
+        store.clone(),
+        retention,
+        Duration::from_secs(args.audit_sweep_secs),
+        is_sweeper,
+    )
 }

@@ -3,6 +3,7 @@
 //! reads a store), and `restore` writes into an empty store.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod auth;
 mod client;
 mod config;
@@ -56,6 +57,8 @@ enum Command {
     /// Rate-limit rules, checks and permits on a running node.
     #[command(alias = "rl")]
     Ratelimit(ratelimit::RateLimitArgs),
+    /// The audit log of a running node: who changed what, from where, at which revision.
+    Audit(audit::AuditArgs),
     /// Write a consistent snapshot of every key (at one revision) to a file, from a
     /// running node (or, with --offline, from a stopped embedded store or an etcd).
     Backup(snapshot::BackupArgs),
@@ -129,6 +132,7 @@ fn run() -> anyhow::Result<()> {
             Command::Ratelimit(args) => ratelimit::run(args).await,
             Command::Auth(args) => auth::run(args).await,
             Command::Ns(args) => auth::run_ns(args).await,
+            Command::Audit(args) => audit::run(args).await,
             Command::Backup(args) => snapshot::backup(args).await,
             Command::Restore(args) => snapshot::restore(args).await,
             Command::MasterKey(args) => master_key::run(args),

@@ -244,7 +244,9 @@ impl SegmentService {
         let base_step = match existing {
             Some(kv) => decode::<TagRecord>(&kv.value).map_err(corrupt)?.step,
             None if self.options.auto_create => {
-                match self.create_tag(namespace, tag, 1, self.options.default_step).await {
+                // Created by an allocation (`--segment-auto-create`), not by a person.
+                let audit = sb_audit::Audit::system("system:segment-auto-create");
+                match self.create_tag(namespace, tag, 1, self.options.default_step, &audit).await {
                     Ok(status) => status.step,
                     Err(IdError::TagExists { .. }) => self.options.default_step,
                     Err(error) => return Err(error),
@@ -291,7 +293,14 @@ impl SegmentService {
     }
 
     /// Creates a tag whose first ID is `start`, allocated `step` at a time.
-    pub async fn create_tag(&self, namespace: &str, tag: &str, start: u64, step: u64) -> IdResult<TagStatus> {
+    pub async fn create_tag(
+        &self,
+        namespace: &str,
+        tag: &str,
+        start: u64,
+        step: u64,
+        audit: &sb_audit::Audit,
+    ) -> IdResult<TagStatus> {
         check_name("namespace", namespace)?;
         check_name("tag", tag)?;
         if step == 0 || step > MAX_TAG_STEP {
@@ -308,9 +317,10 @@ impl SegmentService {
         }
         let key = tag_key(namespace, tag);
         let record = TagRecord { max: start, step, created_ms: now_ms() };
-        let txn = Txn::new()
-            .when([Compare::absent(key.clone())])
-            .and_then([TxnOp::put(key, encode(&record).map_err(corrupt)?)]);
+        let value = encode(&record).map_err(corrupt)?;
+        let audited =
+            audit.op("ids.segment.create", String::from_utf8_lossy(key.as_ref()), None, Some(&value));
+        let txn = Txn::new().when([Compare::absent(key.clone())]).and_then([TxnOp::put(key, value), audited]);
         if !bounded("the tag creation", self.store.txn(txn)).await?.succeeded {
             return Err(IdError::TagExists { namespace: namespace.into(), tag: tag.into() });
         }

@@ -38,12 +38,15 @@ async fn explicit_tags_start_where_asked_and_unknown_ones_can_be_refused() {
     let node = SegmentService::new(store, options);
     let error = node.next_ids("public", "nope", 1).await.unwrap_err();
     assert!(matches!(error, IdError::UnknownTag { .. }), "{error:?}");
-    node.create_tag("team-a", "invoices", 5_000, 10).await.unwrap();
-    assert!(matches!(node.create_tag("team-a", "invoices", 1, 10).await, Err(IdError::TagExists { .. })));
+    node.create_tag("team-a", "invoices", 5_000, 10, &sb_audit::Audit::system("test")).await.unwrap();
+    assert!(matches!(
+        node.create_tag("team-a", "invoices", 1, 10, &sb_audit::Audit::system("test")).await,
+        Err(IdError::TagExists { .. })
+    ));
     assert_eq!(node.next_ids("team-a", "invoices", 3).await.unwrap(), vec![5_000, 5_001, 5_002]);
     assert!(node.list_tags("public").await.unwrap().is_empty(), "tags are scoped by namespace");
     assert!(matches!(
-        node.create_tag("public", "x", 0, 0).await,
+        node.create_tag("public", "x", 0, 0, &sb_audit::Audit::system("test")).await,
         Err(IdError::InvalidArgument { field: "step", .. })
     ));
     assert!(matches!(
@@ -59,7 +62,7 @@ async fn ids_keep_flowing_from_the_buffers_while_the_store_is_down() {
     let shared: SharedStore = store.clone();
     let node =
         SegmentService::new(shared, SegmentOptions { fetch_wait_ms: 200, ..SegmentOptions::default() });
-    node.create_tag("public", "t", 1, 1_000).await.unwrap();
+    node.create_tag("public", "t", 1, 1_000, &sb_audit::Audit::system("test")).await.unwrap();
     // Use 10% so the next segment is fetched, and let the fetch land.
     node.next_ids("public", "t", 150).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -84,7 +87,7 @@ async fn the_step_grows_under_fast_consumption_within_its_bound() {
     let store: SharedStore = flaky(&dir).await;
     let options = SegmentOptions { max_step: 8_000, ..SegmentOptions::default() };
     let node = SegmentService::new(store, options);
-    node.create_tag("public", "fast", 1, 1_000).await.unwrap();
+    node.create_tag("public", "fast", 1, 1_000, &sb_audit::Audit::system("test")).await.unwrap();
     for _ in 0..200 {
         node.next_ids("public", "fast", 1_000).await.unwrap();
     }

@@ -45,7 +45,7 @@ fn rand_u64() -> u64 {
 impl Engine {
     pub async fn rule(&self, name: &str, json: &str) {
         let spec: RuleSpec = serde_json::from_str(json).unwrap();
-        self.limiter.catalog().put("public", name, spec).await.unwrap();
+        self.limiter.catalog().put("public", name, spec, &sb_audit::Audit::system("test")).await.unwrap();
     }
 }
 
