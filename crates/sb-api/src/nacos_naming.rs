@@ -437,7 +437,11 @@ pub async fn get_service(State(api): State<ApiState>, params: NacosParams) -> Na
 /// `PUT /nacos/v1/ns/cluster`: a cluster's health-checker settings (`healthChecker` JSON of
 /// type TCP, HTTP or NONE, `checkPort`, `useInstancePort4Check`, `metadata`), mapped onto
 /// active health checks by `sb_health::ClusterCheck::from_nacos`.
-pub async fn update_cluster(State(api): State<ApiState>, params: NacosParams) -> NacosResult<Response> {
+pub async fn update_cluster(
+    State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
+    params: NacosParams,
+) -> NacosResult<Response> {
     let id = service_id(&params)?;
     let cluster = params.required("clusterName")?;
     let checker = params.required("healthChecker")?;
@@ -452,7 +456,7 @@ pub async fn update_cluster(State(api): State<ApiState>, params: NacosParams) ->
         api.health.nacos_interval_ms(),
     )
     .map_err(|e| NacosError(ApiError::invalid(e.field, format!("caused: {};", e.message))))?;
-    api.health.put_cluster(&id, cluster, &settings).await.map_err(nacos_error)?;
+    api.health.put_cluster(&id, cluster, &settings, &audit).await.map_err(nacos_error)?;
     Ok(ok())
 }
 

@@ -27,7 +27,7 @@ fn expected(id: RouteId) -> &'static [&'static str] {
         OpenApi | AuthWhoami | NacosSwitches | NacosMetrics => ALL,
         KvList | KvGet | KvPut | KvDelete | LeaseGrant | LeaseKeepAlive | LeaseRevoke | Watch
         | LockGuardedPut => ADMIN,
-        LogLevel | Backup => ADMIN,
+        LogLevel | Backup | AuditList => ADMIN,
         SnowflakeDecode | SegmentTagList => READERS,
         SnowflakeNext | SegmentNext | SegmentTagCreate => EDITORS,
         LockStatus | ElectionLeader | ElectionObserve => READERS,

@@ -302,6 +302,7 @@ impl HealthChecks {
         id: &ServiceId,
         cluster: &str,
         check: &ClusterCheck,
+        audit: &sb_audit::Audit,
     ) -> RegistryResult<sb_store::Revision> {
         sb_registry::names::check_name("clusterName", cluster)?;
         if self.registry.snapshot().service(id).is_none() {
@@ -309,8 +310,9 @@ impl HealthChecks {
         }
         let value = encode(check)
             .map_err(|e| sb_store::StoreError::InvalidArgument(format!("encoding a cluster check: {e}")))?;
-        let response =
-            self.store.txn(Txn::new().and_then([TxnOp::put(cluster_key(id, cluster), value)])).await?;
+        let key = cluster_key(id, cluster);
+        let audited = audit.op("health.cluster.put", String::from_utf8_lossy(&key), None, Some(&value));
+        let response = self.store.txn(Txn::new().and_then([TxnOp::put(key, value), audited])).await?;
         self.clusters.wait_for(response.revision, self.settings.read_your_writes_timeout).await?;
         Ok(response.revision)
     }

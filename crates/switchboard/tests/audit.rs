@@ -146,6 +146,12 @@ async fn register(h: &Harness, service: &str, ip: &str, ephemeral: bool) {
     h.call(Method::POST, &format!("{SVC}/{service}/instances"), Body::Json(body)).await;
 }
 
+const PASSWORD: &str = "correct-horse-battery-staple";
+
+async fn create_user(h: &Harness, name: &str) {
+    h.call(Method::POST, "/api/v1/auth/users", Body::Json(json!({"name": name, "password": PASSWORD}))).await;
+}
+
 async fn publish(h: &Harness, data_id: &str, content: &str) -> i64 {
     let answer =
         h.call(Method::PUT, &format!("{CFG}/{data_id}"), Body::Json(json!({"content": content}))).await;
@@ -506,6 +512,212 @@ async fn sample_for(h: &Harness, id: RouteId) -> Option<Sample> {
                 At("/revision"),
             )
         }
+        RouteId::NacosClusterUpdate => {
+            h.call(Method::POST, "/nacos/v1/ns/instance?serviceName=audit-cl&ip=10.5.0.1&port=80", Empty)
+                .await;
+            let checker = urlencode(r#"{"type":"TCP"}"#);
+            sample(
+                Method::PUT,
+                format!(
+                    "/nacos/v1/ns/cluster?serviceName=audit-cl&clusterName=DEFAULT&healthChecker={checker}"
+                ),
+                Empty,
+                "health.cluster.put",
+                "health/clusters/",
+                Newer,
+            )
+        }
+        RouteId::UserCreate => sample(
+            Method::POST,
+            "/api/v1/auth/users",
+            J(json!({"name": "audit-u1", "password": PASSWORD})),
+            "user.create",
+            "user/audit-u1",
+            At("/revision"),
+        ),
+        RouteId::UserPassword => {
+            create_user(h, "audit-u2").await;
+            sample(
+                Method::PUT,
+                "/api/v1/auth/users/audit-u2/password",
+                J(json!({"password": "zebra-quartz-lantern-9"})),
+                "user.password",
+                "user/audit-u2",
+                At("/revision"),
+            )
+        }
+        RouteId::UserDelete => {
+            create_user(h, "audit-u3").await;
+            sample(
+                Method::DELETE,
+                "/api/v1/auth/users/audit-u3",
+                Empty,
+                "user.delete",
+                "user/audit-u3",
+                At("/revision"),
+            )
+        }
+        RouteId::AccountCreate => sample(
+            Method::POST,
+            "/api/v1/auth/service-accounts",
+            J(json!({"name": "audit-sa1"})),
+            "service_account.create",
+            "service-account/audit-sa1",
+            At("/revision"),
+        ),
+        RouteId::AccountDelete => {
+            h.call(Method::POST, "/api/v1/auth/service-accounts", J(json!({"name": "audit-sa2"}))).await;
+            sample(
+                Method::DELETE,
+                "/api/v1/auth/service-accounts/audit-sa2",
+                Empty,
+                "service_account.delete",
+                "service-account/audit-sa2",
+                At("/revision"),
+            )
+        }
+        RouteId::BindingGrant => {
+            create_user(h, "audit-u4").await;
+            let binding = J(json!({"user": "audit-u4", "role": "viewer", "namespace": "public"}));
+            sample(
+                Method::POST,
+                "/api/v1/auth/bindings",
+                binding,
+                "binding.grant",
+                "user/audit-u4",
+                At("/revision"),
+            )
+        }
+        RouteId::BindingRevoke => {
+            create_user(h, "audit-u5").await;
+            let binding = json!({"user": "audit-u5", "role": "viewer", "namespace": "public"});
+            h.call(Method::POST, "/api/v1/auth/bindings", J(binding.clone())).await;
+            sample(
+                Method::DELETE,
+                "/api/v1/auth/bindings",
+                J(binding),
+                "binding.revoke",
+                "user/audit-u5",
+                Newer,
+            )
+        }
+        RouteId::RolePut => sample(
+            Method::PUT,
+            "/api/v1/auth/roles/audit-role",
+            J(json!({"permissions": [{"kind": "config", "action": "read"}]})),
+            "role.put",
+            "role/audit-role",
+            At("/revision"),
+        ),
+        RouteId::RoleDelete => {
+            let role = J(json!({"permissions": [{"kind": "config", "action": "read"}]}));
+            h.call(Method::PUT, "/api/v1/auth/roles/audit-role2", role).await;
+            sample(
+                Method::DELETE,
+                "/api/v1/auth/roles/audit-role2",
+                Empty,
+                "role.delete",
+                "role/audit-role2",
+                At("/revision"),
+            )
+        }
+        RouteId::TokenCreate => {
+            h.call(Method::POST, "/api/v1/auth/service-accounts", J(json!({"name": "audit-sa3"}))).await;
+            let body = J(json!({"service_account": "audit-sa3"}));
+            sample(Method::POST, "/api/v1/auth/tokens", body, "token.create", "token/", Newer)
+        }
+        RouteId::TokenRevoke => {
+            h.call(Method::POST, "/api/v1/auth/service-accounts", J(json!({"name": "audit-sa4"}))).await;
+            let minted =
+                h.call(Method::POST, "/api/v1/auth/tokens", J(json!({"service_account": "audit-sa4"}))).await;
+            let id = minted["id"].as_str().expect("token id").to_owned();
+            sample(
+                Method::DELETE,
+                format!("/api/v1/auth/tokens/{id}"),
+                Empty,
+                "token.revoke",
+                format!("token/{id}"),
+                Newer,
+            )
+        }
+        RouteId::BackoffClear => sample(
+            Method::DELETE,
+            "/api/v1/auth/backoff?user=nobody",
+            Empty,
+            "backoff.clear",
+            "login-backoff/nobody@*",
+            Newer,
+        ),
+        RouteId::NamespaceCreate => sample(
+            Method::POST,
+            "/api/v1/namespaces",
+            J(json!({"name": "audit-ns1"})),
+            "namespace.create",
+            "namespace/audit-ns1",
+            At("/revision"),
+        ),
+        RouteId::NamespaceUpdate => {
+            h.call(Method::POST, "/api/v1/namespaces", J(json!({"name": "audit-ns2"}))).await;
+            sample(
+                Method::PUT,
+                "/api/v1/namespaces/audit-ns2",
+                J(json!({"display_name": "Two"})),
+                "namespace.update",
+                "namespace/audit-ns2",
+                At("/revision"),
+            )
+        }
+        RouteId::NamespaceDelete => {
+            h.call(Method::POST, "/api/v1/namespaces", J(json!({"name": "audit-ns3"}))).await;
+            sample(
+                Method::DELETE,
+                "/api/v1/namespaces/audit-ns3",
+                Empty,
+                "namespace.delete",
+                "namespace/audit-ns3",
+                At("/revision"),
+            )
+        }
+        RouteId::NacosNamespaceCreate => sample(
+            Method::POST,
+            "/nacos/v1/console/namespaces?customNamespaceId=audit-nns1&namespaceName=N1",
+            Empty,
+            "namespace.create",
+            "namespace/audit-nns1",
+            Newer,
+        ),
+        RouteId::NacosNamespaceUpdate => {
+            h.call(
+                Method::POST,
+                "/nacos/v1/console/namespaces?customNamespaceId=audit-nns2&namespaceName=N2",
+                Empty,
+            )
+            .await;
+            sample(
+                Method::PUT,
+                "/nacos/v1/console/namespaces?namespace=audit-nns2&namespaceShowName=M2",
+                Empty,
+                "namespace.update",
+                "namespace/audit-nns2",
+                Newer,
+            )
+        }
+        RouteId::NacosNamespaceDelete => {
+            h.call(
+                Method::POST,
+                "/nacos/v1/console/namespaces?customNamespaceId=audit-nns3&namespaceName=N3",
+                Empty,
+            )
+            .await;
+            sample(
+                Method::DELETE,
+                "/nacos/v1/console/namespaces?namespaceId=audit-nns3",
+                Empty,
+                "namespace.delete",
+                "namespace/audit-nns3",
+                Newer,
+            )
+        }
         // Mutations that must write no record.
         RouteId::InstanceBeat => {
             register(h, "audit-beat", "10.3.0.1", true).await;
@@ -631,11 +843,13 @@ fn urlencode(text: &str) -> String {
 #[tokio::test]
 async fn queries_filter_page_and_refuse_a_bad_range() {
     let h = start(&[]);
+    // The bootstrap's own records (the admin user) come first.
+    let bootstrap = h.last_record().await;
     for n in 0..5 {
         h.call(Method::PUT, &format!("/api/v1/kv/q/{n}"), Body::Text("x".into())).await;
     }
     publish(&h, "q.txt", "x").await;
-    let all = h.records_after(None).await;
+    let all = h.records_after(bootstrap.as_ref().and_then(|r| r["id"].as_str())).await;
     assert_eq!(all.len(), 6);
     let page = h.call(Method::GET, "/api/v1/audit?limit=2&resource=kv/q/", Body::None).await;
     assert_eq!(page["records"].as_array().unwrap().len(), 2);
@@ -651,10 +865,10 @@ async fn queries_filter_page_and_refuse_a_bad_range() {
     let at = all[0]["at_ms"].as_u64().unwrap();
     let later = h.call(Method::GET, &format!("/api/v1/audit?from={}", at + 3_600_000), Body::None).await;
     assert!(later["records"].as_array().unwrap().is_empty());
-    let window = h
-        .call(Method::GET, &format!("/api/v1/audit?from={}&to={}", at - 1, at + 3_600_000), Body::None)
-        .await;
-    assert_eq!(window["records"].as_array().unwrap().len(), 6);
+    let window = format!("/api/v1/audit?from={}&to={}&resource=kv/q/", at - 1, at + 3_600_000);
+    assert_eq!(h.call(Method::GET, &window, Body::None).await["records"].as_array().unwrap().len(), 5);
+    let before = format!("/api/v1/audit?to={}&resource=kv/q/", at.saturating_sub(1));
+    assert!(h.call(Method::GET, &before, Body::None).await["records"].as_array().unwrap().is_empty());
 
     for (query, field) in
         [("from=10&to=5", "from"), ("limit=0", "limit"), ("from=yesterday", "from"), ("after=../x", "after")]
