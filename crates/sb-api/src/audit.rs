@@ -34,12 +34,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Audited {
 
 /// The audit context of a request, from what the middleware attached to it.
 pub fn audit_of(parts: &Parts) -> Audit {
-    let actor = parts.extensions.get::<Subject>().map(|s| s.name.clone()).unwrap_or_default();
-    let context = parts.extensions.get::<RequestContext>();
+    audit_from(parts.extensions.get::<Subject>(), parts.extensions.get::<RequestContext>(), &parts.headers)
+}
+
+/// The one rule for who made a change: the authenticated subject, the client address
+/// (after `--trusted-proxies`), the user agent (truncated) and the request id.
+pub(crate) fn audit_from(
+    subject: Option<&Subject>,
+    context: Option<&RequestContext>,
+    headers: &axum::http::HeaderMap,
+) -> Audit {
+    let actor = subject.map(|s| s.name.clone()).unwrap_or_default();
     let source_ip = context.and_then(|c| c.client).map(|ip| ip.to_string()).unwrap_or_default();
     let request_id = context.map(|c| c.request_id.clone()).unwrap_or_default();
-    let user_agent: String = parts
-        .headers
+    let user_agent: String = headers
         .get(USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()

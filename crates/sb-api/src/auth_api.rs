@@ -26,13 +26,7 @@ fn client_of(context: &Context) -> IpAddr {
 
 /// Who is making a change, for the audit record appended to its transaction.
 pub(crate) fn audit_of(subject: &Subject, context: &Context, headers: &HeaderMap) -> Audit {
-    let user_agent = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    Audit::new(
-        subject.name.clone(),
-        context.as_ref().and_then(|c| c.client).map(|ip| ip.to_string()).unwrap_or_default(),
-        user_agent.chars().take(256).collect::<String>(),
-        context.as_ref().map(|c| c.request_id.clone()).unwrap_or_default(),
-    )
+    crate::audit::audit_from(Some(subject), context.as_deref(), headers)
 }
 
 #[derive(Deserialize)]
