@@ -286,6 +286,29 @@ async fn queries_filter_page_and_refuse_a_bad_range() {
     assert!(table.lines().next().unwrap_or_default().starts_with("TIME"), "{table}");
 }
 
+/// Behind a trusted proxy, the record's source is the forwarded client; from anyone else,
+/// a forged `X-Forwarded-For` is ignored.
+#[tokio::test]
+async fn the_source_address_respects_trusted_proxies() {
+    let trusting = start(&["--trusted-proxies", "127.0.0.1"]);
+    let doubting = start(&[]);
+    for (h, expected) in [(&trusting, "203.0.113.9"), (&doubting, "127.0.0.1")] {
+        let response = h
+            .http
+            .put(h.server.url("/api/v1/kv/proxied"))
+            .bearer_auth(&h.token)
+            .header("x-forwarded-for", "203.0.113.9")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+        let record = h.last_record().await.expect("a record");
+        assert_eq!(record["resource"], "kv/proxied");
+        assert_eq!(record["source_ip"], expected, "{record}");
+    }
+}
+
 #[tokio::test]
 async fn retention_keeps_the_newest_records() {
     let h = start(&["--audit-max-records", "3", "--audit-sweep-secs", "1"]);
