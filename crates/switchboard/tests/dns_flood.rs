@@ -1,6 +1,6 @@
-//! End-to-end test of the DNS interface's flood bound through the real binary: one source
+//! End-to-end tests of the DNS interface's own UDP path through the real binary: one source
 //! floods UDP queries, another is still answered, and the flooder gets no more answers
-//! than its rate allows.
+//! than its rate allows; an answer too long for UDP is truncated and fetched over TCP.
 
 mod common;
 
@@ -135,4 +135,49 @@ async fn a_dns_flood_from_one_source_does_not_stop_another_sources_answers() {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no rate-limited counter in:\n{metrics}"));
     assert!(limited > 0.0, "{limited}");
+}
+
+/// `dig` with extra arguments against the node's DNS address.
+fn dig(dns: &str, args: &[&str]) -> String {
+    let (host, port) = dns.rsplit_once(':').expect("host:port");
+    let output = std::process::Command::new("dig")
+        .args([&format!("@{host}"), "-p", port, "+time=2", "+tries=2"])
+        .args(args)
+        .output()
+        .expect("dig runs (Debian's bind9-dnsutils; scripts/test installs it)");
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+#[tokio::test]
+async fn a_udp_answer_too_long_is_truncated_and_the_client_gets_it_over_tcp() {
+    let (_dir, server, token) = start_with(&["--dns-listen", "127.0.0.1:0"]);
+    let dns = common::wait_for_line(&server.stdout, "its dns address", |lines| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix("switchboard: dns on "))
+            .map(|r| r.split(' ').next().unwrap().to_owned())
+    });
+    let http = client();
+    for i in 1..=60 {
+        let response = http
+            .post(server.url("/api/v1/namespaces/public/services/wide/instances"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(json!({"ip": format!("10.1.0.{i}"), "port": 8080, "ephemeral": false}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+    // Without EDNS the limit is 512 bytes: 60 SRV records do not fit, so the UDP answer
+    // comes back with TC set and the question only.
+    let udp = dig(&dns, &["+noedns", "+ignore", "+noall", "+comments", "wide.svc.switchboard", "SRV"]);
+    assert!(udp.contains(" tc"), "no TC flag: {udp}");
+    assert!(udp.contains("ANSWER: 0"), "{udp}");
+    // dig follows TC to TCP and gets all of them.
+    let full = dig(&dns, &["+noedns", "+short", "wide.svc.switchboard", "SRV"]);
+    assert_eq!(full.lines().count(), 60, "{full}");
+    // A short answer fits over UDP, EDNS or not.
+    let small = dig(&dns, &["+noedns", "+ignore", "+noall", "+comments", "10-1-0-1.addr.switchboard", "A"]);
+    assert!(!small.contains(" tc") && small.contains("ANSWER: 1"), "{small}");
 }
