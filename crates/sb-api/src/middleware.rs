@@ -197,9 +197,13 @@ fn request_namespaces(
         return None;
     }
     let mut names: Vec<String> = path_ns.into_iter().collect();
-    for name in ["namespace", "namespaceId", "tenant"] {
-        names.extend(params.all(name));
-    }
+    // One pass over the query and the form.
+    names.extend(
+        form_urlencoded::parse(params.query.as_bytes())
+            .chain(form_urlencoded::parse(params.form))
+            .filter(|(key, _)| matches!(key.as_ref(), "namespace" | "namespaceId" | "tenant"))
+            .map(|(_, value)| value.into_owned()),
+    );
     if route.id == crate::routes::RouteId::NacosConfigListener {
         for probe in params.all("Listening-Configs") {
             for line in probe.split('\u{1}').filter(|l| !l.is_empty()) {
