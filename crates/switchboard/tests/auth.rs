@@ -628,3 +628,94 @@ async fn nacos_console_namespaces_and_implicit_namespaces() {
     assert_eq!(status_and_text(anonymous).await, (StatusCode::FORBIDDEN, "unknown user!".into()));
     server.terminate();
 }
+
+#[tokio::test]
+async fn roles_split_edit_publish_and_register_through_every_kind_of_namespace_parameter() {
+    let (_dir, server, admin) = start_with(&[]);
+    let mut tokens = std::collections::HashMap::new();
+    for (name, role) in [("ed", "editor"), ("pub", "publisher"), ("reg", "registrar"), ("view", "viewer")] {
+        let password = format!("{name}-Role-pass-4410");
+        create_user(&server, &admin, name, &password, json!([{"role": role, "namespace": "dev"}])).await;
+        let minted = ok(&server, Method::POST, "/api/v1/auth/tokens", &admin, json!({"user": name})).await;
+        tokens.insert(name, minted["token"].as_str().unwrap().to_owned());
+    }
+    let item = "/api/v1/namespaces/dev/configs/DEFAULT_GROUP/app.yaml";
+    let publish = json!({"content": "v: 1\n", "format": "yaml"});
+    let gray = json!({"content": "v: 2\n", "ips": ["10.9.9.9"]});
+    let status = async |method: Method, path: &str, who: &str, body: Option<Value>| {
+        call(&server, method, path, Some(tokens[who].as_str()), body).await.status()
+    };
+    // Publishing to everyone is the publisher's; a canary to selected clients is the editor's.
+    assert_eq!(status(Method::PUT, item, "ed", Some(publish.clone())).await, StatusCode::FORBIDDEN);
+    assert_eq!(status(Method::PUT, item, "pub", Some(publish)).await, StatusCode::OK);
+    let gray_path = format!("{item}/gray");
+    assert_eq!(status(Method::PUT, &gray_path, "pub", Some(gray.clone())).await, StatusCode::FORBIDDEN);
+    assert_eq!(status(Method::PUT, &gray_path, "ed", Some(gray)).await, StatusCode::OK);
+    let promote = format!("{item}/promote");
+    assert_eq!(status(Method::POST, &promote, "ed", None).await, StatusCode::FORBIDDEN);
+    assert_eq!(status(Method::POST, &promote, "pub", None).await, StatusCode::OK);
+    assert_eq!(status(Method::GET, item, "view", None).await, StatusCode::OK);
+    assert_eq!(
+        status(Method::GET, item, "reg", None).await,
+        StatusCode::FORBIDDEN,
+        "a registrar reads no config"
+    );
+    // The same item in another namespace: nobody.
+    let prod = "/api/v1/namespaces/prod/configs/DEFAULT_GROUP/app.yaml";
+    for who in ["ed", "pub", "view"] {
+        assert_eq!(status(Method::GET, prod, who, None).await, StatusCode::FORBIDDEN, "{who}");
+    }
+
+    // Registration, by Nacos form fields (namespaceId in the body).
+    let register = |who: &str, namespace: &str| {
+        client()
+            .post(server.url("/nacos/v1/ns/instance"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("serviceName=orders&ip=10.0.0.7&port=80&ephemeral=false&namespaceId={namespace}&accessToken={}", tokens[who]))
+            .send()
+    };
+    assert_eq!(status_and_text(register("reg", "dev").await.unwrap()).await, (StatusCode::OK, "ok".into()));
+    assert_eq!(register("reg", "prod").await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(register("view", "dev").await.unwrap().status(), StatusCode::FORBIDDEN);
+    // A query namespace and a form namespace that disagree: both are checked.
+    let smuggled = client()
+        .post(server.url("/nacos/v1/ns/instance?namespaceId=dev"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "serviceName=orders&ip=10.0.0.8&port=80&namespaceId=prod&accessToken={}",
+            tokens["reg"]
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(smuggled.status(), StatusCode::FORBIDDEN);
+    // A Nacos listener naming another namespace's item in Listening-Configs.
+    let listen = |tenant: &str| {
+        let probe = format!("app.yaml\u{2}DEFAULT_GROUP\u{2}\u{2}{tenant}\u{1}");
+        client()
+            .post(server.url(&format!("/nacos/v1/cs/configs/listener?accessToken={}", tokens["view"])))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("Long-Pulling-Timeout", "500")
+            .body(format!("Listening-Configs={}", form_encode(&probe)))
+            .send()
+    };
+    assert_eq!(listen("dev").await.unwrap().status(), StatusCode::OK, "its own namespace");
+    assert_eq!(listen("prod").await.unwrap().status(), StatusCode::FORBIDDEN);
+
+    // Coordination by ?namespace=: locks are the editor's in dev only.
+    let lock = |namespace: &str| format!("/api/v1/locks/job/acquire?namespace={namespace}");
+    let acquire = json!({"ttl_secs": 10, "wait_ms": 0});
+    assert_eq!(status(Method::POST, &lock("dev"), "ed", Some(acquire.clone())).await, StatusCode::OK);
+    assert_eq!(status(Method::POST, &lock("prod"), "ed", Some(acquire.clone())).await, StatusCode::FORBIDDEN);
+    assert_eq!(status(Method::POST, &lock("dev"), "view", Some(acquire)).await, StatusCode::FORBIDDEN);
+    server.terminate();
+}
+
+fn form_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
