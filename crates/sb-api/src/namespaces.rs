@@ -133,23 +133,33 @@ pub async fn delete(
     Ok(Json(json!({ "revision": revision })))
 }
 
-/// Nacos's list: `public` is the namespace `""` of type 0, created ones are type 2.
-pub async fn nacos_list(State(api): State<ApiState>) -> Json<serde_json::Value> {
-    let data: Vec<_> = all(&api)
-        .iter()
-        .map(|(name, record)| {
-            let public = name == DEFAULT_NAMESPACE;
-            json!({
-                "namespace": if public { "" } else { name.as_str() },
-                "namespaceShowName": record.display_name,
-                "namespaceDesc": record.description,
-                "quota": 200,
-                "configCount": api.configs.view().snapshot().list(name, None).len(),
-                "type": if public { 0 } else { 2 },
-            })
-        })
-        .collect();
-    Json(json!({ "code": 200, "message": null, "data": data }))
+fn nacos_namespace_json(api: &ApiState, name: &str, record: &NamespaceRecord) -> serde_json::Value {
+    let public = name == DEFAULT_NAMESPACE;
+    json!({
+        "namespace": if public { "" } else { name },
+        "namespaceShowName": record.display_name,
+        "namespaceDesc": record.description,
+        "quota": 200,
+        "configCount": api.configs.view().snapshot().list(name, None).len(),
+        "type": if public { 0 } else { 2 },
+    })
+}
+
+/// Nacos's list: `public` is the namespace `""` of type 0, created ones are type 2. With
+/// `show=all&namespaceId=X`, one namespace (Nacos's describe).
+pub async fn nacos_list(State(api): State<ApiState>, params: NacosParams) -> NacosResult<Response> {
+    let namespaces = all(&api);
+    if params.get("show") == Some("all") {
+        let id = params.get("namespaceId").unwrap_or(DEFAULT_NAMESPACE);
+        let (name, record) = namespaces
+            .iter()
+            .find(|(name, _)| name == id)
+            .ok_or_else(|| ApiError::not_found(format!("namespace {id:?} was never created")))?;
+        return Ok(Json(nacos_namespace_json(&api, name, record)).into_response());
+    }
+    let data: Vec<_> =
+        namespaces.iter().map(|(name, record)| nacos_namespace_json(&api, name, record)).collect();
+    Ok(Json(json!({ "code": 200, "message": null, "data": data })).into_response())
 }
 
 fn nacos_true() -> Response {

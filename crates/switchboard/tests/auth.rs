@@ -619,6 +619,12 @@ async fn nacos_console_namespaces_and_implicit_namespaces() {
         .await
         .unwrap();
     assert_eq!(status_and_text(publish).await, (StatusCode::OK, "true".into()));
+    let (_, described) =
+        common::json_of(nacos(Method::GET, "show=all&namespaceId=team-b").await.unwrap()).await;
+    assert_eq!(
+        (described["namespace"].as_str(), described["namespaceDesc"].as_str()),
+        (Some("team-b"), Some("bee"))
+    );
     let deleted = nacos(Method::DELETE, "namespaceId=team-b").await.unwrap();
     assert_eq!(status_and_text(deleted).await, (StatusCode::OK, "true".into()));
     let (_, listed) = common::json_of(nacos(Method::GET, "").await.unwrap()).await;
