@@ -154,6 +154,23 @@ async fn tls_serves_https_and_a_reload_reaches_new_connections_while_old_ones_st
     let plain = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     assert!(plain.get(plain_url).send().await.is_err(), "plain HTTP is not served on a TLS listener");
 
+    // curl with --cacert (scripts/test installs curl): the probe and the API, with the token.
+    let ca_file = write(dir.path(), "ca1-curl.pem", &ca1.pem);
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "10", "--cacert"])
+            .arg(&ca_file)
+            .args(args)
+            .output()
+            .expect("curl runs (scripts/test installs it)");
+        assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    curl(&[&server.url("/healthz")]);
+    let auth = format!("Authorization: Bearer {token}");
+    let body = curl(&["-H", &auth, &server.url("/api/v1/kv/tls/a")]);
+    assert!(body.contains("\"key\"") || body.contains("secret"), "{body}");
+
     // The CLI with --cacert.
     let data = dir.path().join("data");
     let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
