@@ -348,6 +348,10 @@ fn last_ref_time(packet: &str) -> Option<String> {
 }
 
 /// Registers `instances` persistent instances over `services` services; returns the time.
+/// On Switchboard each service is created first with its cluster's health checker set to
+/// `NONE` (Nacos's cluster setting): a persistent Nacos instance otherwise gets the default
+/// TCP check, and 100k probes of unreachable bench addresses would be what is measured.
+/// r-nacos does not probe persistent instances.
 async fn fill(
     target: &Target,
     instances: usize,
@@ -355,6 +359,28 @@ async fn fill(
     clients: usize,
 ) -> anyhow::Result<Duration> {
     let began = Instant::now();
+    if target.name == "switchboard" {
+        let per_client = services.div_ceil(clients.max(1));
+        let mut handles = Vec::new();
+        for task in 0..clients {
+            let mut conn = connect(&target.addr).await?;
+            let auth = target.auth.clone();
+            handles.push(tokio::spawn(async move {
+                for n in (task * per_client)..((task + 1) * per_client).min(services) {
+                    let service = format!("serviceName=bench.rss.{n}{auth}");
+                    request(&mut conn, "POST", &format!("/nacos/v1/ns/service?{service}"), "", Vec::new())
+                        .await?;
+                    let none = "healthChecker=%7B%22type%22%3A%22NONE%22%7D";
+                    let uri = format!("/nacos/v1/ns/cluster?{service}&clusterName=DEFAULT&{none}");
+                    request(&mut conn, "PUT", &uri, "", Vec::new()).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for handle in handles {
+            handle.await??;
+        }
+    }
     let per_client = instances.div_ceil(clients.max(1));
     let mut handles = Vec::new();
     for task in 0..clients {
