@@ -35,8 +35,9 @@
 //! writer trims it, in bounded steps inside later group commits ([`commit`]).
 //!
 //! Invariants:
-//! - `cleaned <= compacted <= checkpointed <= revision`, and the MVCC table holds nothing
-//!   above `checkpointed`;
+//! - `cleaned <= compacted <= checkpointed <= revision` on disk, and the MVCC table holds
+//!   nothing above `checkpointed` (in memory `checkpointed` may pass `revision` for the
+//!   moment between a commit's log append and its apply; see `record_checkpoint`);
 //! - the log file holds every revision from the cleaned one (the writer only trims below a
 //!   cleaned revision that the MVCC file recorded durably) up to the current one.
 //!

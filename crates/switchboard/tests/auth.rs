@@ -559,6 +559,14 @@ async fn two_etcd_nodes_bootstrap_once_share_users_and_a_revoke_reaches_the_othe
     assert_eq!(files.len(), 1, "exactly one node bootstraps the shared store");
     let admin = std::fs::read_to_string(files[0].join("admin-token")).unwrap().trim().to_owned();
     let password = std::fs::read_to_string(files[0].join("admin-password")).unwrap().trim().to_owned();
+    // The node that did not bootstrap learns the admin token through its view, a moment later.
+    for (name, node) in [("A", &a), ("B", &b)] {
+        eventually(&format!("node {name} to accept the admin token"), async || {
+            call(node, Method::GET, "/api/v1/auth/whoami", Some(&admin), None).await.status()
+                == StatusCode::OK
+        })
+        .await;
+    }
 
     // A user created through A logs in through B.
     create_user(&a, &admin, "shared", "shared-User-pass-31", json!([{"role": "viewer", "namespace": "*"}]))
