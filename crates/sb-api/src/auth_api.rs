@@ -4,14 +4,14 @@
 use std::net::IpAddr;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use sb_audit::Audit;
 use sb_auth::{Binding, Permission, PrincipalKind, PrincipalRef};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::audit::Audited;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, Params};
 use crate::middleware::RequestContext;
@@ -22,11 +22,6 @@ type Context = Option<Extension<RequestContext>>;
 
 fn client_of(context: &Context) -> IpAddr {
     context.as_ref().and_then(|c| c.client).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-}
-
-/// Who is making a change, for the audit record appended to its transaction.
-pub(crate) fn audit_of(subject: &Subject, context: &Context, headers: &HeaderMap) -> Audit {
-    crate::audit::audit_from(Some(subject), context.as_deref(), headers)
 }
 
 #[derive(Deserialize)]
@@ -142,12 +137,9 @@ pub struct CreateUser {
 
 pub async fn create_user(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     ApiJson(request): ApiJson<CreateUser>,
 ) -> Result<Response, ApiError> {
-    let audit = audit_of(&subject, &context, &headers);
     let revision = api
         .auth
         .create_user(&request.name, &request.password, &request.description, request.bindings, &audit)
@@ -165,12 +157,9 @@ fn account_ref(name: String) -> PrincipalRef {
 
 pub async fn delete_user(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let audit = audit_of(&subject, &context, &headers);
     let revision = api.auth.delete_principal(&user_ref(name), &audit).await?;
     Ok(Json(json!({ "revision": revision })))
 }
@@ -182,13 +171,10 @@ pub struct SetPassword {
 
 pub async fn set_password(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<SetPassword>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let audit = audit_of(&subject, &context, &headers);
     let revision = api.auth.set_password(&name, &request.password, &audit).await?;
     Ok(Json(json!({ "revision": revision })))
 }
@@ -217,24 +203,18 @@ pub struct CreateAccount {
 
 pub async fn create_account(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     ApiJson(request): ApiJson<CreateAccount>,
 ) -> Result<Response, ApiError> {
-    let audit = audit_of(&subject, &context, &headers);
     let revision = api.auth.create_service_account(&request.name, &request.description, &audit).await?;
     Ok((StatusCode::CREATED, Json(json!({"name": request.name, "revision": revision}))).into_response())
 }
 
 pub async fn delete_account(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let audit = audit_of(&subject, &context, &headers);
     let revision = api.auth.delete_principal(&account_ref(name), &audit).await?;
     Ok(Json(json!({ "revision": revision })))
 }
@@ -267,26 +247,20 @@ impl BindingRequest {
 
 pub async fn grant(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     ApiJson(request): ApiJson<BindingRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (principal, binding) = request.into_parts()?;
-    let audit = audit_of(&subject, &context, &headers);
     let revision = api.auth.grant(&principal, binding, &audit).await?;
     Ok(Json(json!({ "revision": revision, "bindings": bindings_of(&api, &principal) })))
 }
 
 pub async fn ungrant(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     ApiJson(request): ApiJson<BindingRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (principal, binding) = request.into_parts()?;
-    let audit = audit_of(&subject, &context, &headers);
     let revision = api.auth.ungrant(&principal, binding, &audit).await?;
     Ok(Json(json!({ "revision": revision, "bindings": bindings_of(&api, &principal) })))
 }
@@ -312,25 +286,19 @@ pub struct PutRole {
 
 pub async fn put_role(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<PutRole>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let audit = audit_of(&subject, &context, &headers);
     let revision = api.auth.put_role(&name, request.permissions, &request.description, &audit).await?;
     Ok(Json(json!({ "revision": revision })))
 }
 
 pub async fn delete_role(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let audit = audit_of(&subject, &context, &headers);
     let revision = api.auth.delete_role(&name, &audit).await?;
     Ok(Json(json!({ "revision": revision })))
 }
@@ -373,9 +341,7 @@ pub struct CreateToken {
 
 pub async fn create_token(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     ApiJson(request): ApiJson<CreateToken>,
 ) -> Result<Response, ApiError> {
     let principal = match (request.user, request.service_account) {
@@ -383,7 +349,6 @@ pub async fn create_token(
         (None, Some(account)) => account_ref(account),
         _ => return Err(ApiError::invalid("user", "name exactly one of user and service_account")),
     };
-    let audit = audit_of(&subject, &context, &headers);
     let minted = api.auth.create_token(&principal, request.ttl_secs, &request.description, &audit).await?;
     let body = json!({
         "token": minted.token,
@@ -397,12 +362,9 @@ pub async fn create_token(
 
 pub async fn revoke_token(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let audit = audit_of(&subject, &context, &headers);
     api.auth.revoke_token(&id, &audit).await?;
     Ok(Json(json!({ "revoked": id })))
 }
@@ -422,9 +384,7 @@ pub async fn list_backoff(State(api): State<ApiState>) -> Json<serde_json::Value
 
 pub async fn clear_backoff(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     params: Params,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let address = params
@@ -434,7 +394,6 @@ pub async fn clear_backoff(
                 .map_err(|_| ApiError::invalid("address", format!("address {a:?} is not an IP address")))
         })
         .transpose()?;
-    let audit = audit_of(&subject, &context, &headers);
     let cleared = api.auth.clear_backoff(params.get("user"), address, &audit).await?;
     Ok(Json(json!({ "cleared": cleared })))
 }

@@ -4,22 +4,19 @@
 //! Nacos 1.x, and `public` always exists.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use sb_auth::model::NamespaceRecord;
 use sb_auth::DEFAULT_NAMESPACE;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth_api::audit_of;
+use crate::audit::Audited;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
-use crate::middleware::RequestContext;
 use crate::nacos::{NacosParams, NacosResult};
-use crate::{ApiState, Subject};
-
-type Context = Option<Extension<RequestContext>>;
+use crate::ApiState;
 
 /// Every namespace: `public` first, then the created ones in name order.
 fn all(api: &ApiState) -> Vec<(String, NamespaceRecord)> {
@@ -80,12 +77,9 @@ pub struct CreateNamespace {
 
 pub async fn create(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     ApiJson(request): ApiJson<CreateNamespace>,
 ) -> Result<Response, ApiError> {
-    let audit = audit_of(&subject, &context, &headers);
     let revision = api
         .auth
         .put_namespace(&request.name, &request.display_name, &request.description, true, &audit)
@@ -103,16 +97,13 @@ pub struct UpdateNamespace {
 
 pub async fn update(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<UpdateNamespace>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if api.auth.namespace(&name).is_none() {
         return Err(ApiError::not_found(format!("namespace {name:?} was never created")));
     }
-    let audit = audit_of(&subject, &context, &headers);
     let revision =
         api.auth.put_namespace(&name, &request.display_name, &request.description, false, &audit).await?;
     Ok(Json(json!({ "revision": revision })))
@@ -120,15 +111,12 @@ pub async fn update(
 
 pub async fn delete(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if name == DEFAULT_NAMESPACE {
         return Err(ApiError::invalid("namespace", "namespace public always exists and cannot be deleted"));
     }
-    let audit = audit_of(&subject, &context, &headers);
     let revision = api.auth.delete_namespace(&name, &audit).await?;
     Ok(Json(json!({ "revision": revision })))
 }
@@ -168,9 +156,7 @@ fn nacos_true() -> Response {
 
 pub async fn nacos_create(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     params: NacosParams,
 ) -> NacosResult<Response> {
     // Nacos generates a UUID when no id is given.
@@ -181,16 +167,13 @@ pub async fn nacos_create(
     });
     let name = params.get("namespaceName").unwrap_or_default();
     let description = params.get("namespaceDesc").unwrap_or_default();
-    let audit = audit_of(&subject, &context, &headers);
     api.auth.put_namespace(&id, name, description, true, &audit).await.map_err(ApiError::from)?;
     Ok(nacos_true())
 }
 
 pub async fn nacos_update(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     params: NacosParams,
 ) -> NacosResult<Response> {
     let id =
@@ -200,16 +183,13 @@ pub async fn nacos_update(
     }
     let name = params.get("namespaceShowName").unwrap_or_default();
     let description = params.get("namespaceDesc").unwrap_or_default();
-    let audit = audit_of(&subject, &context, &headers);
     api.auth.put_namespace(id, name, description, false, &audit).await.map_err(ApiError::from)?;
     Ok(nacos_true())
 }
 
 pub async fn nacos_delete(
     State(api): State<ApiState>,
-    Extension(subject): Extension<Subject>,
-    context: Context,
-    headers: HeaderMap,
+    Audited(audit): Audited,
     params: NacosParams,
 ) -> NacosResult<Response> {
     let id = params
@@ -218,7 +198,6 @@ pub async fn nacos_delete(
     if id == DEFAULT_NAMESPACE {
         return Err(ApiError::invalid("namespaceId", "namespace public cannot be deleted").into());
     }
-    let audit = audit_of(&subject, &context, &headers);
     api.auth.delete_namespace(id, &audit).await.map_err(ApiError::from)?;
     Ok(nacos_true())
 }
