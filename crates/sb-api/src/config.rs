@@ -153,6 +153,14 @@ struct PublishJson {
     created: bool,
 }
 
+/// The `{ns}` of a namespace route, checked.
+fn ns_path(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(ns) =
+        path.map_err(|r| ApiError::invalid("path", format!("the path is not valid: {}", r.body_text())))?;
+    check_namespace(&ns)?;
+    Ok(ns)
+}
+
 fn item_path(path: Result<Path<(String, String, String)>, PathRejection>) -> Result<ConfigKey, ApiError> {
     let Path((ns, group, data_id)) =
         path.map_err(|r| ApiError::invalid("path", format!("the path is not valid: {}", r.body_text())))?;
@@ -216,9 +224,7 @@ pub async fn list(
     params: Params,
     subject: Option<Extension<Subject>>,
 ) -> Result<Response, ApiError> {
-    let Path(ns) =
-        path.map_err(|r| ApiError::invalid("path", format!("the path is not valid: {}", r.body_text())))?;
-    check_namespace(&ns)?;
+    let ns = ns_path(path)?;
     let revision = api.configs.view().revision();
     let state = api.configs.view().snapshot();
     let client = GrayClient::default().with_reveal(reveal_for(&api, &subject, &ns));
@@ -671,13 +677,10 @@ pub async fn export(
     params: Params,
     subject: Option<Extension<Subject>>,
 ) -> Result<Response, ApiError> {
-    let Path(ns) =
-        path.map_err(|r| ApiError::invalid("path", format!("the path is not valid: {}", r.body_text())))?;
-    check_namespace(&ns)?;
+    let ns = ns_path(path)?;
     // Secrets stay sealed unless the caller asks for plaintext, and may have it.
-    let reveal = match params.get("plaintext") {
-        None | Some("false") => None,
-        Some("true") => Some(reveal_for(&api, &subject, &ns).ok_or_else(|| {
+    let reveal = if params.flag("plaintext")? {
+        Some(reveal_for(&api, &subject, &ns).ok_or_else(|| {
             ApiError::new(
                 ErrorKind::PermissionDenied,
                 format!(
@@ -685,10 +688,9 @@ pub async fn export(
                 ),
             )
             .with_field("plaintext")
-        })?),
-        Some(other) => {
-            return Err(ApiError::invalid("plaintext", format!("plaintext {other:?} is not true or false")))
-        }
+        })?)
+    } else {
+        None
     };
     let doc = api.configs.export(&ns, params.get("group").filter(|g| !g.is_empty()), reveal.as_ref())?;
     let mut response = match params.get("format").unwrap_or("yaml") {
@@ -736,18 +738,10 @@ pub async fn import(
     Audited(audit): Audited,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let Path(ns) =
-        path.map_err(|r| ApiError::invalid("path", format!("the path is not valid: {}", r.body_text())))?;
-    check_namespace(&ns)?;
+    let ns = ns_path(path)?;
     let policy = sb_config::ConflictPolicy::parse(params.get("policy").unwrap_or("abort"))
         .map_err(|e| ApiError::invalid("policy", e.to_string()))?;
-    let progress = match params.get("progress") {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(ApiError::invalid("progress", format!("progress {other:?} is not true or false")))
-        }
-    };
+    let progress = params.flag("progress")?;
     let bytes = axum::body::to_bytes(body, MAX_IMPORT_BYTES).await.map_err(|_| {
         ApiError::new(
             ErrorKind::PayloadTooLarge,
