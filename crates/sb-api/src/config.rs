@@ -555,12 +555,7 @@ pub async fn gray_get(
     let gray =
         state.gray(&key).ok_or_else(|| ApiError::not_found(format!("config {key} has no gray version")))?;
     let record = &gray.record;
-    let secret = state.get(&key).is_some_and(|main| main.item.secret);
-    let entry = sb_config::EntryId::parse(&record.entry).ok_or_else(|| {
-        ApiError::new(ErrorKind::Internal, format!("the gray of {key} names entry {:?}", record.entry))
-    })?;
-    let (content, md5) =
-        sb_config::readable(&gray.content, &record.md5, secret, &key.gray_history_key(&entry), &client)?;
+    let (content, md5) = state.gray_readable(&key, &gray, &client)?;
     Ok(Json(GrayJson {
         namespace: key.namespace.clone(),
         group: key.group.clone(),

@@ -10,8 +10,8 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use sb_config::{
-    parse_ips, ConfigFormat, ConfigKey, EntryId, GrayClient, GrayRequest, GraySelector, HistoryRecord,
-    ListenKey, ListenOutcome, PublishRequest, SchemaChange,
+    parse_ips, ConfigFormat, ConfigKey, GrayClient, GrayRequest, GraySelector, HistoryRecord, ListenKey,
+    ListenOutcome, PublishRequest, SchemaChange,
 };
 use serde::Serialize;
 
@@ -89,13 +89,7 @@ pub async fn get(
         let data = match state.gray(&key) {
             Some(gray) => {
                 let ips: Vec<String> = gray.record.selector.ips.iter().map(ToString::to_string).collect();
-                let aad = EntryId::parse(&gray.record.entry)
-                    .map(|entry| key.gray_history_key(&entry))
-                    .unwrap_or_default();
-                let secret = state.get(&key).is_some_and(|main| main.item.secret);
-                let (content, md5) =
-                    sb_config::readable(&gray.content, &gray.record.md5, secret, &aad, &client)
-                        .map_err(nacos_error)?;
+                let (content, md5) = state.gray_readable(&key, &gray, &client).map_err(nacos_error)?;
                 serde_json::json!({
                     "id": gray.version.to_string(), "dataId": key.data_id, "group": key.group,
                     "tenant": params.get("tenant").unwrap_or(""), "content": content,

@@ -182,6 +182,27 @@ impl ConfigState {
         self.slots.get(&key.path())?.gray()
     }
 
+    /// What `client` reads of the item's gray version `gray`: its content and md5. The gray
+    /// of a secret item is sealed like its main version (see [`crate::readable`]).
+    pub fn gray_readable(
+        &self,
+        key: &ConfigKey,
+        gray: &GraySnapshot,
+        client: &GrayClient,
+    ) -> ConfigResult<(String, String)> {
+        let entry = EntryId::parse(&gray.record.entry).ok_or_else(|| {
+            ConfigError::Corrupt(format!("the gray of {key} names history entry {:?}", gray.record.entry))
+        })?;
+        let secret = self.get(key).is_some_and(|main| main.item.secret);
+        crate::secret::readable(
+            &gray.content,
+            &gray.record.md5,
+            secret,
+            &key.gray_history_key(&entry),
+            client,
+        )
+    }
+
     /// What `client` reads: the gray version if its selector matches the client, else the
     /// main version.
     pub fn get_for(&self, key: &ConfigKey, client: &GrayClient) -> Option<ConfigSnapshot> {
