@@ -74,6 +74,25 @@ fn token_of(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("admin-token")).expect("admin token").trim().to_owned()
 }
 
+/// A Nacos publish of `cipher-app` in `dev`/`G`; Nacos answers `true`.
+async fn nacos_publish(server: &Server, token: &str, content: &str) -> String {
+    let form = [("dataId", "cipher-app"), ("group", "G"), ("tenant", "dev"), ("content", content)];
+    let response = client()
+        .post(server.url("/nacos/v1/cs/configs"))
+        .query(&[("accessToken", token)])
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    response.text().await.unwrap()
+}
+
+/// A Nacos read of `cipher-app` in `dev`/`G`: the content as the caller may see it.
+async fn nacos_read(server: &Server, token: &str) -> String {
+    let query = [("dataId", "cipher-app"), ("group", "G"), ("tenant", "dev"), ("accessToken", token)];
+    client().get(server.url("/nacos/v1/cs/configs")).query(&query).send().await.unwrap().text().await.unwrap()
+}
+
 /// Publishes secrets through the native API (with a gray) and the Nacos API (a `cipher-`
 /// data id) and reads them back as an allowed reader.
 async fn publish_secrets(server: &Server, token: &str, marker: &str) {
@@ -94,15 +113,7 @@ async fn publish_secrets(server: &Server, token: &str, marker: &str) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK, "{}", response.text().await.unwrap());
-    let form = [("dataId", "cipher-app"), ("group", "G"), ("tenant", "dev"), ("content", nacos.as_str())];
-    let response = client()
-        .post(server.url("/nacos/v1/cs/configs"))
-        .query(&[("accessToken", token)])
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.text().await.unwrap(), "true");
+    assert_eq!(nacos_publish(server, token, &nacos).await, "true");
 
     let item = read(server, token, "db.properties").await;
     assert_eq!(item["secret"], json!(true), "{item}");
@@ -114,13 +125,7 @@ async fn publish_secrets(server: &Server, token: &str, marker: &str) {
         Some(sb_config::content_md5(&format!("{main}\nuser=sa")).as_str()),
         "{item}"
     );
-    let nacos_read = client()
-        .get(server.url("/nacos/v1/cs/configs"))
-        .query(&[("dataId", "cipher-app"), ("group", "G"), ("tenant", "dev"), ("accessToken", token)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(nacos_read.text().await.unwrap(), nacos);
+    assert_eq!(nacos_read(server, token).await, nacos);
     // History entries and diffs open for an allowed reader too.
     let url = server.url("/api/v1/namespaces/dev/configs/G/db.properties/history");
     let (_, history) = json_of(client().get(url).bearer_auth(token).send().await.unwrap()).await;
@@ -181,20 +186,7 @@ async fn readers_without_leave_see_masks(server: &Server, admin: &str, marker: &
     let opened = read(server, &editor, "db.properties").await;
     assert!(opened["content"].as_str().unwrap().contains(marker), "{opened}");
 
-    let nacos_masked = client()
-        .get(server.url("/nacos/v1/cs/configs"))
-        .query(&[
-            ("dataId", "cipher-app"),
-            ("group", "G"),
-            ("tenant", "dev"),
-            ("accessToken", viewer.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let nacos_masked = nacos_read(server, &viewer).await;
     assert!(nacos_masked.starts_with("******") && !nacos_masked.contains(marker), "{nacos_masked}");
     let mask_md5 = sb_config::content_md5(&nacos_masked);
     assert_eq!(
@@ -206,28 +198,12 @@ async fn readers_without_leave_see_masks(server: &Server, admin: &str, marker: &
     let plain = format!("token={marker}-nacos");
     assert_eq!(nacos_changed(server, &editor, "cipher-app", &sb_config::content_md5(&plain)).await, "");
     // A new secret version: both hear the change, the viewer still learns nothing else.
-    let form =
-        [("dataId", "cipher-app"), ("group", "G"), ("tenant", "dev"), ("content", "token=rotated-value")];
-    let response = client()
-        .post(server.url("/nacos/v1/cs/configs"))
-        .query(&[("accessToken", admin)])
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.text().await.unwrap(), "true");
+    assert_eq!(nacos_publish(server, admin, "token=rotated-value").await, "true");
     assert!(nacos_changed(server, &viewer, "cipher-app", &mask_md5).await.contains("cipher-app"));
     assert!(nacos_changed(server, &editor, "cipher-app", &sb_config::content_md5(&plain))
         .await
         .contains("cipher-app"));
-    let form = [("dataId", "cipher-app"), ("group", "G"), ("tenant", "dev"), ("content", plain.as_str())];
-    client()
-        .post(server.url("/nacos/v1/cs/configs"))
-        .query(&[("accessToken", admin)])
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(nacos_publish(server, admin, &plain).await, "true");
 
     let url = server.url("/api/v1/namespaces/dev/configs-export?plaintext=true");
     let (status, value) = json_of(client().get(url).bearer_auth(&viewer).send().await.unwrap()).await;
@@ -273,15 +249,7 @@ async fn rotate_and_retire(key_file: &Path, token: &str, marker: &str, start: im
     let server = start();
     let item = read(&server, token, "db.properties").await;
     assert!(item["content"].as_str().unwrap().contains(marker), "{item}");
-    let nacos = client()
-        .get(server.url("/nacos/v1/cs/configs"))
-        .query(&[("dataId", "cipher-app"), ("group", "G"), ("tenant", "dev"), ("accessToken", token)])
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let nacos = nacos_read(&server, token).await;
     assert!(nacos.contains(marker), "{nacos}");
     server
 }
