@@ -24,6 +24,8 @@ use crate::view::{ConfigSnapshot, ConfigView};
 
 /// How often a publish retries when another writer changed the item in between.
 const MAX_ATTEMPTS: usize = 8;
+/// Retention deletes a write folds into its transaction; more wait for the next prune.
+const RETENTION_OPS: usize = 64;
 
 #[derive(Clone, Debug)]
 pub struct ConfigSettings {
@@ -259,7 +261,7 @@ impl ConfigService {
         for attempt in 0..MAX_ATTEMPTS {
             // First from the view (no round trip; this node's own writes are in it), then,
             // if the transaction's compare says it was stale, from the store.
-            let viewed = (attempt == 0).then(|| self.view.snapshot().for_write(key).0);
+            let viewed = (attempt == 0).then(|| self.view.snapshot().for_write(key));
             let (current_version, current_item) = match viewed {
                 Some(Some((item, version))) => (version, Some(ConfigItem::clone(&item))),
                 // An item absent from the view may exist elsewhere; creates read the store.
@@ -360,6 +362,7 @@ impl ConfigService {
                 audit.op(action, item_key.clone(), before.as_deref(), Some(&item_value)),
                 TxnOp::put(item_key.clone(), item_value),
             ];
+            ops.extend(self.retention_ops(key, entry_id, now));
             if let PublishKind::Promote { gray_version } = kind {
                 compares.push(Compare::mod_revision(key.gray_key(), CompareOp::Equal, gray_version));
                 ops.push(TxnOp::delete(key.gray_key()));
@@ -427,7 +430,8 @@ impl ConfigService {
                     TxnOp::delete(item_key.clone()),
                     // A gray release ends with its item.
                     TxnOp::delete(key.gray_key()),
-                ]);
+                ])
+                .and_then(self.retention_ops(key, entry_id, now));
             let response = self.store.txn(txn).await?;
             if !response.succeeded {
                 continue;
@@ -499,11 +503,18 @@ impl ConfigService {
         Ok(deleted)
     }
 
+    /// Retention's deletes for a write that adds history entry `adding`, to commit in the
+    /// write's own transaction (as the view knows the item's entries: an entry it has not
+    /// seen yet is left to [`Self::prune_quietly`]). At most [`RETENTION_OPS`] of them.
+    fn retention_ops(&self, key: &ConfigKey, adding: EntryId, now_ms: u64) -> Vec<TxnOp> {
+        let doomed = self.view.snapshot().doomed(key, &self.settings.retention, Some(adding), now_ms);
+        doomed.into_iter().take(RETENTION_OPS).map(TxnOp::delete).collect()
+    }
+
     async fn prune_quietly(&self, key: &ConfigKey) {
-        // The view counts each item's entries: without an age rule, only an item over its
-        // count needs the store.
-        let (_, entries) = self.view.snapshot().for_write(key);
-        if self.settings.retention.max_age.is_none() && entries <= self.settings.retention.keep_last {
+        // The view knows each item's entries: only an item it finds over retention (a write
+        // whose transaction could not take every delete, or an age rule) needs the store.
+        if self.view.snapshot().doomed(key, &self.settings.retention, None, now_ms()).is_empty() {
             return;
         }
         if let Err(error) = self.prune(key).await {

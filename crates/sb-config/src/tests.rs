@@ -278,6 +278,8 @@ async fn retention_keeps_the_last_n_and_rollback_restores() {
     }
     let page = service.history(&a, 1, 10).await.unwrap();
     assert_eq!(page.total, 2);
+    // Retention's deletes commit in the publish's own transaction: one revision each.
+    assert!(versions.windows(2).all(|w| w[1] == w[0] + 1), "a publish commits once: {versions:?}");
     assert!(matches!(
         service.rollback(&a, versions[0], None, &audit()).await,
         Err(ConfigError::VersionNotFound { .. })

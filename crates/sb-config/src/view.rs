@@ -75,12 +75,29 @@ enum Latest {
 struct Slot {
     item: Option<(Arc<ConfigItem>, Revision, Revision)>,
     latest: Option<(EntryId, Latest)>,
-    /// How many history entries the item has (retention runs only when over its count).
-    entries: usize,
+    /// The item's history entries, oldest first (key order: an id, then whether it is a
+    /// gray entry), so a write can fold retention into its own transaction.
+    entries: Vec<(EntryId, bool)>,
     /// The gray record and its mod revision.
     gray: Option<(Arc<GrayRecord>, Revision)>,
     /// The newest gray entry (main and gray entries are told apart by key).
     gray_latest: Option<(EntryId, Latest)>,
+}
+
+/// Adds a history entry to an item's list, kept in key order (new entries are the newest,
+/// so this appends; a load or a replay may bring one out of order).
+fn remember_entry(entries: &mut Vec<(EntryId, bool)>, entry: (EntryId, bool)) {
+    if entries.last().is_none_or(|last| *last < entry) {
+        entries.push(entry);
+    } else if let Err(at) = entries.binary_search(&entry) {
+        entries.insert(at, entry);
+    }
+}
+
+fn forget_entry(entries: &mut Vec<(EntryId, bool)>, entry: (EntryId, bool)) {
+    if let Ok(at) = entries.binary_search(&entry) {
+        entries.remove(at);
+    }
 }
 
 /// Decodes `latest` if `pointer` names it; `false` if it does not decode.
@@ -108,7 +125,7 @@ impl Slot {
     fn is_empty(&self) -> bool {
         self.item.is_none()
             && self.latest.is_none()
-            && self.entries == 0
+            && self.entries.is_empty()
             && self.gray.is_none()
             && self.gray_latest.is_none()
     }
@@ -238,14 +255,37 @@ impl ConfigState {
     }
 
     /// What a writer needs to know of an item, as this view has it: the item and its version
-    /// (`None` when absent), and how many history entries it has.
-    pub(crate) fn for_write(&self, key: &ConfigKey) -> (Option<(Arc<ConfigItem>, Revision)>, usize) {
-        match self.slots.get(&key.path()) {
-            Some(slot) => {
-                (slot.item.as_ref().map(|(item, version, _)| (item.clone(), *version)), slot.entries)
-            }
-            None => (None, 0),
-        }
+    /// (`None` when absent).
+    pub(crate) fn for_write(&self, key: &ConfigKey) -> Option<(Arc<ConfigItem>, Revision)> {
+        let slot = self.slots.get(&key.path())?;
+        slot.item.as_ref().map(|(item, version, _)| (item.clone(), *version))
+    }
+
+    /// The history keys of `key` that retention drops once a new main entry `adding` is
+    /// written (`None`: nothing is added), as far as this view knows them, oldest first.
+    /// The newest main entry and the newest gray entry always stay.
+    pub(crate) fn doomed(
+        &self,
+        key: &ConfigKey,
+        retention: &crate::retention::Retention,
+        adding: Option<EntryId>,
+        now_ms: u64,
+    ) -> Vec<String> {
+        let known = self.slots.get(&key.path()).map(|slot| slot.entries.as_slice()).unwrap_or_default();
+        let mut entries = known.to_vec();
+        entries.extend(adding.map(|id| (id, false)));
+        let newest_main = entries.iter().rposition(|(_, gray)| !gray);
+        let newest_gray = entries.iter().rposition(|(_, gray)| *gray);
+        let ids: Vec<EntryId> = entries.iter().map(|(id, _)| *id).collect();
+        retention
+            .doomed(&ids, now_ms)
+            .into_iter()
+            .filter(|i| Some(*i) != newest_main && Some(*i) != newest_gray)
+            .map(|i| match entries[i] {
+                (id, true) => key.gray_history_key(&id),
+                (id, false) => key.history_key(&id),
+            })
+            .collect()
     }
 
     /// The md5 of an item's current content, `""` when it does not exist (as Nacos).
@@ -333,7 +373,7 @@ impl ViewState for ConfigState {
                 // counts (and a gray that was aborted keeps no content in memory).
                 match event.kind {
                     EventKind::Delete => self.update(path, |slot| {
-                        slot.entries = slot.entries.saturating_sub(1);
+                        forget_entry(&mut slot.entries, (entry, true));
                         if slot.gray_latest.as_ref().is_some_and(|(id, _)| *id == entry)
                             && slot.gray.is_none()
                         {
@@ -348,7 +388,7 @@ impl ViewState for ConfigState {
                             .is_none_or(|(id, _)| entry > *id);
                         let stored: Arc<[u8]> = Arc::from(event.kv.value.as_slice());
                         self.update(path, |slot| {
-                            slot.entries += 1;
+                            remember_entry(&mut slot.entries, (entry, true));
                             if newer {
                                 slot.gray_latest = Some((entry, Latest::Stored(stored)));
                             }
@@ -361,7 +401,7 @@ impl ViewState for ConfigState {
                 // Retention never deletes an item's current entry; an item that is gone
                 // loses its slot once its newest entry is gone.
                 EventKind::Delete => self.update(path, |slot| {
-                    slot.entries = slot.entries.saturating_sub(1);
+                    forget_entry(&mut slot.entries, (entry, false));
                     if slot.latest.as_ref().is_some_and(|(id, _)| *id == entry) && slot.item.is_none() {
                         slot.latest = None;
                     }
@@ -373,12 +413,12 @@ impl ViewState for ConfigState {
                         .and_then(|s| s.latest.as_ref())
                         .is_none_or(|(id, _)| entry > *id);
                     if !newer {
-                        self.update(path, |slot| slot.entries += 1);
+                        self.update(path, |slot| remember_entry(&mut slot.entries, (entry, false)));
                         return;
                     }
                     let stored: Arc<[u8]> = Arc::from(event.kv.value.as_slice());
                     self.update(path, |slot| {
-                        slot.entries += 1;
+                        remember_entry(&mut slot.entries, (entry, false));
                         slot.latest = Some((entry, Latest::Stored(stored)));
                     });
                 }
