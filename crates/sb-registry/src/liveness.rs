@@ -117,21 +117,30 @@ fn due_changes(shared: &Shared) -> Vec<Change> {
     let now = Instant::now();
     let snapshot = shared.view.snapshot();
     let mut changes = Vec::new();
+    // One key buffer for the whole pass: every owned instance is looked at every check.
+    let mut key = Vec::new();
     for (id, service) in snapshot.services.iter() {
+        let mut prefix_len = None;
         for instance in service.instances.values() {
             if !instance.record.ephemeral || instance.lease != session {
                 continue;
             }
-            let key = id.instance_key(&instance.addr);
+            let len = *prefix_len.get_or_insert_with(|| {
+                key.clear();
+                key.extend_from_slice(&id.instances_prefix());
+                key.len()
+            });
+            key.truncate(len);
+            instance.addr.push_key_suffix(&mut key);
             let last = shared.beats.last_or_insert(&key, id, instance, now);
             let quiet = now.saturating_duration_since(last);
             let timeouts = defaults.for_metadata(&instance.record.metadata);
             if quiet >= timeouts.delete_after {
-                changes.push(Change::Delete(key, instance.mod_revision));
+                changes.push(Change::Delete(key.clone(), instance.mod_revision));
             } else if quiet >= timeouts.unhealthy_after && instance.record.healthy {
                 let mut record = instance.record.clone();
                 record.healthy = false;
-                changes.push(Change::Unhealthy(key, instance.mod_revision, record));
+                changes.push(Change::Unhealthy(key.clone(), instance.mod_revision, record));
             }
         }
     }

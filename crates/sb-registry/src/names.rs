@@ -95,7 +95,7 @@ impl ServiceId {
 
     pub fn instance_key(&self, addr: &InstanceAddr) -> Vec<u8> {
         let mut key = self.instances_prefix();
-        key.extend_from_slice(format!("{}/{}", addr.cluster, addr.socket()).as_bytes());
+        addr.push_key_suffix(&mut key);
         key
     }
 }
@@ -133,6 +133,15 @@ impl InstanceAddr {
     /// `ip:port` (`[v6]:port` for IPv6).
     pub fn socket(&self) -> String {
         std::net::SocketAddr::new(self.ip, self.port).to_string()
+    }
+
+    /// Appends what follows the service's instances prefix in this instance's key
+    /// (`{cluster}/{ip:port}`), without allocating.
+    pub fn push_key_suffix(&self, key: &mut Vec<u8>) {
+        use std::io::Write;
+        key.extend_from_slice(self.cluster.as_bytes());
+        // Writing to a Vec cannot fail.
+        let _ = write!(key, "/{}", std::net::SocketAddr::new(self.ip, self.port));
     }
 
     /// Parses `ip:port` (or `[v6]:port`).
