@@ -51,9 +51,10 @@ pub async fn per_request(State(state): State<ApiState>, mut request: Request, ne
         .unwrap_or_else(new_request_id);
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
     let client = peer.map(|peer| client_address(peer, request.headers(), &state.config.trusted_proxies));
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
-    let path = redact_query(request.uri().path(), request.uri().query());
+    // Redacted and formatted only when the access line is logged (a cheap clone).
+    let uri = request.uri().clone();
     request.extensions_mut().insert(RequestContext { request_id: request_id.clone(), client });
 
     // A span at info would format its fields on every request even when nothing inside logs;
@@ -63,20 +64,24 @@ pub async fn per_request(State(state): State<ApiState>, mut request: Request, ne
 
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
-    let route_label = route.as_deref().unwrap_or("unmatched");
+    let route_label = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     state.metrics.observe_request(route_label, method.as_str(), status, elapsed.as_secs_f64());
     // Every request is counted in the metrics; the access log keeps failures and slow
     // requests at INFO and the rest at DEBUG, so the default level does not spend a log
     // line on each of thousands of reads a second (`SWITCHBOARD_LOG=info,switchboard::access=debug`
     // logs them all).
-    let client = client.map(|c| c.to_string()).unwrap_or_default();
     let duration_us = elapsed.as_micros() as u64;
-    if status >= 400 || elapsed >= SLOW_REQUEST {
-        info!(target: "switchboard::access", request_id = %request_id, method = %method, path = %path,
-            route = route_label, status, duration_us, client = %client, "request");
-    } else {
-        debug!(target: "switchboard::access", request_id = %request_id, method = %method, path = %path,
-            route = route_label, status, duration_us, client = %client, "request");
+    let failed_or_slow = status >= 400 || elapsed >= SLOW_REQUEST;
+    if failed_or_slow || tracing::enabled!(target: "switchboard::access", tracing::Level::DEBUG) {
+        let path = redact_query(uri.path(), uri.query());
+        let client = client.map(|c| c.to_string()).unwrap_or_default();
+        if failed_or_slow {
+            info!(target: "switchboard::access", request_id = %request_id, method = %method, path = %path,
+                route = route_label, status, duration_us, client = %client, "request");
+        } else {
+            debug!(target: "switchboard::access", request_id = %request_id, method = %method, path = %path,
+                route = route_label, status, duration_us, client = %client, "request");
+        }
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
