@@ -110,7 +110,7 @@ pub struct Api {
     /// Nacos 1.x UDP pushes to subscribers.
     pub naming_push: Arc<nacos_push::NamingPush>,
     /// Rendered Nacos `instance/list` answers, one per service revision and query.
-    pub nacos_lists: nacos_list_cache::NacosListCache,
+    pub nacos_lists: Arc<nacos_list_cache::NacosListCache>,
     pub metrics: ApiMetrics,
     /// Snowflake and segment IDs.
     pub ids: IdServices,

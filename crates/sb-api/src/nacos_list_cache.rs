@@ -41,7 +41,7 @@ impl NacosListCache {
     /// `revision`: the registry state's generation and the service's last-change revision.
     pub fn answer(
         &self,
-        key: ListKey,
+        key: &ListKey,
         revision: (u64, Revision),
         render: impl FnOnce() -> String,
         now_ms: u64,
@@ -49,7 +49,7 @@ impl NacosListCache {
         let cached = self
             .entries
             .read()
-            .get(&key)
+            .get(key)
             .filter(|r| r.revision == revision)
             .map(|r| (r.head.clone(), r.tail.clone()));
         let (head, tail) = match cached {
@@ -63,7 +63,7 @@ impl NacosListCache {
                 if entries.len() >= MAX_ENTRIES {
                     entries.clear();
                 }
-                entries.insert(key, Rendered { revision, head: head.clone(), tail: tail.clone() });
+                entries.insert(key.clone(), Rendered { revision, head: head.clone(), tail: tail.clone() });
                 (head, tail)
             }
         };
@@ -85,13 +85,10 @@ mod tests {
         let id = ServiceId::new("", "", "svc").unwrap();
         let key = ListKey { id, clusters: String::new(), healthy_only: false, cache_millis: 3000 };
         let render = || r#"{"hosts":[],"lastRefTime":0,"valid":true}"#.to_owned();
-        assert_eq!(
-            cache.answer(key.clone(), (1, 5), render, 42),
-            r#"{"hosts":[],"lastRefTime":42,"valid":true}"#
-        );
-        let again = cache.answer(key.clone(), (1, 5), || panic!("rendered twice"), 43);
+        assert_eq!(cache.answer(&key, (1, 5), render, 42), r#"{"hosts":[],"lastRefTime":42,"valid":true}"#);
+        let again = cache.answer(&key, (1, 5), || panic!("rendered twice"), 43);
         assert_eq!(again, r#"{"hosts":[],"lastRefTime":43,"valid":true}"#);
-        let newer = cache.answer(key.clone(), (1, 6), || r#"{"lastRefTime":0,"n":1}"#.to_owned(), 44);
+        let newer = cache.answer(&key, (1, 6), || r#"{"lastRefTime":0,"n":1}"#.to_owned(), 44);
         assert_eq!(newer, r#"{"lastRefTime":44,"n":1}"#);
     }
 }

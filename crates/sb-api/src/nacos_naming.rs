@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ErrorKind};
 use crate::nacos::{NacosError, NacosParams, NacosResult};
-use crate::nacos_list_cache::ListKey;
+use crate::nacos_list_cache::{ListKey, NacosListCache};
 use crate::ApiState;
 
 /// Nacos's naming response codes.
@@ -276,18 +276,24 @@ pub async fn list(
         }
         None => CACHE_MILLIS,
     };
-    let snapshot = api.registry.snapshot();
-    let revision = (snapshot.generation, snapshot.service(&id).map_or(0, |s| s.changed_revision));
+    let key = ListKey { id, clusters: clusters.to_owned(), healthy_only, cache_millis };
+    let body = list_body(&api.registry, &api.nacos_lists, &key);
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The `instance/list` answer for `key`, rendered once per service revision (shared by
+/// polls and UDP pushes), with the current `lastRefTime` spliced in.
+pub(crate) fn list_body(registry: &sb_registry::Registry, lists: &NacosListCache, key: &ListKey) -> String {
+    let snapshot = registry.snapshot();
+    let revision = (snapshot.generation, snapshot.service(&key.id).map_or(0, |s| s.changed_revision));
     drop(snapshot);
     let render = || {
-        let selection = api.registry.instances(&id, &list_query(clusters, healthy_only));
-        let mut info = service_info_json(&api.registry, &id, clusters, &selection, cache_millis);
+        let selection = registry.instances(&key.id, &list_query(&key.clusters, key.healthy_only));
+        let mut info = service_info_json(registry, &key.id, &key.clusters, &selection, key.cache_millis);
         info["lastRefTime"] = json!(0);
         info.to_string()
     };
-    let key = ListKey { id: id.clone(), clusters: clusters.to_owned(), healthy_only, cache_millis };
-    let body = api.nacos_lists.answer(key, revision, render, now_ms());
-    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+    lists.answer(key, revision, render, now_ms())
 }
 
 /// `PUT /nacos/v1/ns/instance/beat`

@@ -4,9 +4,18 @@
 //!
 //! A packet is `{"type":"dom","data":"<the instance/list JSON>","lastRefTime":<n>}`,
 //! gzipped when it is over 1 KiB (the client checks the gzip magic). The client answers
-//! `{"type":"push-ack","lastRefTime":"<n>","data":""}`; a push not acknowledged is sent
-//! again (at most `MAX_ATTEMPTS` times). A subscriber that stops polling is forgotten
-//! after `SUBSCRIBER_TTL` (Nacos clients poll every `cacheMillis`). Tables are bounded.
+//! `{"type":"push-ack","lastRefTime":"<n>","data":""}` from its UDP socket; a push not
+//! acknowledged is sent again (at most `MAX_ATTEMPTS` times). A subscriber that stops
+//! polling is forgotten after `SUBSCRIBER_TTL` (Nacos clients poll every `cacheMillis`).
+//! Tables are bounded.
+//!
+//! Latency: one change is rendered once per distinct query of its subscribers (the list
+//! comes from the same per-revision cache as polls), packed and gzipped once, and the
+//! same packet (one `lastRefTime`) goes to every subscriber of that query; acks are
+//! matched by `lastRefTime` and sender, as Nacos does. The push loop runs on its own
+//! thread (a current-thread runtime), so a push does not queue behind the HTTP
+//! connections on the server's worker threads: it is sent as soon as the view applies
+//! the change, at about the time the write is answered.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -23,11 +32,13 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::nacos_naming::{list_query, service_info_json, PUSH_CACHE_MILLIS};
+use crate::nacos_list_cache::{ListKey, NacosListCache};
+use crate::nacos_naming::{list_body, PUSH_CACHE_MILLIS};
 
 const GZIP_ABOVE_BYTES: usize = 1024;
 const SUBSCRIBER_TTL: Duration = Duration::from_secs(30);
 const MAX_SUBSCRIBERS: usize = 100_000;
+/// Packets awaiting acknowledgement (each to one or more subscribers).
 const MAX_PENDING: usize = 100_000;
 const MAX_ATTEMPTS: u32 = 3;
 const RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -39,9 +50,11 @@ struct Subscriber {
     last_seen: Instant,
 }
 
+/// One packet sent to the subscribers of one query, until each acknowledges it.
 struct Pending {
-    target: SocketAddr,
     packet: Arc<Vec<u8>>,
+    /// Those that have not acknowledged yet.
+    targets: Vec<SocketAddr>,
     attempts: u32,
     sent_at: Instant,
 }
@@ -59,12 +72,21 @@ pub struct NamingPush {
 
 impl NamingPush {
     /// Binds the push socket (an ephemeral UDP port on every interface) and starts the
-    /// push, ack and retry tasks; they end when `shutdown` turns true.
+    /// push, ack and retry tasks on the push thread; they end when `shutdown` turns true.
+    /// `lists` is the rendered-list cache the `instance/list` handler uses.
     pub async fn start(
         registry: Arc<Registry>,
+        lists: Arc<NacosListCache>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> std::io::Result<Arc<NamingPush>> {
-        let socket = Arc::new(UdpSocket::bind("0.0.0.0:0").await?);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let bound = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        bound.set_nonblocking(true)?;
+        let socket = {
+            // The socket belongs to the push thread's runtime (its reactor drives it).
+            let _context = runtime.enter();
+            Arc::new(UdpSocket::from_std(bound)?)
+        };
         let push = Arc::new(NamingPush {
             socket,
             subscribers: Mutex::new(HashMap::new()),
@@ -74,9 +96,19 @@ impl NamingPush {
             pushes: AtomicU64::new(0),
             acks: AtomicU64::new(0),
         });
-        tokio::spawn(until_shutdown(shutdown.clone(), push.clone().push_changes(registry)));
-        tokio::spawn(until_shutdown(shutdown.clone(), push.clone().receive_acks()));
-        tokio::spawn(until_shutdown(shutdown, push.clone().retry()));
+        // Subscribe here, so no change after `start` returns is missed.
+        let changes = registry.view().subscribe();
+        let tasks = {
+            let push = push.clone();
+            async move {
+                tokio::join!(
+                    until_shutdown(shutdown.clone(), push.clone().push_changes(registry, lists, changes)),
+                    until_shutdown(shutdown.clone(), push.clone().receive_acks()),
+                    until_shutdown(shutdown, push.retry()),
+                );
+            }
+        };
+        std::thread::Builder::new().name("nacos-push".into()).spawn(move || runtime.block_on(tasks))?;
         Ok(push)
     }
 
@@ -105,8 +137,12 @@ impl NamingPush {
         (self.pushes.load(Ordering::Relaxed), self.acks.load(Ordering::Relaxed))
     }
 
-    async fn push_changes(self: Arc<Self>, registry: Arc<Registry>) {
-        let mut changes = registry.view().subscribe();
+    async fn push_changes(
+        self: Arc<Self>,
+        registry: Arc<Registry>,
+        lists: Arc<NacosListCache>,
+        mut changes: tokio::sync::broadcast::Receiver<ViewChange>,
+    ) {
         loop {
             let services: Vec<ServiceId> = match changes.recv().await {
                 Ok(ViewChange::Applied { events, .. }) => {
@@ -126,45 +162,50 @@ impl NamingPush {
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
             for id in services {
-                self.push_service(&registry, &id).await;
+                self.push_service(&registry, &lists, &id).await;
             }
         }
     }
 
-    async fn push_service(&self, registry: &Registry, id: &ServiceId) {
+    async fn push_service(&self, registry: &Registry, lists: &NacosListCache, id: &ServiceId) {
         let now = Instant::now();
-        let targets: Vec<(SocketAddr, Subscriber)> = {
+        // The service's live subscribers, by the query they poll with.
+        let mut queries: HashMap<(String, bool), Vec<SocketAddr>> = HashMap::new();
+        {
             let mut subscribers = self.subscribers.lock();
             let Some(entry) = subscribers.get_mut(id) else { return };
             let before = entry.len();
             entry.retain(|_, s| now.saturating_duration_since(s.last_seen) < SUBSCRIBER_TTL);
             self.subscriber_count.fetch_sub(before - entry.len(), Ordering::Relaxed);
-            let targets = entry.iter().map(|(a, s)| (*a, s.clone())).collect();
+            for (target, s) in entry.iter() {
+                queries.entry((s.clusters.clone(), s.healthy_only)).or_default().push(*target);
+            }
             if entry.is_empty() {
                 subscribers.remove(id);
             }
-            targets
-        };
-        for (target, subscriber) in targets {
-            let selection =
-                registry.instances(id, &list_query(&subscriber.clusters, subscriber.healthy_only));
-            let data = service_info_json(registry, id, &subscriber.clusters, &selection, PUSH_CACHE_MILLIS);
+        }
+        for ((clusters, healthy_only), targets) in queries {
+            let key = ListKey { id: id.clone(), clusters, healthy_only, cache_millis: PUSH_CACHE_MILLIS };
+            let data = list_body(registry, lists, &key);
             let last_ref = self.next_ref.fetch_add(1, Ordering::Relaxed);
-            let packet =
-                serde_json::json!({"type": "dom", "data": data.to_string(), "lastRefTime": last_ref});
-            let packet = Arc::new(encode_packet(packet.to_string().into_bytes()));
+            let packet = Arc::new(encode_packet(dom_packet(data, last_ref).into_bytes()));
             {
                 let mut pending = self.pending.lock();
                 if pending.len() < MAX_PENDING {
-                    pending.insert(
-                        last_ref,
-                        Pending { target, packet: packet.clone(), attempts: 1, sent_at: now },
-                    );
+                    let waiting = Pending {
+                        packet: packet.clone(),
+                        targets: targets.clone(),
+                        attempts: 1,
+                        sent_at: now,
+                    };
+                    pending.insert(last_ref, waiting);
                 }
             }
-            self.pushes.fetch_add(1, Ordering::Relaxed);
-            if let Err(error) = self.socket.send_to(&packet, target).await {
-                debug!(%target, %error, "UDP push failed");
+            self.pushes.fetch_add(targets.len() as u64, Ordering::Relaxed);
+            for target in targets {
+                if let Err(error) = self.socket.send_to(&packet, target).await {
+                    debug!(%target, %error, "UDP push failed");
+                }
             }
         }
     }
@@ -182,13 +223,31 @@ impl NamingPush {
                 Some(v) => v.as_u64(),
                 None => None,
             };
-            if let Some(last_ref) = last_ref {
-                if self.pending.lock().remove(&last_ref).is_some() {
-                    self.acks.fetch_add(1, Ordering::Relaxed);
-                    debug!(%from, last_ref, "UDP push acknowledged");
-                }
+            let Some(last_ref) = last_ref else { continue };
+            if self.acknowledge(last_ref, from) {
+                self.acks.fetch_add(1, Ordering::Relaxed);
+                debug!(%from, last_ref, "UDP push acknowledged");
             }
         }
+    }
+
+    /// Marks the packet `last_ref` as received by the subscriber that answered from `from`:
+    /// the subscriber with that address, else (a client behind another address than the
+    /// `clientIP` it gave) one with that port. True if one was waiting.
+    fn acknowledge(&self, last_ref: u64, from: SocketAddr) -> bool {
+        let mut pending = self.pending.lock();
+        let Some(waiting) = pending.get_mut(&last_ref) else { return false };
+        let at = waiting
+            .targets
+            .iter()
+            .position(|t| *t == from)
+            .or_else(|| waiting.targets.iter().position(|t| t.port() == from.port()));
+        let Some(at) = at else { return false };
+        waiting.targets.swap_remove(at);
+        if waiting.targets.is_empty() {
+            pending.remove(&last_ref);
+        }
+        true
     }
 
     /// Forgets subscribers that stopped polling, across every service.
@@ -213,7 +272,7 @@ impl NamingPush {
             if tick.is_multiple_of(20) {
                 self.sweep_subscribers(now);
             }
-            let resend: Vec<(SocketAddr, Arc<Vec<u8>>)> = {
+            let resend: Vec<(Vec<SocketAddr>, Arc<Vec<u8>>)> = {
                 let mut pending = self.pending.lock();
                 pending.retain(|_, p| {
                     p.attempts < MAX_ATTEMPTS || now.saturating_duration_since(p.sent_at) < RETRY_AFTER
@@ -224,15 +283,23 @@ impl NamingPush {
                     .map(|p| {
                         p.attempts += 1;
                         p.sent_at = now;
-                        (p.target, p.packet.clone())
+                        (p.targets.clone(), p.packet.clone())
                     })
                     .collect()
             };
-            for (target, packet) in resend {
-                let _ = self.socket.send_to(&packet, target).await;
+            for (targets, packet) in resend {
+                for target in targets {
+                    let _ = self.socket.send_to(&packet, target).await;
+                }
             }
         }
     }
+}
+
+/// The push packet around a rendered list (`data` is the list's JSON as a JSON string).
+fn dom_packet(data: String, last_ref: u64) -> String {
+    let data = serde_json::Value::String(data);
+    format!("{{\"type\":\"dom\",\"data\":{data},\"lastRefTime\":{last_ref}}}")
 }
 
 async fn until_shutdown(
@@ -245,12 +312,13 @@ async fn until_shutdown(
     }
 }
 
-/// Gzips a packet over 1 KiB, as Nacos's push service does.
+/// Gzips a packet over 1 KiB, as Nacos's push service does. The fastest level: a push is
+/// on the latency path, and lists (repeated field names) compress well at any level.
 fn encode_packet(bytes: Vec<u8>) -> Vec<u8> {
     if bytes.len() <= GZIP_ABOVE_BYTES {
         return bytes;
     }
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     match encoder.write_all(&bytes).and_then(|()| encoder.finish()) {
         Ok(gzipped) => gzipped,
         Err(_) => bytes,

@@ -3,8 +3,9 @@
 //! - `get`: one config of `--content-bytes`, read by every client; also against the
 //!   bare-hyper ceiling answering a body of the same size;
 //! - `publish`: each client publishes its own config, new content every time (durable);
-//! - `notify`: publish → a held `configs/listener` long-poll answers, one at a time,
-//!   against a bare-hyper round trip at the same concurrency (1);
+//! - `notify`: publish → a held `configs/listener` long-poll answers, at concurrency 1 and
+//!   at `--notify-clients` (each client its own config and listener), against a bare-hyper
+//!   round trip at the same concurrency;
 //! - `rss`: the server's RSS with `--configs` configs of `--content-bytes`;
 //! - `longpolls`: `--long-polls` concurrent long-polls held (RSS while held), then one
 //!   publish per listened config and the time until every poll has answered.
@@ -24,7 +25,9 @@ use tokio::time::Instant;
 use crate::nacos_targets::{
     ab, connect_all, proc_kib, start_ceiling, start_rnacos, start_switchboard, Conn, Peer, Target,
 };
-use crate::report::{compare_ab, run_clients, Outcome, Samples};
+use crate::report::{
+    compare_ab, print_p99_ratio, run_clients, run_notify_clients, Notified, Outcome, Samples,
+};
 
 #[derive(clap::Args)]
 pub struct ConfigArgs {
@@ -51,9 +54,13 @@ pub struct ConfigArgs {
     /// The size of every config's content.
     #[arg(long, default_value_t = 1024)]
     content_bytes: usize,
-    /// Publish → notified samples.
+    /// Publish → notified samples at concurrency 1.
     #[arg(long, default_value_t = 200)]
     notify_samples: usize,
+    /// Concurrent clients of the publish → notified run beside the concurrency-1 one
+    /// (each with its own config and listener); 0 or 1 skips it.
+    #[arg(long, default_value_t = 64)]
+    notify_clients: usize,
     /// The RSS scenario's configs.
     #[arg(long, default_value_t = 10_000)]
     configs: usize,
@@ -134,12 +141,33 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
     }
     if wants("notify") {
         let (ceiling, _guard) = start_ceiling(&args.bench_bin, 64).await?;
-        let floor = ceiling_load(&ceiling, 1, Duration::from_secs(2)).await?;
-        floor.print("config-notify", "hyper-rtt");
-        for target in &targets {
-            notify_latency(target, args.notify_samples, size).await?.print("config-notify", target.name);
+        let mut levels = vec![(1, args.notify_samples)];
+        if args.notify_clients > 1 {
+            levels.push((args.notify_clients, usize::MAX));
         }
-        println!("(publish → held listener answered, one at a time; the floor is a bare-hyper round trip at concurrency 1)\n");
+        for (round, (clients, samples)) in levels.into_iter().enumerate() {
+            let label = format!("notify-c{clients}");
+            let mut floors = Vec::new();
+            let mut runs: Vec<Vec<Outcome>> = targets.iter().map(|_| Vec::new()).collect();
+            for ab_round in 0..2 {
+                let floor = ceiling_load(&ceiling, clients, secs).await?;
+                floor.print(&label, "hyper-rtt");
+                floors.push(floor);
+                for (target, runs) in targets.iter().zip(runs.iter_mut()) {
+                    let tag = format!("{round}.{ab_round}");
+                    let [total, after_answer] =
+                        notify_load(target, clients, secs, samples, size, &tag).await?;
+                    total.print(&label, target.name);
+                    after_answer.print(&format!("{label}-ack"), target.name);
+                    runs.push(total);
+                }
+            }
+            for (target, runs) in targets.iter().zip(&runs) {
+                print_p99_ratio(&label, target.name, runs, &floors, 2.0);
+            }
+            println!();
+        }
+        println!("(notify-cN: N clients, each publishing its own config while its own listener is held on the old md5; notify: publish request → the held long-poll answered, notify-ack: from the publish's answer (0 if the listener came first); the floor is a bare-hyper round trip at the same N; c1 runs at most --notify-samples loops)\n");
     }
     if wants("rss") {
         for target in &targets {
@@ -300,35 +328,88 @@ fn listen_body(data_id: &str, md5: &str) -> String {
     form(&[("Listening-Configs", &format!("{data_id}\u{2}{GROUP}\u{2}{md5}\u{1}"))])
 }
 
-/// Publish, and time until a listener already held on the old md5 answers.
-async fn notify_latency(target: &Target, samples: usize, size: usize) -> anyhow::Result<Outcome> {
-    let mut publisher = crate::http_bench::connect(&target.addr).await?;
-    let data_id = "bench.notify";
-    let mut current = content(size, 0);
-    publish(&mut publisher, target, data_id, &current).await?;
-    let listen_uri = format!("/nacos/v1/cs/configs/listener?{}", auth_query(target));
-    let mut recorded = Samples::default();
-    let began = Instant::now();
-    for n in 1..=samples {
-        let mut listener = crate::http_bench::connect(&target.addr).await?;
-        let body = listen_body(data_id, &md5_hex(&current));
-        let uri = listen_uri.clone();
-        let held = tokio::spawn(async move {
-            let headers = [("Long-Pulling-Timeout", "30000".to_owned())];
-            let answer = send(&mut listener, "POST", &uri, &headers, Some(body)).await;
-            (Instant::now(), answer)
+/// One notify client: a publisher connection and a listener connection on its own config.
+struct NotifyClient {
+    publisher: Conn,
+    listener: Conn,
+    data_id: String,
+    current: String,
+    publish_uri: String,
+    listen_uri: String,
+    size: usize,
+}
+
+/// `clients` loops of: hold a long-poll on the client's own config at its current md5,
+/// publish new content, and time until the long-poll answers.
+async fn notify_load(
+    target: &Target,
+    clients: usize,
+    secs: Duration,
+    samples: usize,
+    size: usize,
+    tag: &str,
+) -> anyhow::Result<[Outcome; 2]> {
+    let mut states = Vec::with_capacity(clients);
+    for task in 0..clients {
+        let mut publisher = crate::http_bench::connect(&target.addr).await?;
+        let listener = crate::http_bench::connect(&target.addr).await?;
+        let data_id = format!("bench.notify.{tag}.{task}");
+        let current = content(size, task * 1_000_000);
+        publish(&mut publisher, target, &data_id, &current).await?;
+        states.push(NotifyClient {
+            publisher,
+            listener,
+            data_id,
+            current,
+            publish_uri: format!("/nacos/v1/cs/configs?{}", auth_query(target)),
+            listen_uri: format!("/nacos/v1/cs/configs/listener?{}", auth_query(target)),
+            size,
         });
-        // Let the poll reach the server and be held before the clock starts.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        current = content(size, n);
-        let start = Instant::now();
-        publish(&mut publisher, target, data_id, &current).await?;
-        match tokio::time::timeout(Duration::from_secs(5), held).await {
-            Ok(Ok((answered, Ok(body)))) if !body.is_empty() => recorded.record(answered - start),
-            _ => recorded.errors += 1,
-        }
     }
-    Ok(Outcome::from_samples(recorded, began.elapsed()))
+    run_notify_clients(states, secs, samples, |mut client: NotifyClient, task, i| async move {
+        let result = notify_once(&mut client, task * 1_000_000 + i + 1).await;
+        (client, result)
+    })
+    .await
+}
+
+/// How long a long-poll is given to reach the server and be held before the publish.
+const HOLD_BEFORE_PUBLISH: Duration = Duration::from_millis(10);
+
+async fn notify_once(client: &mut NotifyClient, n: usize) -> anyhow::Result<Notified> {
+    let body = listen_body(&client.data_id, &md5_hex(&client.current));
+    let headers = [("Long-Pulling-Timeout", "30000".to_owned())];
+    let listen = send(&mut client.listener, "POST", &client.listen_uri, &headers, Some(body));
+    tokio::pin!(listen);
+    tokio::select! {
+        early = &mut listen => bail!("the listener answered before the publish: {early:?}"),
+        () = tokio::time::sleep(HOLD_BEFORE_PUBLISH) => {}
+    }
+    client.current = content(client.size, n);
+    let text = form(&[
+        ("dataId", &client.data_id),
+        ("group", GROUP),
+        ("content", &client.current),
+        ("type", "text"),
+    ]);
+    let start = Instant::now();
+    let publish = async {
+        let answer = send(&mut client.publisher, "POST", &client.publish_uri, &[], Some(text)).await;
+        (Instant::now(), answer)
+    };
+    let notified = async {
+        let answer = (&mut listen).await;
+        (Instant::now(), answer)
+    };
+    let ((answered, published), (notified, listened)) = tokio::join!(publish, notified);
+    let published = published?;
+    if published.as_ref() != b"true" {
+        bail!("publish answered {}", String::from_utf8_lossy(&published));
+    }
+    if listened?.is_empty() {
+        bail!("the listener timed out");
+    }
+    Ok(Notified { from_request: notified - start, from_answer: notified.saturating_duration_since(answered) })
 }
 
 /// Publishes `configs` configs of `size` bytes; returns the time it took.

@@ -5,8 +5,9 @@
 //!   after: a beat-only load must leave it flat);
 //! - `list`: `instance/list` of a 10-instance service, also against the bare-hyper ceiling
 //!   answering a body of the same size;
-//! - `push`: register → subscriber notified by Nacos UDP push, one at a time, against a
-//!   bare-hyper round trip at the same concurrency (1);
+//! - `push`: register → subscriber notified by Nacos UDP push, at concurrency 1 and at
+//!   `--push-clients` (each client its own service and subscriber), against a bare-hyper
+//!   round trip at the same concurrency;
 //! - `rss`: RSS with `--instances` persistent instances in `--services` services, and the
 //!   list of one such service against the ceiling.
 //!
@@ -22,10 +23,10 @@ use tokio::time::Instant;
 
 use crate::http_bench::{bench_token, connect, request};
 use crate::nacos_targets::{
-    ab, any, connect_all, nacos, nacos_load, proc_kib, start_ceiling, start_rnacos, start_switchboard, Peer,
-    Target,
+    ab, any, connect_all, nacos, nacos_load, proc_kib, start_ceiling, start_rnacos, start_switchboard, Conn,
+    Peer, Target,
 };
-use crate::report::{compare_ab, run_clients, Outcome, Samples};
+use crate::report::{compare_ab, print_p99_ratio, run_clients, run_notify_clients, Notified, Outcome};
 
 #[derive(clap::Args)]
 pub struct NamingArgs {
@@ -49,9 +50,13 @@ pub struct NamingArgs {
     /// Concurrent clients (connections).
     #[arg(long, default_value_t = 64)]
     clients: usize,
-    /// Register → notified samples.
+    /// Register → notified samples at concurrency 1.
     #[arg(long, default_value_t = 200)]
     push_samples: usize,
+    /// Concurrent clients of the register → notified run beside the concurrency-1 one
+    /// (each with its own service and subscriber); 0 or 1 skips it.
+    #[arg(long, default_value_t = 64)]
+    push_clients: usize,
     /// The RSS scenario's instances and services.
     #[arg(long, default_value_t = 100_000)]
     instances: usize,
@@ -126,14 +131,33 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
     }
     if wants("push") {
         let (ceiling, _guard) = start_ceiling(&args.bench_bin, 64).await?;
-        let floor = get_load(&ceiling, 1, Duration::from_secs(2), "/", "").await?;
-        floor.print("push", "hyper-rtt");
-        for target in std::iter::once(&sb).chain(peer.as_ref()) {
-            let [total, after_ack] = push_latency(target, args.push_samples).await?;
-            total.print("push", target.name);
-            after_ack.print("push-ack", target.name);
+        let targets: Vec<&Target> = std::iter::once(&sb).chain(peer.as_ref()).collect();
+        let mut levels = vec![(1, args.push_samples)];
+        if args.push_clients > 1 {
+            levels.push((args.push_clients, usize::MAX));
         }
-        println!("(push: register sent → UDP push received; push-ack: register answered → push received (0 if the push came first); one at a time; the floor is a bare-hyper round trip at concurrency 1)\n");
+        for (round, (clients, samples)) in levels.into_iter().enumerate() {
+            let label = format!("push-c{clients}");
+            let mut floors = Vec::new();
+            let mut runs: Vec<Vec<Outcome>> = targets.iter().map(|_| Vec::new()).collect();
+            for ab_round in 0..2 {
+                let floor = get_load(&ceiling, clients, secs, "/", "").await?;
+                floor.print(&label, "hyper-rtt");
+                floors.push(floor);
+                for (target, runs) in targets.iter().zip(runs.iter_mut()) {
+                    let tag = format!("{round}.{ab_round}");
+                    let [total, after_answer] = push_load(target, clients, secs, samples, &tag).await?;
+                    total.print(&label, target.name);
+                    after_answer.print(&format!("{label}-ack"), target.name);
+                    runs.push(total);
+                }
+            }
+            for (target, runs) in targets.iter().zip(&runs) {
+                print_p99_ratio(&label, target.name, runs, &floors, 2.0);
+            }
+            println!();
+        }
+        println!("(push-cN: N clients, each with its own service and UDP subscriber, each loop re-registering its one instance with new metadata and timing until its own subscriber's push shows it; push: from the register request, push-ack: from its answer (0 if the push came first); the floor is a bare-hyper round trip at the same N; c1 runs at most --push-samples loops)\n");
     }
     if wants("rss") {
         for target in std::iter::once(&sb).chain(peer.as_ref()) {
@@ -281,54 +305,83 @@ async fn store_revision(sb: &Target) -> anyhow::Result<i64> {
     revision.with_context(|| format!("no revision in {text}"))
 }
 
-/// Register one instance at a time and time until the subscriber's UDP push shows it: from
-/// the register request, and from its answer.
-async fn push_latency(target: &Target, samples: usize) -> anyhow::Result<[Outcome; 2]> {
-    let socket = UdpSocket::bind("127.0.0.1:0").await?;
-    let udp_port = socket.local_addr()?.port();
-    let mut conn = connect(&target.addr).await?;
-    let service = format!("bench.push.{}", target.name);
-    let subscribe = format!("serviceName={service}&clientIP=127.0.0.1&udpPort={udp_port}");
-    nacos(&mut conn, target, "GET", "/nacos/v1/ns/instance/list", &subscribe).await?;
-    let mut recorded = Samples::default();
-    let mut after_ack = Samples::default();
-    let began = Instant::now();
-    let mut buffer = vec![0u8; 65536];
-    for n in 0..samples {
-        if n % 50 == 0 {
-            // Subscriptions expire unless refreshed, as a client's polls refresh them.
-            nacos(&mut conn, target, "GET", "/nacos/v1/ns/instance/list", &subscribe).await?;
+/// One push client: its connection, its UDP subscriber socket and its own service.
+struct PushClient {
+    conn: Conn,
+    socket: UdpSocket,
+    service: String,
+    ip: String,
+    auth: String,
+    buffer: Vec<u8>,
+}
+
+/// `clients` loops of one write each: re-register the client's one instance with new
+/// metadata, and time until the client's own subscriber gets a push that shows it.
+async fn push_load(
+    target: &Target,
+    clients: usize,
+    secs: Duration,
+    samples: usize,
+    tag: &str,
+) -> anyhow::Result<[Outcome; 2]> {
+    let mut states = Vec::with_capacity(clients);
+    for task in 0..clients {
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let udp_port = socket.local_addr()?.port();
+        let mut conn = connect(&target.addr).await?;
+        let service = format!("bench.push.{tag}.{task}");
+        // A client's poll with `clientIP` and `udpPort` subscribes it (for 30 s, longer
+        // than a run).
+        let subscribe = format!("serviceName={service}&clientIP=127.0.0.1&udpPort={udp_port}");
+        nacos(&mut conn, target, "GET", "/nacos/v1/ns/instance/list", &subscribe).await?;
+        let ip = format!("10.8.{}.{}", task / 250, task % 250 + 1);
+        let buffer = vec![0u8; 65536];
+        states.push(PushClient { conn, socket, service, ip, auth: target.auth.clone(), buffer });
+    }
+    run_notify_clients(states, secs, samples, |mut client: PushClient, _task, i| async move {
+        let result = push_once(&mut client, i).await;
+        (client, result)
+    })
+    .await
+}
+
+async fn push_once(client: &mut PushClient, n: usize) -> anyhow::Result<Notified> {
+    // `{"seq":"<n>"}`: every register changes the instance, so every one is pushed.
+    let uri = format!(
+        "/nacos/v1/ns/instance?serviceName={}&ip={}&port=4000&ephemeral=true&metadata=%7B%22seq%22%3A%22{n}%22%7D{}",
+        client.service, client.ip, client.auth
+    );
+    let start = Instant::now();
+    let body = request(&mut client.conn, "POST", &uri, "", Vec::new()).await?;
+    let answered = Instant::now();
+    anyhow::ensure!(answered_ok(&body), "register answered {}", String::from_utf8_lossy(&body));
+    let needle = format!("\"seq\":\"{n}\"");
+    let notified = wait_for_push(client, start, |packet| packet.contains(&needle)).await?;
+    Ok(Notified { from_request: notified - start, from_answer: notified.saturating_duration_since(answered) })
+}
+
+/// Acknowledges every push (as a Nacos client does) until one satisfies `wanted`; returns
+/// when it arrived.
+async fn wait_for_push(
+    client: &mut PushClient,
+    since: Instant,
+    wanted: impl Fn(&str) -> bool,
+) -> anyhow::Result<Instant> {
+    let deadline = since + Duration::from_secs(2);
+    loop {
+        let (len, from) = tokio::time::timeout_at(deadline, client.socket.recv_from(&mut client.buffer))
+            .await
+            .context("no push within 2 s")??;
+        let arrived = Instant::now();
+        let packet = decode_packet(&client.buffer[..len]);
+        if let Some(last_ref) = last_ref_time(&packet) {
+            let ack = format!("{{\"type\":\"push-ack\",\"lastRefTime\":\"{last_ref}\",\"data\":\"\"}}");
+            let _ = client.socket.send_to(ack.as_bytes(), from).await;
         }
-        let port = 3000 + n;
-        let start = Instant::now();
-        let query = format!("serviceName={service}&ip=10.8.0.1&port={port}&ephemeral=false");
-        nacos(&mut conn, target, "POST", "/nacos/v1/ns/instance", &query).await?;
-        let answered = Instant::now();
-        let needle = format!("\"port\":{port}");
-        let deadline = start + Duration::from_secs(2);
-        let mut seen = false;
-        while let Ok(Ok((len, from))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buffer)).await
-        {
-            let packet = decode_packet(&buffer[..len]);
-            if let Some(last_ref) = last_ref_time(&packet) {
-                let ack = format!("{{\"type\":\"push-ack\",\"lastRefTime\":\"{last_ref}\",\"data\":\"\"}}");
-                let _ = socket.send_to(ack.as_bytes(), from).await;
-            }
-            if packet.replace("\\\"", "\"").contains(&needle) {
-                seen = true;
-                break;
-            }
-        }
-        if seen {
-            recorded.record(start.elapsed());
-            after_ack.record(Instant::now().saturating_duration_since(answered));
-        } else {
-            recorded.errors += 1;
-            after_ack.errors += 1;
+        if wanted(&packet.replace("\\\"", "\"")) {
+            return Ok(arrived);
         }
     }
-    let elapsed = began.elapsed();
-    Ok([Outcome::from_samples(recorded, elapsed), Outcome::from_samples(after_ack, elapsed)])
 }
 
 fn decode_packet(bytes: &[u8]) -> String {

@@ -177,3 +177,71 @@ impl PeerArgs {
         }
     }
 }
+
+/// One write → notified measurement: from the write's request, and from its answer (zero
+/// when the notification came first).
+pub struct Notified {
+    pub from_request: Duration,
+    pub from_answer: Duration,
+}
+
+/// Runs one write → notified loop per client state until `secs` pass (or each client has
+/// `max_per_client` samples); returns the latencies from the request and from the answer.
+pub async fn run_notify_clients<S, F, Fut>(
+    states: Vec<S>,
+    secs: Duration,
+    max_per_client: usize,
+    op: F,
+) -> anyhow::Result<[Outcome; 2]>
+where
+    S: Send + 'static,
+    F: Fn(S, usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = (S, anyhow::Result<Notified>)> + Send,
+{
+    let start = tokio::time::Instant::now();
+    let deadline = start + secs;
+    let mut handles = Vec::new();
+    for (task, state) in states.into_iter().enumerate() {
+        let op = op.clone();
+        handles.push(tokio::spawn(async move {
+            let (mut from_request, mut from_answer) = (Samples::default(), Samples::default());
+            let mut state = Some(state);
+            let mut i = 0;
+            while tokio::time::Instant::now() < deadline && i < max_per_client {
+                let Some(current) = state.take() else { break };
+                let (back, result) = op(current, task, i).await;
+                match result {
+                    Ok(notified) => {
+                        from_request.record(notified.from_request);
+                        from_answer.record(notified.from_answer);
+                    }
+                    Err(_) => {
+                        from_request.errors += 1;
+                        from_answer.errors += 1;
+                    }
+                }
+                state = Some(back);
+                i += 1;
+            }
+            (from_request, from_answer)
+        }));
+    }
+    let (mut from_request, mut from_answer) = (Samples::default(), Samples::default());
+    for handle in handles {
+        let (request, answer) = handle.await?;
+        from_request.merge(request);
+        from_answer.merge(answer);
+    }
+    let elapsed = start.elapsed();
+    Ok([Outcome::from_samples(from_request, elapsed), Outcome::from_samples(from_answer, elapsed)])
+}
+
+/// The closing line of a write → notified scenario: the mean p99 of the target's runs over
+/// the mean p99 of the floor's runs (a bare-hyper round trip at the same concurrency).
+pub fn print_p99_ratio(scenario: &str, target: &str, runs: &[Outcome], floors: &[Outcome], limit: f64) {
+    let mean = |outcomes: &[Outcome]| {
+        outcomes.iter().map(|o| f64::from(o.p99_us)).sum::<f64>() / outcomes.len().max(1) as f64
+    };
+    let ratio = mean(runs) / mean(floors).max(1.0);
+    println!("{scenario:<14} ratio     p99 {target}/hyper-rtt = {ratio:.2}x (target <= {limit:.1}x)");
+}

@@ -1,12 +1,20 @@
 //! Listeners: a client names items with the md5 it holds; it is answered at once if any
 //! differs, otherwise when one changes or at the timeout. Everything comes from the view.
-//! After a view reset (or a listener falling behind the change channel) every listener
-//! re-checks all of its md5s, so no change is missed.
+//!
+//! Held listeners are indexed by the item paths they watch ([`Listeners`]). One dispatcher
+//! task reads the view's changes once for all of them and wakes only the listeners of the
+//! items that changed: a publish costs one wake-up per listener of that item, not one per
+//! held long-poll (10k long-polls would otherwise each parse every change batch). After a
+//! view reset (or the dispatcher falling behind the change channel) every listener is
+//! woken and re-checks all of its md5s, so no change is missed.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::gray::GrayClient;
 use crate::model::ConfigKey;
@@ -33,6 +41,98 @@ fn differing(state: &ConfigState, keys: &[ListenKey], client: &GrayClient) -> Ve
     keys.iter().filter(|k| state.md5_for(&k.key, client) != k.md5).map(|k| k.key.clone()).collect()
 }
 
+/// Held listeners by the item paths they watch. Each has one [`Notify`]: a wake-up is a
+/// stored permit, never a queued message, so the table holds nothing beyond the listeners.
+#[derive(Default)]
+pub(crate) struct Listeners {
+    table: Mutex<ListenerTable>,
+    /// The dispatcher has ended (the view stopped): listeners answer `Stopped`.
+    closed: AtomicBool,
+}
+
+#[derive(Default)]
+struct ListenerTable {
+    next_id: u64,
+    by_path: HashMap<String, HashMap<u64, Arc<Notify>>>,
+    /// Every listener with its paths (to wake all on a reset, and to unregister).
+    all: HashMap<u64, (Arc<Notify>, Vec<String>)>,
+}
+
+/// A listener's place in the table; unregisters when dropped (also when the long-poll's
+/// future is dropped with its connection).
+pub(crate) struct Registration<'a> {
+    listeners: &'a Listeners,
+    id: u64,
+    notify: Arc<Notify>,
+}
+
+impl Listeners {
+    pub(crate) fn register(&self, keys: &[ListenKey]) -> Registration<'_> {
+        let notify = Arc::new(Notify::new());
+        let mut paths: Vec<String> = keys.iter().map(|k| k.key.path()).collect();
+        paths.sort();
+        paths.dedup();
+        let mut table = self.table.lock();
+        let id = table.next_id;
+        table.next_id += 1;
+        for path in &paths {
+            table.by_path.entry(path.clone()).or_default().insert(id, notify.clone());
+        }
+        table.all.insert(id, (notify.clone(), paths));
+        Registration { listeners: self, id, notify }
+    }
+
+    /// Wakes the listeners a batch of changes concerns (all of them on a reset).
+    fn wake(&self, batch: &[ConfigChange]) {
+        let table = self.table.lock();
+        if batch.iter().any(|c| matches!(c, ConfigChange::Reset)) {
+            table.all.values().for_each(|(notify, _)| notify.notify_one());
+            return;
+        }
+        for change in batch {
+            let ConfigChange::Changed(key) = change else { continue };
+            if let Some(waiting) = table.by_path.get(&key.path()) {
+                waiting.values().for_each(|notify| notify.notify_one());
+            }
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.table.lock().all.values().for_each(|(notify, _)| notify.notify_one());
+    }
+
+    /// How many listeners are registered.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.table.lock().all.len()
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut table = self.listeners.table.lock();
+        let Some((_, paths)) = table.all.remove(&self.id) else { return };
+        for path in paths {
+            if let Some(waiting) = table.by_path.get_mut(&path) {
+                waiting.remove(&self.id);
+                if waiting.is_empty() {
+                    table.by_path.remove(&path);
+                }
+            }
+        }
+    }
+}
+
+/// The dispatcher: reads the view's changes and wakes the listeners concerned, until the
+/// view stops.
+pub(crate) async fn dispatch(listeners: Arc<Listeners>, mut changes: ConfigChanges) {
+    while let Some(batch) = changes.next().await {
+        listeners.wake(&batch);
+    }
+    listeners.close();
+}
+
 impl ConfigView {
     /// The items whose md5 differs now, without waiting.
     pub fn changed_now(&self, keys: &[ListenKey], client: &GrayClient) -> Vec<ConfigKey> {
@@ -48,10 +148,8 @@ impl ConfigView {
         timeout: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> ListenOutcome {
-        // Subscribe before the first check, so a change between the two is not lost.
-        let mut changes = self.subscribe();
         let _held = Held::new(&self.listening);
-        listen_on(&mut changes, || self.snapshot(), keys, client, timeout, stop).await
+        listen_on(&self.listeners, || self.snapshot(), keys, client, timeout, stop).await
     }
 }
 
@@ -71,39 +169,33 @@ impl Drop for Held<'_> {
     }
 }
 
-/// The long-poll over a subscription and a way to read the current state.
+/// The long-poll over a listener table and a way to read the current state.
 pub(crate) async fn listen_on(
-    changes: &mut ConfigChanges,
+    listeners: &Listeners,
     current: impl Fn() -> Arc<ConfigState>,
     keys: &[ListenKey],
     client: &GrayClient,
     timeout: Duration,
     stop: impl std::future::Future<Output = ()>,
 ) -> ListenOutcome {
-    let now = differing(&current(), keys, client);
-    if !now.is_empty() {
-        return ListenOutcome::Changed(now);
-    }
-    let watched: HashSet<&ConfigKey> = keys.iter().map(|k| &k.key).collect();
+    // Register before the first check: a change applied after the check wakes this
+    // listener (the view applies a change before announcing it), one applied before it is
+    // seen by the check.
+    let registration = listeners.register(keys);
     let deadline = tokio::time::Instant::now() + timeout;
     tokio::pin!(stop);
     loop {
-        let batch = tokio::select! {
-            batch = changes.next() => batch,
-            _ = tokio::time::sleep_until(deadline) => return ListenOutcome::TimedOut,
-            _ = &mut stop => return ListenOutcome::Stopped,
-        };
-        let Some(batch) = batch else { return ListenOutcome::Stopped };
-        // A reset says nothing about which items changed: re-check them all.
-        let relevant = batch.iter().any(|change| match change {
-            ConfigChange::Reset => true,
-            ConfigChange::Changed(key) => watched.contains(key),
-        });
-        if relevant {
-            let now = differing(&current(), keys, client);
-            if !now.is_empty() {
-                return ListenOutcome::Changed(now);
-            }
+        let now = differing(&current(), keys, client);
+        if !now.is_empty() {
+            return ListenOutcome::Changed(now);
+        }
+        if listeners.closed.load(Ordering::Acquire) {
+            return ListenOutcome::Stopped;
+        }
+        tokio::select! {
+            () = registration.notify.notified() => {}
+            () = tokio::time::sleep_until(deadline) => return ListenOutcome::TimedOut,
+            () = &mut stop => return ListenOutcome::Stopped,
         }
     }
 }

@@ -11,7 +11,7 @@ use sb_store::{Event, EventKind, KeyValue, SharedStore, Store};
 use sb_store_embedded::{EmbeddedOptions, EmbeddedStore};
 
 use crate::gray::GrayClient;
-use crate::listen::listen_on;
+use crate::listen::{dispatch, listen_on, Listeners};
 use crate::*;
 
 async fn service(dir: &tempfile::TempDir, retention: Retention) -> ConfigService {
@@ -237,18 +237,20 @@ fn state_with(data_id: &str, content: &str) -> ConfigState {
     state
 }
 
-#[tokio::test]
-async fn after_a_view_reset_listeners_recheck_every_md5() {
+/// A listener of `held` over a hand-fed change channel and state, with its dispatcher.
+fn listener_over(
+    state: Arc<Mutex<Arc<ConfigState>>>,
+    held: Vec<ListenKey>,
+) -> (tokio::sync::broadcast::Sender<ViewChange>, Arc<Listeners>, tokio::task::JoinHandle<ListenOutcome>) {
     let (sender, receiver) = tokio::sync::broadcast::channel(16);
-    let mut changes = ConfigChanges::from_receiver(receiver);
-    let state = Arc::new(Mutex::new(Arc::new(state_with("a", "one"))));
-    let held = [ListenKey { key: key("a"), md5: content_md5("one") }];
+    let listeners = Arc::new(Listeners::default());
+    tokio::spawn(dispatch(listeners.clone(), ConfigChanges::from_receiver(receiver)));
     let waiting = {
-        let state = state.clone();
+        let listeners = listeners.clone();
         tokio::spawn(async move {
             let current = move || state.lock().clone();
             listen_on(
-                &mut changes,
+                &listeners,
                 current,
                 &held,
                 &GrayClient::default(),
@@ -258,6 +260,14 @@ async fn after_a_view_reset_listeners_recheck_every_md5() {
             .await
         })
     };
+    (sender, listeners, waiting)
+}
+
+#[tokio::test]
+async fn after_a_view_reset_listeners_recheck_every_md5() {
+    let state = Arc::new(Mutex::new(Arc::new(state_with("a", "one"))));
+    let held = vec![ListenKey { key: key("a"), md5: content_md5("one") }];
+    let (sender, _listeners, waiting) = listener_over(state.clone(), held);
     tokio::time::sleep(Duration::from_millis(50)).await;
     // A reload replaced the state (the change itself was never seen as an event): only the
     // reset tells the listener, and it must re-check.
@@ -265,6 +275,35 @@ async fn after_a_view_reset_listeners_recheck_every_md5() {
     sender.send(ViewChange::Reset { revision: 9 }).unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("answered").unwrap();
     assert_eq!(outcome, ListenOutcome::Changed(vec![key("a")]));
+}
+
+#[tokio::test]
+async fn a_change_wakes_only_the_listeners_of_its_item_and_they_unregister() {
+    let state = Arc::new(Mutex::new(Arc::new(state_with("a", "one"))));
+    let held = vec![ListenKey { key: key("a"), md5: content_md5("one") }];
+    let (sender, listeners, mut waiting) = listener_over(state.clone(), held);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(listeners.len(), 1);
+    let announce = |changed: ConfigKey| {
+        let kv = KeyValue {
+            key: changed.item_key().into_bytes(),
+            value: Vec::new(),
+            create_revision: 6,
+            mod_revision: 6,
+            version: 1,
+            lease: None,
+        };
+        ViewChange::Applied { revision: 6, events: Arc::new(vec![Event { kind: EventKind::Put, kv }]) }
+    };
+    // Another item changed: the listener stays held.
+    sender.send(announce(key("b"))).unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(100), &mut waiting).await.is_err());
+    // Its own item changed (the view applies before it announces).
+    *state.lock() = Arc::new(state_with("a", "two"));
+    sender.send(announce(key("a"))).unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("answered").unwrap();
+    assert_eq!(outcome, ListenOutcome::Changed(vec![key("a")]));
+    assert_eq!(listeners.len(), 0, "an answered listener leaves the table");
 }
 
 #[tokio::test]

@@ -248,10 +248,12 @@ impl ConfigState {
     /// The md5 `client` would read, `""` when the item does not exist (as Nacos) or is a
     /// secret this node cannot open.
     pub fn md5_for(&self, key: &ConfigKey, client: &GrayClient) -> String {
-        self.get_for(key, client)
-            .and_then(|s| s.readable(client).ok())
-            .map(|(_, md5)| md5)
-            .unwrap_or_default()
+        let Some(snapshot) = self.get_for(key, client) else { return String::new() };
+        if !snapshot.item.secret {
+            // What `readable` answers for a plain item, without copying its content.
+            return snapshot.item.md5.clone();
+        }
+        snapshot.readable(client).map(|(_, md5)| md5).unwrap_or_default()
     }
 
     /// What a writer needs to know of an item, as this view has it: the item and its version
@@ -440,12 +442,19 @@ pub struct ConfigView {
     view: View<ConfigState>,
     /// Long-polls held right now (for metrics).
     pub(crate) listening: std::sync::atomic::AtomicUsize,
+    /// Held long-polls by the items they watch, woken by one dispatcher task.
+    pub(crate) listeners: Arc<crate::listen::Listeners>,
 }
 
 impl ConfigView {
+    /// Loads the view and starts following it, with the listeners' dispatcher (which ends
+    /// when the view is dropped).
     pub async fn start(store: SharedStore) -> StoreResult<ConfigView> {
         let view = View::start(store, KeyRange::prefix(CONFIG_PREFIX), "config").await?;
-        Ok(ConfigView { view, listening: std::sync::atomic::AtomicUsize::new(0) })
+        let listeners = Arc::new(crate::listen::Listeners::default());
+        let changes = ConfigChanges { inner: view.subscribe() };
+        tokio::spawn(crate::listen::dispatch(listeners.clone(), changes));
+        Ok(ConfigView { view, listening: std::sync::atomic::AtomicUsize::new(0), listeners })
     }
 
     pub fn snapshot(&self) -> Arc<ConfigState> {

@@ -138,9 +138,11 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
     );
     let segments = SegmentService::new(store.clone(), ids::segment_options(&args.ids));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let naming_push = sb_api::nacos_push::NamingPush::start(registry.clone(), stop_rx.clone())
-        .await
-        .map_err(ServerError::io("binding the Nacos UDP push socket"))?;
+    let nacos_lists = Arc::new(sb_api::nacos_list_cache::NacosListCache::default());
+    let naming_push =
+        sb_api::nacos_push::NamingPush::start(registry.clone(), nacos_lists.clone(), stop_rx.clone())
+            .await
+            .map_err(ServerError::io("binding the Nacos UDP push socket"))?;
     let mut metrics = ApiMetrics::new();
     node_metrics::register(&mut metrics, Arc::downgrade(&membership), open.embedded.clone());
     node_metrics::register_registry(&mut metrics, Arc::downgrade(&registry), Arc::downgrade(&naming_push));
@@ -183,7 +185,7 @@ pub async fn run(args: ServeArgs, log_control: Option<Arc<dyn LogLevelControl>>)
         registry: registry.clone(),
         health: health.clone(),
         naming_push,
-        nacos_lists: Default::default(),
+        nacos_lists,
         metrics,
         ids: IdServices { snowflake: snowflake.clone(), segments },
         ratelimit,

@@ -557,6 +557,11 @@ async fn nacos_udp_push_reaches_a_subscriber_and_is_acknowledged() {
     let query = format!("serviceName=push.svc&clientIP=127.0.0.1&udpPort={udp_port}");
     let (_, list) = api.nacos(reqwest::Method::GET, "/nacos/v1/ns/instance/list", &query).await;
     assert_eq!(list["cacheMillis"], 10000, "{list}");
+    // A second subscriber of the same service, which never acknowledges.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let query = format!("serviceName=push.svc&clientIP=127.0.0.1&udpPort={silent_port}");
+    api.nacos(reqwest::Method::GET, "/nacos/v1/ns/instance/list", &query).await;
     // A large metadata map makes the packet gzipped (over 1 KiB).
     let metadata = urlencode(&json!({"blob": "y".repeat(2000)}).to_string());
     let register = format!("serviceName=push.svc&ip=10.3.0.1&port=80&metadata={metadata}");
@@ -578,9 +583,26 @@ async fn nacos_udp_push_reaches_a_subscriber_and_is_acknowledged() {
     assert_eq!(data["hosts"][0]["port"], 80);
     let ack = json!({"type": "push-ack", "lastRefTime": push["lastRefTime"].to_string(), "data": ""});
     socket.send_to(ack.to_string().as_bytes(), from).await.unwrap();
-    // Acknowledged: it is not sent again.
-    let again = tokio::time::timeout(Duration::from_millis(1500), socket.recv_from(&mut buffer)).await;
-    assert!(again.is_err(), "an acknowledged push was sent again");
+    // The other subscriber got the same push, and gets it again: it did not acknowledge.
+    let mut silent_buffer = vec![0u8; 65536];
+    for attempt in ["first", "retried"] {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), silent.recv_from(&mut silent_buffer))
+            .await
+            .unwrap_or_else(|_| panic!("the {attempt} push to the silent subscriber within 5 s"))
+            .unwrap();
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(&silent_buffer[..n]).read_to_end(&mut unzipped).unwrap();
+        assert_eq!(unzipped, packet, "the {attempt} push to the silent subscriber is the same packet");
+    }
+    // Acknowledged: it is not sent again (a later push of a new change, the instance going
+    // unhealthy without beats, has its own lastRefTime).
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(Ok((n, _))) = tokio::time::timeout_at(until, socket.recv_from(&mut buffer)).await {
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(&buffer[..n]).read_to_end(&mut unzipped).unwrap();
+        let later: Value = serde_json::from_slice(&unzipped).unwrap();
+        assert_ne!(later["lastRefTime"], push["lastRefTime"], "an acknowledged push was sent again");
+    }
     server.terminate();
 }
 
