@@ -1,16 +1,17 @@
 //! Password hashing: argon2id with the crate's defaults (19 MiB, 2 passes, 1 lane). A hash
 //! costs about 19 MiB and tens of milliseconds, so it runs on the blocking pool behind a
-//! semaphore: at most `max_concurrent` hashes at a time, whatever the login rate. Each
-//! running hash borrows one of at most `max_concurrent` reusable memory blocks, so the
-//! hashing memory is allocated once and stays bounded (fresh 19 MiB allocations on ever
-//! new blocking threads would each leave memory behind in a new malloc arena).
+//! semaphore: at most `max_concurrent` hashes at a time, whatever the login rate. Each hash
+//! gets its memory as a mapping of its own, returned to the system when it ends
+//! ([`hashing_memory`]), so hashing memory is resident only while hashes run: an idle node
+//! keeps none of it (a pool of reused blocks kept 19 MiB resident for good after the
+//! bootstrap's one hash, and fresh blocks below malloc's mmap threshold stayed behind in
+//! malloc arenas).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use argon2::password_hash::{Output, ParamsString, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
-use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
 use crate::error::{AuthError, AuthResult};
@@ -30,11 +31,26 @@ const COMMON: &[&str] =
 #[derive(Clone)]
 pub struct PasswordHasher {
     slots: Arc<Semaphore>,
-    memory: Arc<Mutex<Vec<Vec<Block>>>>,
     wait: Duration,
 }
 
-/// Computes one argon2 output into `out` with a reused memory block.
+/// glibc's malloc serves an allocation above its mmap threshold with a mapping of its own
+/// and unmaps it when it is freed. The threshold moves up after such a free, but never past
+/// 32 MiB on 64-bit systems (`DEFAULT_MMAP_THRESHOLD_MAX`, see mallopt(3)). Reserving more
+/// than that makes a hash's memory its own mapping every time, whatever hashed before.
+const OWN_MAPPING_BYTES: usize = 33 << 20;
+
+/// `blocks` zeroed argon2 blocks in a reservation of at least [`OWN_MAPPING_BYTES`]: only
+/// the pages of the blocks used become resident, and every one goes back to the system
+/// when the memory is dropped.
+fn hashing_memory(blocks: usize) -> Vec<Block> {
+    let capacity = blocks.max(OWN_MAPPING_BYTES / std::mem::size_of::<Block>() + 1);
+    let mut memory = Vec::with_capacity(capacity);
+    memory.resize(blocks, Block::new());
+    memory
+}
+
+/// Computes one argon2 output into `out`, with memory of its own for this hash.
 fn compute(
     algorithm: Algorithm,
     version: Version,
@@ -42,44 +58,29 @@ fn compute(
     password: &[u8],
     salt: &[u8],
     out: &mut [u8],
-    memory: &mut Vec<Block>,
 ) -> Result<(), argon2::Error> {
-    let blocks = params.block_count();
-    if memory.len() < blocks {
-        memory.resize(blocks, Block::new());
-    }
+    let mut memory = hashing_memory(params.block_count());
     Argon2::new(algorithm, version, params.clone()).hash_password_into_with_memory(
         password,
         salt,
         out,
-        &mut memory[..blocks],
+        &mut memory,
     )
 }
 
 impl PasswordHasher {
     /// At most `max_concurrent` hashes at once; a caller waits at most `wait` for a slot.
     pub fn new(max_concurrent: usize, wait: Duration) -> Self {
-        PasswordHasher {
-            slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
-            memory: Arc::new(Mutex::new(Vec::new())),
-            wait,
-        }
+        PasswordHasher { slots: Arc::new(Semaphore::new(max_concurrent.max(1))), wait }
     }
 
-    async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
-    ) -> AuthResult<T> {
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> AuthResult<T> {
         let permit = tokio::time::timeout(self.wait, self.slots.clone().acquire_owned())
             .await
             .map_err(|_| AuthError::Busy)?
             .map_err(|_| AuthError::Busy)?;
-        let pool = self.memory.clone();
         let result = tokio::task::spawn_blocking(move || {
-            // One block per permit at most: a permit holder always finds one or makes one.
-            let mut memory = pool.lock().pop().unwrap_or_default();
-            let result = work(&mut memory);
-            pool.lock().push(memory);
+            let result = work();
             drop(permit);
             result
         })
@@ -91,7 +92,7 @@ impl PasswordHasher {
     /// A new argon2id hash (PHC string) with a random salt.
     pub async fn hash(&self, password: &str) -> AuthResult<String> {
         let password = password.to_owned();
-        self.run(move |memory| {
+        self.run(move || {
             let invalid = |e: &dyn std::fmt::Display| {
                 AuthError::invalid("password", format!("the password cannot be hashed: {e}"))
             };
@@ -99,16 +100,8 @@ impl PasswordHasher {
             let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| invalid(&e))?;
             let params = Params::default();
             let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
-            compute(
-                Algorithm::Argon2id,
-                Version::V0x13,
-                &params,
-                password.as_bytes(),
-                &salt_bytes,
-                &mut out,
-                memory,
-            )
-            .map_err(|e| invalid(&e))?;
+            compute(Algorithm::Argon2id, Version::V0x13, &params, password.as_bytes(), &salt_bytes, &mut out)
+                .map_err(|e| invalid(&e))?;
             let hash = PasswordHash {
                 algorithm: Algorithm::Argon2id.ident(),
                 version: Some(Version::V0x13.into()),
@@ -125,7 +118,7 @@ impl PasswordHasher {
     /// hash, so answer times do not tell which user names exist.
     pub async fn verify(&self, password: &str, phc_opt: Option<String>) -> AuthResult<bool> {
         let password = password.to_owned();
-        self.run(move |memory| {
+        self.run(move || {
             let Some(phc) = phc_opt else {
                 let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
                 let salt = *b"switchboard-dummy-salt";
@@ -137,11 +130,10 @@ impl PasswordHasher {
                     password.as_bytes(),
                     &salt,
                     &mut out,
-                    memory,
                 );
                 return false;
             };
-            verify_phc(&phc, password.as_bytes(), memory).unwrap_or(false)
+            verify_phc(&phc, password.as_bytes()).unwrap_or(false)
         })
         .await
     }
@@ -149,7 +141,7 @@ impl PasswordHasher {
 
 /// Recomputes a stored PHC hash with its own algorithm, version, parameters and salt, and
 /// compares in constant time.
-fn verify_phc(phc: &str, password: &[u8], memory: &mut Vec<Block>) -> Option<bool> {
+fn verify_phc(phc: &str, password: &[u8]) -> Option<bool> {
     let hash = PasswordHash::new(phc).ok()?;
     let algorithm = Algorithm::try_from(hash.algorithm).ok()?;
     let version = hash.version.map_or(Some(Version::V0x13), |v| Version::try_from(v).ok())?;
@@ -161,7 +153,7 @@ fn verify_phc(phc: &str, password: &[u8], memory: &mut Vec<Block>) -> Option<boo
     let mut salt_buf = [0u8; 64];
     let salt = hash.salt?.decode_b64(&mut salt_buf).ok()?;
     let mut out = vec![0u8; expected.len()];
-    compute(algorithm, version, &params, password, salt, &mut out, memory).ok()?;
+    compute(algorithm, version, &params, password, salt, &mut out).ok()?;
     // `Output`'s equality is constant-time.
     Some(Output::new(&out).ok()? == expected)
 }
@@ -204,6 +196,26 @@ pub fn generate_password() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This process's anonymous resident memory (nextest runs each test in its own).
+    fn rss_anon_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn hashing_memory_goes_back_to_the_system_after_each_hash() {
+        let hasher = PasswordHasher::new(2, Duration::from_secs(30));
+        let before = rss_anon_kib();
+        for _ in 0..3 {
+            let hash = hasher.hash("correct horse battery").await.unwrap();
+            assert!(hasher.verify("correct horse battery", Some(hash)).await.unwrap());
+        }
+        let after = rss_anon_kib();
+        // One hash's 19 MiB kept would show; allow for the runtime's own growth.
+        assert!(after < before + 8 * 1024, "RssAnon grew from {before} KiB to {after} KiB");
+    }
 
     #[tokio::test]
     async fn hashes_verify_and_wrong_passwords_do_not() {

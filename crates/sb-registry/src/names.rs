@@ -23,7 +23,8 @@ pub const MAX_NAME_BYTES: usize = 512;
 /// Everything the registry stores lives under this prefix.
 pub const REGISTRY_PREFIX: &str = "registry/";
 const SERVICES_PREFIX: &str = "registry/services/";
-const INSTANCES_PREFIX: &str = "registry/instances/";
+/// Every instance lives under this prefix.
+pub const INSTANCES_PREFIX: &str = "registry/instances/";
 
 /// Checks one name against the documented pattern.
 pub fn check_name(field: &'static str, value: &str) -> RegistryResult<()> {

@@ -49,6 +49,13 @@ pub struct StoreArgs {
     pub embedded_cache_mib: u64,
 }
 
+/// Keys whose values the embedded store keeps only in its files, not in memory: the bulk
+/// of the data, which is either served from a view that keeps what reads need (instances;
+/// config content, the current version of which the config view keeps) or rarely read
+/// (config history, audit records). Everything else stays in memory too.
+pub const COLD_PREFIXES: [&str; 3] =
+    [sb_config::HISTORY_PREFIX, sb_audit::AUDIT_PREFIX, sb_registry::names::INSTANCES_PREFIX];
+
 /// An open store, and the embedded store behind it when there is one (to close it).
 pub struct OpenStore {
     pub store: SharedStore,
@@ -82,6 +89,7 @@ impl StoreArgs {
                 let mut options = EmbeddedOptions::new(&path);
                 options.retention_revisions = self.retention_revisions;
                 options.cache_bytes = (self.embedded_cache_mib as usize) << 20;
+                options.cold_prefixes = COLD_PREFIXES.iter().map(|p| p.as_bytes().to_vec()).collect();
                 let store = EmbeddedStore::open(options).await.map_err(ServerError::store(format!(
                     "opening the embedded store {} (is another switchboard using it?)",
                     path.display()

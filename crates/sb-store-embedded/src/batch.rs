@@ -14,9 +14,10 @@ use sb_store::{
 };
 use tokio::sync::oneshot;
 
-use crate::disk::{self, DiskBatch};
+use crate::cold::ColdLoader;
+use crate::disk::{self, DiskBatch, Files};
 use crate::history;
-use crate::state::{Overlay, View};
+use crate::state::{Meta, Overlay, View};
 use crate::writer::WriteRequest;
 use crate::Shared;
 
@@ -69,6 +70,8 @@ pub(crate) struct Evaluated {
 pub(crate) struct BatchEval<'a> {
     shared: &'a Shared,
     base: View<'a>,
+    /// Values of cold keys in `base`, for value compares and range reads.
+    cold: ColdLoader<'a>,
     committed_revision: Revision,
     overlay: Overlay,
     /// The revision the next writing request gets.
@@ -93,10 +96,18 @@ struct Changes {
 }
 
 impl<'a> BatchEval<'a> {
-    pub(crate) fn new(shared: &'a Shared, base: View<'a>, committed_revision: Revision) -> Self {
+    /// `base` is the committed state, held (read-locked) for the whole batch: that is what
+    /// reading cold values from `files` needs (see `crate::cold`).
+    pub(crate) fn new(
+        shared: &'a Shared,
+        files: &'a Files,
+        base: View<'a>,
+        committed_revision: Revision,
+    ) -> Self {
         BatchEval {
             shared,
             base,
+            cold: ColdLoader::new(files),
             committed_revision,
             overlay: Overlay::new(),
             next_revision: committed_revision + 1,
@@ -166,8 +177,8 @@ impl<'a> BatchEval<'a> {
         View { base: self.base.base, overlay: Some(&self.overlay) }
     }
 
-    fn get(&self, key: &[u8]) -> Option<Arc<KeyValue>> {
-        self.view().get(key).cloned()
+    fn meta(&self, key: &[u8]) -> Option<Meta> {
+        self.view().get(key).map(|found| found.meta())
     }
 
     fn lease_usable(&self, id: LeaseId) -> bool {
@@ -224,8 +235,15 @@ impl<'a> BatchEval<'a> {
 
     /// Runs a transaction; also says whether it wrote.
     fn txn(&mut self, txn: &Txn) -> StoreResult<(TxnResponse, bool)> {
-        let view = self.view();
-        let succeeded = txn.compares.iter().all(|c| c.evaluate(view.get(&c.key).map(|kv| &**kv)));
+        let mut succeeded = true;
+        for compare in &txn.compares {
+            let view = View { base: self.base.base, overlay: Some(&self.overlay) };
+            // With a source of cold values, every compare has an answer.
+            if view.evaluate(compare, Some(&mut self.cold))? != Some(true) {
+                succeeded = false;
+                break;
+            }
+        }
         let ops = if succeeded { &txn.success } else { &txn.failure };
         // A put naming an unknown lease fails the whole transaction before any effect.
         for op in ops {
@@ -260,7 +278,7 @@ impl<'a> BatchEval<'a> {
     fn op(&mut self, op: &TxnOp, revision: Revision, changes: &mut Changes) -> StoreResult<OpResponse> {
         match op {
             TxnOp::Put { key, value, lease } => {
-                let previous = self.get(key);
+                let previous = self.meta(key);
                 let kv = KeyValue {
                     key: key.clone(),
                     value: value.clone(),
@@ -273,8 +291,7 @@ impl<'a> BatchEval<'a> {
                 Ok(OpResponse::Put)
             }
             TxnOp::Delete(range) => {
-                let keys: Vec<Vec<u8>> =
-                    self.view().range(range).into_iter().map(|kv| kv.key.clone()).collect();
+                let keys = self.view().keys(range);
                 let deleted = keys.len() as u64;
                 for key in keys {
                     self.set(changes, key, None);
@@ -285,7 +302,10 @@ impl<'a> BatchEval<'a> {
                 // What this transaction sees as current: its own revision once it wrote.
                 let current = if changes.keys.is_empty() { self.next_revision - 1 } else { revision };
                 match request.revision.filter(|r| *r > 0 && *r != current) {
-                    None => Ok(OpResponse::Range(self.view().answer(request, current))),
+                    None => {
+                        let answer = self.view().answer(request, current);
+                        answer.fill(&mut self.cold).map(OpResponse::Range)
+                    }
                     Some(past) => self.past_range(request, past, current).map(OpResponse::Range),
                 }
             }
@@ -325,7 +345,7 @@ impl<'a> BatchEval<'a> {
         );
         let mut changes = Changes::default();
         for key in candidates {
-            if self.get(&key).is_some_and(|kv| kv.lease == Some(id)) {
+            if self.meta(&key).is_some_and(|meta| meta.lease() == Some(id)) {
                 self.set(&mut changes, key, None);
             }
         }

@@ -10,8 +10,10 @@
 
 use sb_store::{KeyValue, LeaseId, Revision, StoreError, StoreResult};
 
+use crate::state::Meta;
+
 const TOMBSTONE: u8 = 1;
-const HEADER_BYTES: usize = 1 + 3 * 8;
+pub(crate) const HEADER_BYTES: usize = 1 + 3 * 8;
 
 /// One key's state at one revision, as stored in the MVCC table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,12 +62,7 @@ fn encode_kv_into(out: &mut Vec<u8>, kv: Option<&KeyValue>) {
 }
 
 pub(crate) fn decode_record(bytes: &[u8]) -> StoreResult<Record> {
-    if bytes.len() < HEADER_BYTES {
-        return Err(StoreError::Corrupt(format!(
-            "mvcc record is {} bytes, at least {HEADER_BYTES}",
-            bytes.len()
-        )));
-    }
+    check_header(bytes)?;
     if bytes[0] & TOMBSTONE != 0 {
         return Ok(Record::Tombstone);
     }
@@ -78,6 +75,38 @@ pub(crate) fn decode_record(bytes: &[u8]) -> StoreResult<Record> {
         lease: (lease != 0).then_some(LeaseId(lease)),
         value: bytes[HEADER_BYTES..].to_vec(),
     })
+}
+
+/// A record's value without copying it; `None` for a tombstone.
+pub(crate) fn record_value(bytes: &[u8]) -> StoreResult<Option<&[u8]>> {
+    check_header(bytes)?;
+    Ok((bytes[0] & TOMBSTONE == 0).then(|| &bytes[HEADER_BYTES..]))
+}
+
+/// A record's metadata, with `mod_revision` (not stored in the record); `None` for a
+/// tombstone. The value is not read.
+pub(crate) fn decode_meta(bytes: &[u8], mod_revision: Revision) -> StoreResult<Option<Meta>> {
+    check_header(bytes)?;
+    if bytes[0] & TOMBSTONE != 0 {
+        return Ok(None);
+    }
+    let lease = read_i64(&bytes[17..25]);
+    Ok(Some(Meta::new(
+        read_i64(&bytes[1..9]),
+        mod_revision,
+        read_i64(&bytes[9..17]),
+        (lease != 0).then_some(LeaseId(lease)),
+    )))
+}
+
+fn check_header(bytes: &[u8]) -> StoreResult<()> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(StoreError::Corrupt(format!(
+            "mvcc record is {} bytes, at least {HEADER_BYTES}",
+            bytes.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Whether an encoded record is a tombstone, without decoding the value.
@@ -158,7 +187,10 @@ mod tests {
             version: 3,
             lease: Some(LeaseId(42)),
         };
-        let record = decode_record(&encode_kv(Some(&kv))).unwrap();
+        let bytes = encode_kv(Some(&kv));
+        assert_eq!(record_value(&bytes).unwrap(), Some(&b"value"[..]));
+        assert_eq!(decode_meta(&bytes, 9).unwrap(), Some(Meta::of(&kv)));
+        let record = decode_record(&bytes).unwrap();
         assert_eq!(record.into_kv(b"k", 9), Some(kv));
     }
 
@@ -166,6 +198,8 @@ mod tests {
     fn tombstone_roundtrips() {
         let bytes = encode_kv(None);
         assert!(is_tombstone(&bytes));
+        assert_eq!(record_value(&bytes).unwrap(), None);
+        assert_eq!(decode_meta(&bytes, 3).unwrap(), None);
         assert_eq!(decode_record(&bytes).unwrap(), Record::Tombstone);
     }
 

@@ -62,7 +62,7 @@ use redb::{
 use sb_store::{Event, EventKind, KeyValue, LeaseId, Revision, StoreError, StoreResult};
 
 use crate::codec;
-use crate::state::MemState;
+use crate::state::{is_cold, Entry, MemState};
 
 pub(crate) const MVCC: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("mvcc");
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -164,7 +164,8 @@ fn refuse_schema(path: &Path, other: u64) -> StoreError {
 /// Opens (or creates) the two files and rebuilds the current state: the MVCC table as of
 /// the checkpoint, then the log above it replayed in order. The MVCC file gets three
 /// quarters of `cache_bytes` as its page cache, the log file the rest.
-pub(crate) fn open(path: &Path, cache_bytes: usize) -> StoreResult<Loaded> {
+/// Cold keys (under `cold_prefixes`) keep only their metadata in memory.
+pub(crate) fn open(path: &Path, cache_bytes: usize, cold_prefixes: &[Vec<u8>]) -> StoreResult<Loaded> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| {
             StoreError::Unavailable(format!("cannot create directory {}: {e}", parent.display()))
@@ -237,11 +238,12 @@ pub(crate) fn open(path: &Path, cache_bytes: usize) -> StoreResult<Loaded> {
     };
     let table = mvcc_read.open_table(MVCC).map_err(storage_error)?;
     // Records of one key are contiguous and ordered by revision: the last one is current.
+    // A cold key's value is not even copied.
     let mut last: Option<(Vec<u8>, u64, Vec<u8>)> = None;
     let finish = |entry: Option<(Vec<u8>, u64, Vec<u8>)>, state: &mut MemState| -> StoreResult<()> {
         if let Some((key, rev, bytes)) = entry {
-            if let Some(kv) = codec::decode_record(&bytes)?.into_kv(&key, rev as Revision) {
-                state.kvs.insert(key, Arc::new(kv));
+            if let Some(entry) = load_entry(&key, rev as Revision, &bytes, cold_prefixes)? {
+                state.kvs.insert(key, entry);
             }
         }
         Ok(())
@@ -252,7 +254,10 @@ pub(crate) fn open(path: &Path, cache_bytes: usize) -> StoreResult<Loaded> {
         if last.as_ref().is_some_and(|(last_key, _, _)| last_key.as_slice() != key) {
             finish(last.take(), &mut state)?;
         }
-        last = Some((key.to_vec(), rev, v.value().to_vec()));
+        let bytes = v.value();
+        let bytes =
+            if is_cold(cold_prefixes, key) { &bytes[..bytes.len().min(codec::HEADER_BYTES)] } else { bytes };
+        last = Some((key.to_vec(), rev, bytes.to_vec()));
     }
     finish(last, &mut state)?;
     // Acknowledged revisions that were never checkpointed. Entries at or below the
@@ -277,8 +282,8 @@ pub(crate) fn open(path: &Path, cache_bytes: usize) -> StoreResult<Loaded> {
             )));
         }
         for (key, record) in codec::decode_log_entry(changes.value())? {
-            match codec::decode_record(record)?.into_kv(key, rev) {
-                Some(kv) => state.kvs.insert(key.to_vec(), Arc::new(kv)),
+            match load_entry(key, rev, record, cold_prefixes)? {
+                Some(entry) => state.kvs.insert(key.to_vec(), entry),
                 None => state.kvs.remove(key),
             };
         }
@@ -303,6 +308,20 @@ pub(crate) fn open(path: &Path, cache_bytes: usize) -> StoreResult<Loaded> {
         .collect::<StoreResult<Vec<_>>>()?;
     drop((table, log_read, mvcc_read));
     Ok(Loaded { files: Files { log, mvcc }, state, leases, log_start })
+}
+
+/// A key's state in memory from its latest record; `None` for a tombstone. For a cold key,
+/// the record's header is enough.
+fn load_entry(
+    key: &[u8],
+    rev: Revision,
+    record: &[u8],
+    cold_prefixes: &[Vec<u8>],
+) -> StoreResult<Option<Entry>> {
+    if is_cold(cold_prefixes, key) {
+        return Ok(codec::decode_meta(record, rev)?.map(Entry::Cold));
+    }
+    Ok(codec::decode_record(record)?.into_kv(key, rev).map(|kv| Entry::Hot(Arc::new(kv))))
 }
 
 /// Moves a version 2 file's log, leases and revision into the log file, then drops them

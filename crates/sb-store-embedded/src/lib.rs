@@ -3,7 +3,8 @@
 //! ([`log_path`]).
 //!
 //! - The current state of every live key is held in memory, so reads at the current
-//!   revision never touch redb. Past revisions are read from an MVCC table keyed by
+//!   revision never touch redb; except for *cold* keys ([`EmbeddedOptions::cold_prefixes`]),
+//!   whose values stay only in the files and are read from there. Past revisions are read from an MVCC table keyed by
 //!   `(key, revision)`, as etcd's own backend is, plus the log above its checkpoint.
 //! - One writer task owns every mutation and group-commits: it drains every pending
 //!   request into one durable redb transaction of the log file, then answers them all.
@@ -25,6 +26,7 @@
 mod batch;
 mod checkpointer;
 mod codec;
+mod cold;
 mod disk;
 mod history;
 mod lease;
@@ -79,6 +81,13 @@ pub struct EmbeddedOptions {
     /// backs it (outside the process's RSS), so it is small by default: measured with 10k
     /// configs of 1 KiB, 64 MiB cost 36 MiB more RSS than 4 MiB.
     pub cache_bytes: usize,
+    /// Keys under these prefixes are *cold*: memory keeps only their metadata (revisions,
+    /// version, lease), and their values are read from the files when a range read or a
+    /// value compare needs them. For bulky data that is rarely read through the store
+    /// (history entries, audit records, data a watch-fed view keeps anyway). Everything
+    /// else (revisions, compares on them, leases, watches, compaction) works as for any
+    /// key. Empty by default.
+    pub cold_prefixes: Vec<Vec<u8>>,
 }
 
 impl EmbeddedOptions {
@@ -94,6 +103,7 @@ impl EmbeddedOptions {
             checkpoint_revisions: 10_000,
             max_log_lag: 100_000,
             cache_bytes: 8 << 20,
+            cold_prefixes: Vec::new(),
         }
     }
 }
@@ -167,6 +177,10 @@ struct Shared {
 impl Shared {
     fn files(&self) -> Option<Arc<disk::Files>> {
         self.files.read().clone()
+    }
+
+    fn is_cold(&self, key: &[u8]) -> bool {
+        state::is_cold(&self.options.cold_prefixes, key)
     }
 }
 

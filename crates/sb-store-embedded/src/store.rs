@@ -18,8 +18,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use crate::checkpointer::{self, CheckpointRequest};
+use crate::cold::{ColdLoader, ColdReader};
 use crate::lease::{self, LeaseTable};
-use crate::state::View;
+use crate::state::{Answer, View};
 use crate::writer::{self, WriteRequest};
 use crate::{disk, history, Counters, EmbeddedMetrics, EmbeddedOptions, Shared};
 
@@ -42,8 +43,9 @@ impl EmbeddedStore {
     /// Opens (or creates) the store files, rebuilds the current state in memory, and starts
     /// the writer, the checkpointer, the lease timer and automatic compaction.
     pub async fn open(options: EmbeddedOptions) -> StoreResult<Arc<EmbeddedStore>> {
-        let (path, cache_bytes) = (options.path.clone(), options.cache_bytes);
-        let loaded = tokio::task::spawn_blocking(move || disk::open(&path, cache_bytes))
+        let (path, cache_bytes, cold) =
+            (options.path.clone(), options.cache_bytes, options.cold_prefixes.clone());
+        let loaded = tokio::task::spawn_blocking(move || disk::open(&path, cache_bytes, &cold))
             .await
             .map_err(|e| StoreError::Unavailable(format!("opening the store failed: {e}")))??;
         let now = Instant::now();
@@ -51,11 +53,11 @@ impl EmbeddedStore {
         for (id, ttl) in &loaded.leases {
             leases.insert(*id, *ttl, now);
         }
-        for kv in loaded.state.kvs.values() {
-            let Some(id) = kv.lease else { continue };
+        for (key, entry) in &loaded.state.kvs {
+            let Some(id) = entry.lease() else { continue };
             match leases.leases.get_mut(&id) {
                 Some(entry) => {
-                    entry.keys.insert(kv.key.clone());
+                    entry.keys.insert(key.clone());
                 }
                 None => tracing::warn!(lease = id.0, "key attached to a lease that is not stored"),
             }
@@ -182,20 +184,91 @@ impl EmbeddedStore {
         })
     }
 
-    /// A transaction that cannot write, answered from memory under one read lock.
-    fn read_only_txn(&self, txn: &Txn) -> TxnResponse {
+    /// A transaction that cannot write, answered from memory under one read lock; cold
+    /// values are read from the files after the lock is released.
+    async fn read_only_txn(&self, txn: Txn) -> StoreResult<TxnResponse> {
+        match self.read_only_txn_in_memory(&txn)? {
+            ReadTxn::Done(response) => Ok(response),
+            ReadTxn::Fill(mut response, answers, mut reader) => {
+                run_blocking("reading cold values", move || {
+                    for (index, answer) in answers {
+                        response.responses[index] = OpResponse::Range(answer.fill(&mut *reader)?);
+                    }
+                    Ok(response)
+                })
+                .await
+            }
+            ReadTxn::ColdCompare => self.read_only_txn_from_files(txn).await,
+        }
+    }
+
+    fn read_only_txn_in_memory(&self, txn: &Txn) -> StoreResult<ReadTxn> {
         let state = self.shared.state.read();
         let view = View::committed(&state);
-        let succeeded = txn.compares.iter().all(|c| c.evaluate(view.get(&c.key).map(|kv| &**kv)));
+        let mut succeeded = true;
+        for compare in &txn.compares {
+            match view.evaluate(compare, None)? {
+                Some(true) => {}
+                Some(false) => {
+                    succeeded = false;
+                    break;
+                }
+                None => return Ok(ReadTxn::ColdCompare),
+            }
+        }
         let ops = if succeeded { &txn.success } else { &txn.failure };
-        let responses = ops
-            .iter()
-            .filter_map(|op| match op {
-                TxnOp::Range(request) => Some(OpResponse::Range(view.answer(request, state.revision))),
-                _ => None,
-            })
-            .collect();
-        TxnResponse { succeeded, revision: state.revision, responses }
+        let mut answers = Vec::new();
+        let mut responses = Vec::new();
+        for op in ops {
+            let TxnOp::Range(request) = op else { continue };
+            match view.answer(request, state.revision).in_memory() {
+                Ok(range) => responses.push(OpResponse::Range(range)),
+                Err(answer) => {
+                    answers.push((responses.len(), answer));
+                    responses.push(OpResponse::Range(RangeResponse::default()));
+                }
+            }
+        }
+        let response = TxnResponse { succeeded, revision: state.revision, responses };
+        if answers.is_empty() {
+            return Ok(ReadTxn::Done(response));
+        }
+        // The snapshots are taken under the lock, the reads after.
+        Ok(ReadTxn::Fill(response, answers, Box::new(self.cold_reader()?)))
+    }
+
+    /// A read-only transaction with a compare on a cold value, evaluated on the blocking
+    /// pool under the state's read lock (so the compare and the answers see one state).
+    async fn read_only_txn_from_files(&self, txn: Txn) -> StoreResult<TxnResponse> {
+        let shared = self.shared.clone();
+        run_blocking("a transaction on cold values", move || {
+            let files = shared.files().ok_or(StoreError::Closed)?;
+            let state = shared.state.read();
+            let view = View::committed(&state);
+            let mut cold = ColdLoader::new(&files);
+            let mut succeeded = true;
+            for compare in &txn.compares {
+                if view.evaluate(compare, Some(&mut cold))? != Some(true) {
+                    succeeded = false;
+                    break;
+                }
+            }
+            let ops = if succeeded { &txn.success } else { &txn.failure };
+            let mut responses = Vec::new();
+            for op in ops {
+                if let TxnOp::Range(request) = op {
+                    responses.push(OpResponse::Range(view.answer(request, state.revision).fill(&mut cold)?));
+                }
+            }
+            Ok(TxnResponse { succeeded, revision: state.revision, responses })
+        })
+        .await
+    }
+
+    /// Snapshots for reading cold values; call it holding the state's read lock (see
+    /// `crate::cold`).
+    fn cold_reader(&self) -> StoreResult<ColdReader> {
+        ColdReader::open(&*self.shared.files().ok_or(StoreError::Closed)?)
     }
 }
 
@@ -206,6 +279,25 @@ impl Drop for EmbeddedStore {
         self.shared.closed.store(true, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
     }
+}
+
+/// A read-only transaction as memory answers it.
+enum ReadTxn {
+    Done(TxnResponse),
+    /// Range answers (by index in the responses) still missing cold values.
+    Fill(TxnResponse, Vec<(usize, Answer)>, Box<ColdReader>),
+    /// A compare needs a cold value: evaluate on the blocking pool.
+    ColdCompare,
+}
+
+/// Runs blocking store reads on the blocking pool.
+async fn run_blocking<T: Send + 'static>(
+    what: &str,
+    job: impl FnOnce() -> StoreResult<T> + Send + 'static,
+) -> StoreResult<T> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("{what} failed: {e}")))?
 }
 
 fn reads_history(txn: &Txn) -> bool {
@@ -234,14 +326,24 @@ impl Store for EmbeddedStore {
             let state = self.shared.state.read();
             let current = state.revision;
             match request.revision.filter(|r| *r > 0 && *r != current) {
-                None => return Ok(View::committed(&state).answer(&request, current)),
+                None => match View::committed(&state).answer(&request, current).in_memory() {
+                    Ok(response) => return Ok(response),
+                    // Cold values: the snapshots are taken under the lock, the reads after.
+                    Err(answer) => Err((answer, self.cold_reader()?)),
+                },
                 Some(r) if r > current => {
                     return Err(StoreError::FutureRevision { requested: r, current });
                 }
                 Some(r) if r < state.compacted => {
                     return Err(StoreError::Compacted { requested: r, compacted: Some(state.compacted) });
                 }
-                Some(r) => (r, current),
+                Some(r) => Ok((r, current)),
+            }
+        };
+        let past = match past {
+            Ok(past) => past,
+            Err((answer, mut reader)) => {
+                return run_blocking("reading cold values", move || answer.fill(&mut reader)).await;
             }
         };
         let files = self.shared.files().ok_or(StoreError::Closed)?;
@@ -254,7 +356,7 @@ impl Store for EmbeddedStore {
         self.check_open()?;
         self.shared.options.limits.check_txn(&txn)?;
         if !txn.has_writes() && !reads_history(&txn) {
-            return Ok(self.read_only_txn(&txn));
+            return self.read_only_txn(txn).await;
         }
         self.request(|reply| WriteRequest::Txn { txn, reply }).await
     }

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::batch::{BatchEval, Outcome};
 use crate::checkpointer::CheckpointRequest;
-use crate::state::View;
+use crate::state::{Entry, View};
 use crate::{disk, Shared};
 
 /// How long an expiry that failed to commit waits before it is tried again.
@@ -173,7 +173,7 @@ fn process_batch(shared: &Shared, requests: Vec<WriteRequest>, log_start: Revisi
     let started = Instant::now();
     let (outcomes, eval, cleaned) = {
         let state = shared.state.read();
-        let mut eval = BatchEval::new(shared, View::committed(&state), state.revision);
+        let mut eval = BatchEval::new(shared, &files, View::committed(&state), state.revision);
         let outcomes: Vec<Outcome> = requests.into_iter().map(|r| eval.run(r)).collect();
         (outcomes, eval.finish(), state.cleaned)
     };
@@ -227,7 +227,7 @@ fn apply(shared: &Shared, eval: &crate::batch::Evaluated) {
         leases.insert(*id, *ttl, now);
     }
     for (key, new) in &eval.overlay {
-        let old_lease = state.kvs.get(key).and_then(|kv| kv.lease);
+        let old_lease = state.kvs.get(key).and_then(Entry::lease);
         let new_lease = new.as_ref().and_then(|kv| kv.lease);
         if old_lease != new_lease {
             if let Some(entry) = old_lease.and_then(|id| leases.leases.get_mut(&id)) {
@@ -238,7 +238,7 @@ fn apply(shared: &Shared, eval: &crate::batch::Evaluated) {
             entry.keys.insert(key.clone());
         }
         match new {
-            Some(kv) => state.kvs.insert(key.clone(), kv.clone()),
+            Some(kv) => state.kvs.insert(key.clone(), Entry::new(kv, shared.is_cold(key))),
             None => state.kvs.remove(key),
         };
     }

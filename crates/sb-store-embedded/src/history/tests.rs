@@ -6,7 +6,9 @@ use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 use sb_store::{EventKind, KeyRange, KeyValue, RangeRequest, Revision, StoreError, StoreResult};
 
 use super::{read_at, read_history};
+use crate::cold::ColdReader;
 use crate::disk::{self, checkpoint, commit, compact, open, Checkpoint, DiskBatch, Files, Loaded, LOG, MVCC};
+use crate::state::{ColdValues, Entry, Meta};
 
 type Change = (Vec<u8>, Revision, Option<Arc<KeyValue>>);
 
@@ -66,7 +68,7 @@ fn seven_revisions(db: &Files) {
 #[test]
 fn commits_write_only_the_log_and_the_checkpoint_moves_it() {
     let dir = tempfile::tempdir().unwrap();
-    let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
+    let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE, &[]).unwrap();
     seven_revisions(&db);
     assert_eq!((table_len(&db, true), table_len(&db, false)), (0, 6));
     let expected: [&[&str]; 6] = [&["a@2"], &["a@3"], &[], &["b@5"], &["a@6", "b@5"], &["a@6", "b@7"]];
@@ -85,7 +87,7 @@ fn commits_write_only_the_log_and_the_checkpoint_moves_it() {
 #[test]
 fn a_bounded_checkpoint_moves_whole_revisions_and_reads_stay_exact_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
-    let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
+    let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE, &[]).unwrap();
     write(&db, vec![put("a", 2, 2, 1), put("b", 2, 2, 1), put("c", 2, 2, 1)]);
     three_more_revisions(&db);
     let expected: [&[&str]; 4] =
@@ -111,7 +113,7 @@ fn three_more_revisions(db: &Files) {
 #[test]
 fn past_reads_straddling_the_checkpoint_merge_mvcc_and_log() {
     let dir = tempfile::tempdir().unwrap();
-    let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
+    let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE, &[]).unwrap();
     write(&db, vec![put("a", 2, 2, 1), put("c", 2, 2, 1)]);
     write(&db, vec![put("b", 3, 3, 1), put("d", 3, 3, 1)]);
     checkpoint(&db, 100).unwrap();
@@ -133,7 +135,7 @@ fn past_reads_straddling_the_checkpoint_merge_mvcc_and_log() {
 #[test]
 fn catch_up_reads_values_from_the_log_across_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
+    let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE, &[]).unwrap();
     write(&db, vec![put("a", 2, 2, 1)]);
     write(&db, vec![delete("a", 3)]);
     checkpoint(&db, 100).unwrap();
@@ -160,7 +162,7 @@ fn catch_up_reads_values_from_the_log_across_the_checkpoint() {
 #[test]
 fn compaction_checkpoints_then_keeps_exactly_what_reads_at_or_above_it_need() {
     let dir = tempfile::tempdir().unwrap();
-    let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
+    let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE, &[]).unwrap();
     seven_revisions(&db);
     assert_eq!(values_at(&db, 3).unwrap(), ["a@3"]);
 
@@ -195,18 +197,18 @@ fn compaction_checkpoints_then_keeps_exactly_what_reads_at_or_above_it_need() {
 fn reopening_replays_the_log_above_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
-    let Loaded { files: db, state, .. } = open(&path, CACHE).unwrap();
+    let Loaded { files: db, state, .. } = open(&path, CACHE, &[]).unwrap();
     assert_eq!((state.revision, state.checkpointed, state.compacted, state.kvs.len()), (1, 1, 0, 0));
     write(&db, vec![put("a", 2, 2, 1), put("b", 2, 2, 1), put("c", 2, 2, 1)]);
     checkpoint(&db, 100).unwrap();
     write(&db, vec![delete("a", 3)]);
     write(&db, vec![put("b", 4, 2, 2), put("d", 4, 4, 1)]);
     drop(db);
-    let Loaded { files: db, state, .. } = open(&path, CACHE).unwrap();
+    let Loaded { files: db, state, .. } = open(&path, CACHE, &[]).unwrap();
     assert_eq!((state.revision, state.checkpointed), (4, 2));
     let keys: Vec<_> = state.kvs.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
     assert_eq!(keys, ["b", "c", "d"]);
-    let b = &state.kvs[&b"b".to_vec()];
+    let Entry::Hot(b) = &state.kvs[&b"b".to_vec()] else { panic!("no key is cold here") };
     assert_eq!((b.create_revision, b.mod_revision, b.version, b.value.as_slice()), (2, 4, 2, &b"b@4"[..]));
     assert_eq!(values_at(&db, 3).unwrap(), ["b@2", "c@2"]);
 }
@@ -221,7 +223,7 @@ fn a_file_of_another_format_is_refused_with_a_clear_error() {
         write.open_table(disk::META).unwrap().insert("schema_version", 1).unwrap();
         write.commit().unwrap();
     }
-    let Err(error) = open(&path, CACHE) else { panic!("a version 1 file must be refused") };
+    let Err(error) = open(&path, CACHE, &[]) else { panic!("a version 1 file must be refused") };
     let message = error.to_string();
     assert!(message.contains("file format version 1") && message.contains("version 3"), "{message}");
 }
@@ -230,16 +232,16 @@ fn a_file_of_another_format_is_refused_with_a_clear_error() {
 fn a_crash_between_the_checkpoint_and_the_log_trim_is_harmless() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
-    let Loaded { files: db, .. } = open(&path, CACHE).unwrap();
+    let Loaded { files: db, .. } = open(&path, CACHE, &[]).unwrap();
     seven_revisions(&db);
     // The checkpoint and compaction committed in the MVCC file; the writer never trimmed.
     compact(&db, 5).unwrap();
     assert_eq!(table_len(&db, false), 6);
     drop(db);
-    let Loaded { files: db, state, log_start, .. } = open(&path, CACHE).unwrap();
+    let Loaded { files: db, state, log_start, .. } = open(&path, CACHE, &[]).unwrap();
     assert_eq!((state.revision, state.checkpointed, state.compacted, state.cleaned), (7, 7, 5, 5));
     assert_eq!(log_start, 2, "entries at or below the checkpoint are kept, and skipped by replay");
-    let keys: Vec<_> = state.kvs.iter().map(|(k, kv)| (k.clone(), kv.mod_revision)).collect();
+    let keys: Vec<_> = state.kvs.iter().map(|(k, kv)| (k.clone(), kv.meta().mod_revision)).collect();
     assert_eq!(keys, [(b"a".to_vec(), 6), (b"b".to_vec(), 7)]);
     assert_eq!(values_at(&db, 5).unwrap(), ["b@5"]);
     assert_eq!(values_at(&db, 7).unwrap(), ["a@6", "b@7"]);
@@ -247,7 +249,7 @@ fn a_crash_between_the_checkpoint_and_the_log_trim_is_harmless() {
     write(&db, vec![put("c", 8, 8, 1)]);
     drop(db);
     for _ in 0..2 {
-        let Loaded { files: db, state, .. } = open(&path, CACHE).unwrap();
+        let Loaded { files: db, state, .. } = open(&path, CACHE, &[]).unwrap();
         assert_eq!((state.revision, state.checkpointed, state.kvs.len()), (8, 7, 3));
         assert_eq!(values_at(&db, 8).unwrap(), ["a@6", "b@7", "c@8"]);
     }
@@ -257,14 +259,14 @@ fn a_crash_between_the_checkpoint_and_the_log_trim_is_harmless() {
 fn a_log_that_lacks_revisions_above_the_checkpoint_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
-    let Loaded { files: db, .. } = open(&path, CACHE).unwrap();
+    let Loaded { files: db, .. } = open(&path, CACHE, &[]).unwrap();
     seven_revisions(&db);
     checkpoint(&db, 1).unwrap();
     // A trim that goes above the checkpoint (which the writer never does).
     let batch = DiskBatch { revision: 7, ..Default::default() };
     commit(&db.log, &batch, Some(2..4)).unwrap();
     drop(db);
-    let Err(error) = open(&path, CACHE) else { panic!("a gap above the checkpoint must be refused") };
+    let Err(error) = open(&path, CACHE, &[]) else { panic!("a gap above the checkpoint must be refused") };
     assert!(matches!(error, StoreError::Corrupt(_)), "{error}");
 }
 
@@ -304,7 +306,7 @@ fn a_one_file_store_of_format_2_is_migrated() {
         write.commit().unwrap();
     }
     for _ in 0..2 {
-        let Loaded { files: db, state, leases, .. } = open(&path, CACHE).unwrap();
+        let Loaded { files: db, state, leases, .. } = open(&path, CACHE, &[]).unwrap();
         assert_eq!((state.revision, state.checkpointed, state.kvs.len()), (3, 2, 2));
         assert_eq!(leases, [(sb_store::LeaseId(9), 30)]);
         assert_eq!(values_at(&db, 2).unwrap(), ["a@2"]);
@@ -326,7 +328,7 @@ fn past_reads_stay_exact_while_the_checkpointer_and_the_trim_race_them() {
     use std::sync::Mutex;
 
     let dir = tempfile::tempdir().unwrap();
-    let Loaded { files, .. } = open(&dir.path().join("s.redb"), CACHE).unwrap();
+    let Loaded { files, .. } = open(&dir.path().join("s.redb"), CACHE, &[]).unwrap();
     let files = Arc::new(files);
     // The state after each revision: key -> value.
     let model: Arc<Mutex<Vec<BTreeMap<String, String>>>> = Arc::new(Mutex::new(vec![BTreeMap::new(); 2]));
@@ -429,4 +431,29 @@ fn past_reads_stay_exact_while_the_checkpointer_and_the_trim_race_them() {
     }
     assert!(exact > 0, "some reads were served");
     assert!(cleaned.load(Ordering::SeqCst) > 100, "the checkpointer compacted and cleaned as it went");
+}
+
+#[test]
+fn cold_keys_reopen_without_values_and_read_from_the_mvcc_table_or_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let cold = [b"c".to_vec()];
+    let Loaded { files: db, .. } = open(&path, CACHE, &cold).unwrap();
+    // c1 is checkpointed; c2 was put twice in revision 3, only in the log; "b" stays hot.
+    write(&db, vec![put("c1", 2, 2, 1), put("b", 2, 2, 1), put("c2", 2, 2, 1)]);
+    checkpoint(&db, 100).unwrap();
+    write(&db, vec![put("c2", 3, 2, 2), put("c2", 3, 2, 3)]);
+    drop(db);
+    let Loaded { files: db, state, .. } = open(&path, CACHE, &cold).unwrap();
+    assert!(matches!(&state.kvs[&b"b".to_vec()], Entry::Hot(kv) if kv.value == b"b@2"));
+    let Entry::Cold(c1) = state.kvs[&b"c1".to_vec()] else { panic!("c1 is cold") };
+    assert_eq!(c1, Meta::new(2, 2, 1, None));
+    let Entry::Cold(c2) = state.kvs[&b"c2".to_vec()] else { panic!("c2 is cold") };
+    assert_eq!(c2, Meta::new(2, 3, 3, None));
+    let mut reader = ColdReader::open(&db).unwrap();
+    assert_eq!(reader.value(b"c1", 2).unwrap(), b"c1@2");
+    assert_eq!(reader.value(b"c2", 3).unwrap(), b"c2@3");
+    // A record that is not there is corruption, not an empty value.
+    assert!(matches!(reader.value(b"c1", 3), Err(StoreError::Corrupt(_))));
+    assert!(matches!(reader.value(b"c1", 4), Err(StoreError::Corrupt(_))));
 }
