@@ -392,6 +392,11 @@ impl Reconciler {
 
     /// The checks this node owns: every persistent instance with a check of its own or in a
     /// cluster with health-checker settings, resolved by [`effective_check`].
+    ///
+    /// It runs on every registry change, so it builds nothing per instance that does not
+    /// end up probed: a candidate map of every instance (100k entries, ~28 MiB) built
+    /// again at each change was the largest allocation of a node filling up, and what it
+    /// left behind fragmented the heap.
     fn wanted(
         &self,
         checks: &DecodedMap<CheckSpec>,
@@ -399,35 +404,54 @@ impl Reconciler {
         registry_state: &sb_registry::RegistryState,
         nodes: &[String],
     ) -> HashMap<Vec<u8>, (ServiceId, InstanceAddr, Probe)> {
-        let mut candidates: HashMap<Vec<u8>, (ServiceId, InstanceAddr)> = HashMap::new();
-        for key in checks.entries.keys() {
-            if let Some(target) = parse_check_key(key) {
-                candidates.insert(key.clone(), target);
-            }
+        let mut wanted = HashMap::new();
+        // Instances with a check of their own (their cluster's settings may override it).
+        for (key, entry) in &checks.entries {
+            let Some((id, addr)) = parse_check_key(key) else { continue };
+            let cluster = clusters.entries.get(&cluster_key(&id, &addr.cluster)).map(|e| &e.value);
+            let Some(probe) = effective_check(Some(&entry.value), cluster, addr.port) else { continue };
+            self.want(&mut wanted, key, id, addr, probe, registry_state, nodes);
         }
-        for key in clusters.entries.keys() {
+        // Instances without a check of their own, in clusters whose settings probe.
+        for (key, entry) in &clusters.entries {
+            if entry.value.check.is_none() {
+                continue;
+            }
             let Some((id, cluster)) = parse_cluster_key(key) else { continue };
             let Some(service) = registry_state.service(&id) else { continue };
             for addr in service.instances.keys().filter(|a| a.cluster == cluster) {
-                candidates.entry(check_key(&id, addr)).or_insert_with(|| (id.clone(), addr.clone()));
+                let key = check_key(&id, addr);
+                if checks.entries.contains_key(&key) {
+                    continue;
+                }
+                let Some(probe) = effective_check(None, Some(&entry.value), addr.port) else { continue };
+                self.want(&mut wanted, &key, id.clone(), addr.clone(), probe, registry_state, nodes);
             }
-        }
-        let mut wanted = HashMap::new();
-        for (key, (id, addr)) in candidates {
-            if owner(nodes.iter().map(String::as_str), &key) != Some(self.node_id.as_str()) {
-                continue;
-            }
-            match registry_state.instance(&id, &addr) {
-                Some(instance) if !instance.record.ephemeral => {}
-                _ => continue,
-            }
-            let own = checks.entries.get(&key).map(|e| &e.value);
-            let cluster = clusters.entries.get(&cluster_key(&id, &addr.cluster)).map(|e| &e.value);
-            let Some((spec, port)) = effective_check(own, cluster, addr.port) else { continue };
-            let target = std::net::SocketAddr::new(addr.ip, port);
-            wanted.insert(key, (id, addr, Probe { spec, target }));
         }
         wanted
+    }
+
+    /// Adds a check to `wanted` if this node owns it and the instance is persistent.
+    #[allow(clippy::too_many_arguments)]
+    fn want(
+        &self,
+        wanted: &mut HashMap<Vec<u8>, (ServiceId, InstanceAddr, Probe)>,
+        key: &[u8],
+        id: ServiceId,
+        addr: InstanceAddr,
+        (spec, port): (CheckSpec, u16),
+        registry_state: &sb_registry::RegistryState,
+        nodes: &[String],
+    ) {
+        if owner(nodes.iter().map(String::as_str), key) != Some(self.node_id.as_str()) {
+            return;
+        }
+        match registry_state.instance(&id, &addr) {
+            Some(instance) if !instance.record.ephemeral => {}
+            _ => return,
+        }
+        let target = std::net::SocketAddr::new(addr.ip, port);
+        wanted.insert(key.to_vec(), (id, addr, Probe { spec, target }));
     }
 }
 

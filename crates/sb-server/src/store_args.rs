@@ -50,11 +50,16 @@ pub struct StoreArgs {
 }
 
 /// Keys whose values the embedded store keeps only in its files, not in memory: the bulk
-/// of the data, which is either served from a view that keeps what reads need (instances;
-/// config content, the current version of which the config view keeps) or rarely read
-/// (config history, audit records). Everything else stays in memory too.
-pub const COLD_PREFIXES: [&str; 3] =
-    [sb_config::HISTORY_PREFIX, sb_audit::AUDIT_PREFIX, sb_registry::names::INSTANCES_PREFIX];
+/// of the data, which is either served from a view that keeps what reads need (instances
+/// and their health checks; config content, the current version of which the config view
+/// keeps) or rarely read (config history, audit records). Nothing reads their values from
+/// the store on a hot path. Everything else stays in memory too.
+pub const COLD_PREFIXES: [&str; 4] = [
+    sb_config::HISTORY_PREFIX,
+    sb_audit::AUDIT_PREFIX,
+    sb_registry::names::INSTANCES_PREFIX,
+    sb_health::CHECKS_PREFIX,
+];
 
 /// An open store, and the embedded store behind it when there is one (to close it).
 pub struct OpenStore {

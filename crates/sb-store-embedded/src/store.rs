@@ -33,7 +33,7 @@ const CHECKPOINTER_QUEUE: usize = 16;
 
 /// The embedded store. Open it with [`EmbeddedStore::open`]; it implements [`Store`].
 pub struct EmbeddedStore {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     pub(crate) writer: mpsc::Sender<WriteRequest>,
     checkpointer: mpsc::Sender<CheckpointRequest>,
     shutdown: watch::Sender<bool>,

@@ -262,3 +262,19 @@ async fn past_reads_overlay_the_log_while_the_checkpointer_lags() {
     }
     store.close().await;
 }
+
+#[tokio::test]
+async fn cold_keys_keep_no_value_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = EmbeddedOptions::new(dir.path().join("store.redb"));
+    options.cold_prefixes = vec![b"c/".to_vec()];
+    let store = EmbeddedStore::open(options).await.unwrap();
+    store.put(b"c/a", b"cold value", None).await.unwrap();
+    store.put(b"h/a", b"hot value", None).await.unwrap();
+    {
+        let state = store.shared.state.read();
+        assert!(matches!(state.kvs[&b"c/a".to_vec()], crate::state::Entry::Cold(_)));
+        assert!(matches!(&state.kvs[&b"h/a".to_vec()], crate::state::Entry::Hot(kv) if kv.value == b"hot value"));
+    }
+    assert_eq!(store.get(b"c/a").await.unwrap().unwrap().value, b"cold value");
+}
