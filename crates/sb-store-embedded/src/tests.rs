@@ -274,7 +274,9 @@ async fn cold_keys_keep_no_value_in_memory() {
     {
         let state = store.shared.state.read();
         assert!(matches!(state.kvs[&b"c/a".to_vec()], crate::state::Entry::Cold(_)));
-        assert!(matches!(&state.kvs[&b"h/a".to_vec()], crate::state::Entry::Hot(kv) if kv.value == b"hot value"));
+        assert!(
+            matches!(&state.kvs[&b"h/a".to_vec()], crate::state::Entry::Hot(kv) if kv.value == b"hot value")
+        );
     }
     assert_eq!(store.get(b"c/a").await.unwrap().unwrap().value, b"cold value");
 }
