@@ -20,6 +20,7 @@ use sb_registry::{
     InstanceAddr, InstancePatch, InstanceQuery, InstanceSpec, RegistryError, Selection, ServiceId,
     ServiceRecord, DEFAULT_CLUSTER,
 };
+use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -171,38 +172,91 @@ pub async fn get(State(api): State<ApiState>, params: NacosParams) -> NacosResul
     })))
 }
 
-/// The `instance/list` body, also what a UDP push carries.
-pub fn service_info_json(
+/// One host of an `instance/list` answer (keys in the order `json!` used to give them).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HostJson<'a> {
+    cluster_name: &'a str,
+    enabled: bool,
+    ephemeral: bool,
+    healthy: bool,
+    instance_heart_beat_interval: u64,
+    #[serde(rename = "instanceHeartBeatTimeOut")]
+    instance_heart_beat_timeout: u64,
+    instance_id: InstanceIdJson<'a>,
+    instance_id_generator: &'static str,
+    ip: &'a std::net::IpAddr,
+    ip_delete_timeout: u64,
+    metadata: &'a sb_registry::Metadata,
+    port: u16,
+    service_name: &'a str,
+    weight: f64,
+}
+
+/// Nacos's instance id, `ip#port#cluster#group@@service`, written without a temporary.
+struct InstanceIdJson<'a> {
+    addr: &'a InstanceAddr,
+    grouped: &'a str,
+}
+
+impl Serialize for InstanceIdJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let addr = self.addr;
+        serializer.collect_str(&format_args!("{}#{}#{}#{}", addr.ip, addr.port, addr.cluster, self.grouped))
+    }
+}
+
+/// The `instance/list` answer (Nacos's `ServiceInfo`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceInfoJson<'a> {
+    #[serde(rename = "allIPs")]
+    all_ips: bool,
+    cache_millis: u64,
+    checksum: String,
+    clusters: &'a str,
+    group_name: &'a str,
+    hosts: Vec<HostJson<'a>>,
+    last_ref_time: u64,
+    name: &'a str,
+    reach_protection_threshold: bool,
+    valid: bool,
+}
+
+/// The `instance/list` body, also what a UDP push carries, with `"lastRefTime":0` for the
+/// caller to splice the time into. Serialized straight from borrowed fields: a list of
+/// hundreds of hosts is rendered on every change of its service, for polls and pushes.
+pub fn render_service_info(
     registry: &sb_registry::Registry,
     id: &ServiceId,
     clusters: &str,
     selection: &Selection,
     cache_millis: u64,
-) -> Value {
+) -> String {
     let grouped = id.grouped_name();
     let defaults = registry.timeouts();
-    let hosts: Vec<Value> = selection
+    let hosts: Vec<HostJson<'_>> = selection
         .instances
         .iter()
         .map(|s| {
             let i = &s.entry;
             let timeouts = defaults.for_metadata(&i.record.metadata);
-            json!({
-                "instanceId": instance_id(id, &i.addr),
-                "ip": i.addr.ip.to_string(),
-                "port": i.addr.port,
-                "weight": i.record.weight,
-                "healthy": s.served_healthy,
-                "enabled": i.record.enabled,
-                "ephemeral": i.record.ephemeral,
-                "clusterName": i.addr.cluster,
-                "serviceName": grouped,
-                "metadata": i.record.metadata,
-                "instanceHeartBeatInterval": timeouts.interval.as_millis() as u64,
-                "instanceHeartBeatTimeOut": timeouts.unhealthy_after.as_millis() as u64,
-                "ipDeleteTimeout": timeouts.delete_after.as_millis() as u64,
-                "instanceIdGenerator": "simple",
-            })
+            HostJson {
+                cluster_name: &i.addr.cluster,
+                enabled: i.record.enabled,
+                ephemeral: i.record.ephemeral,
+                healthy: s.served_healthy,
+                instance_heart_beat_interval: timeouts.interval.as_millis() as u64,
+                instance_heart_beat_timeout: timeouts.unhealthy_after.as_millis() as u64,
+                instance_id: InstanceIdJson { addr: &i.addr, grouped: &grouped },
+                instance_id_generator: "simple",
+                ip: &i.addr.ip,
+                ip_delete_timeout: timeouts.delete_after.as_millis() as u64,
+                metadata: &i.record.metadata,
+                port: i.addr.port,
+                service_name: &grouped,
+                weight: i.record.weight,
+            }
         })
         .collect();
     // The service's last-change revision fixes its content: hashing it with the query is
@@ -217,19 +271,19 @@ pub fn service_info_json(
         )
         .as_bytes(),
     );
-    let checksum = hex::encode(&digest.finalize()[..16]);
-    json!({
-        "name": grouped,
-        "groupName": id.group,
-        "clusters": clusters,
-        "cacheMillis": cache_millis,
-        "hosts": hosts,
-        "lastRefTime": now_ms(),
-        "checksum": checksum,
-        "allIPs": false,
-        "reachProtectionThreshold": selection.reach_protection_threshold,
-        "valid": true,
-    })
+    let info = ServiceInfoJson {
+        all_ips: false,
+        cache_millis,
+        checksum: hex::encode(&digest.finalize()[..16]),
+        clusters,
+        group_name: &id.group,
+        hosts,
+        last_ref_time: 0,
+        name: &grouped,
+        reach_protection_threshold: selection.reach_protection_threshold,
+        valid: true,
+    };
+    serde_json::to_string(&info).expect("strings, numbers and string maps always serialize to JSON")
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -289,9 +343,7 @@ pub(crate) fn list_body(registry: &sb_registry::Registry, lists: &NacosListCache
     drop(snapshot);
     let render = || {
         let selection = registry.instances(&key.id, &list_query(&key.clusters, key.healthy_only));
-        let mut info = service_info_json(registry, &key.id, &key.clusters, &selection, key.cache_millis);
-        info["lastRefTime"] = json!(0);
-        info.to_string()
+        render_service_info(registry, &key.id, &key.clusters, &selection, key.cache_millis)
     };
     lists.answer(key, revision, render, now_ms())
 }

@@ -57,6 +57,10 @@ pub struct NamingArgs {
     /// (each with its own service and subscriber); 0 or 1 skips it.
     #[arg(long, default_value_t = 64)]
     push_clients: usize,
+    /// Other instances in each pushed service (a push carries the whole list: its size
+    /// is what rendering and gzip cost).
+    #[arg(long, default_value_t = 0)]
+    push_instances: usize,
     /// The RSS scenario's instances and services.
     #[arg(long, default_value_t = 100_000)]
     instances: usize,
@@ -146,7 +150,8 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
                 floors.push(floor);
                 for (target, runs) in targets.iter().zip(runs.iter_mut()) {
                     let tag = format!("{round}.{ab_round}");
-                    let [total, after_answer] = push_load(target, clients, secs, samples, &tag).await?;
+                    let [total, after_answer] =
+                        push_load(target, clients, secs, samples, &tag, args.push_instances).await?;
                     total.print(&label, target.name);
                     after_answer.print(&format!("{label}-ack"), target.name);
                     runs.push(total);
@@ -157,7 +162,7 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
             }
             println!();
         }
-        println!("(push-cN: N clients, each with its own service and UDP subscriber, each loop re-registering its one instance with new metadata and timing until its own subscriber's push shows it; push: from the register request, push-ack: from its answer (0 if the push came first); the floor is a bare-hyper round trip at the same N; c1 runs at most --push-samples loops)\n");
+        println!("(push-cN: N clients, each with its own service and UDP subscriber, each loop re-registering its one instance with new metadata and timing until its own subscriber's push shows it; push: from the register request, push-ack: from its answer (0 if the push came first); the floor is a bare-hyper round trip at the same N; c1 runs at most --push-samples loops; each service also holds --push-instances other instances)\n");
     }
     if wants("rss") {
         for target in std::iter::once(&sb).chain(peer.as_ref()) {
@@ -323,6 +328,7 @@ async fn push_load(
     secs: Duration,
     samples: usize,
     tag: &str,
+    others: usize,
 ) -> anyhow::Result<[Outcome; 2]> {
     let mut states = Vec::with_capacity(clients);
     for task in 0..clients {
@@ -330,6 +336,11 @@ async fn push_load(
         let udp_port = socket.local_addr()?.port();
         let mut conn = connect(&target.addr).await?;
         let service = format!("bench.push.{tag}.{task}");
+        for n in 0..others {
+            let other =
+                format!("serviceName={service}&ip=10.9.{}.{}&port=5000&ephemeral=true", n / 250, n % 250 + 1);
+            nacos(&mut conn, target, "POST", "/nacos/v1/ns/instance", &other).await?;
+        }
         // A client's poll with `clientIP` and `udpPort` subscribes it (for 30 s, longer
         // than a run).
         let subscribe = format!("serviceName={service}&clientIP=127.0.0.1&udpPort={udp_port}");
