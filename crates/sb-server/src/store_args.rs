@@ -42,20 +42,21 @@ pub struct StoreArgs {
     /// History kept by automatic compaction, in revisions.
     #[arg(long, env = "SWITCHBOARD_RETENTION_REVISIONS", default_value_t = 50_000)]
     pub retention_revisions: u64,
-    /// Embedded only: redb's page cache, in MiB. The current state is in memory anyway; the
-    /// cache serves past reads, watch catch-up, checkpoints and compaction (the OS page
-    /// cache backs it).
-    #[arg(long, env = "SWITCHBOARD_EMBEDDED_CACHE_MIB", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    /// Embedded only: redb's page cache, in MiB. The current state is in memory anyway
+    /// (but for the values of cold keys); the cache serves reads of cold values and of past
+    /// revisions, watch catch-up, checkpoints and compaction (the OS page cache backs it).
+    #[arg(long, env = "SWITCHBOARD_EMBEDDED_CACHE_MIB", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub embedded_cache_mib: u64,
 }
 
 /// Keys whose values the embedded store keeps only in its files, not in memory: the bulk
-/// of the data, which is either served from a view that keeps what reads need (instances
-/// and their health checks; config content, the current version of which the config view
-/// keeps) or rarely read (config history, audit records). Nothing reads their values from
-/// the store on a hot path. Everything else stays in memory too.
+/// of the data, which is either served from a view that keeps what reads need (config
+/// items and their current content, gray releases, instances and their health checks) or
+/// rarely read (config history, audit records). Nothing reads their values from the store
+/// on a hot path (a publish or a delete may read its item: a write path, behind a durable
+/// commit). Everything else stays in memory too.
 pub const COLD_PREFIXES: [&str; 4] = [
-    sb_config::HISTORY_PREFIX,
+    sb_config::CONFIG_PREFIX,
     sb_audit::AUDIT_PREFIX,
     sb_registry::names::INSTANCES_PREFIX,
     sb_health::CHECKS_PREFIX,
