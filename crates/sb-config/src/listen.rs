@@ -1,15 +1,16 @@
 //! Listeners: a client names items with the md5 it holds; it is answered at once if any
 //! differs, otherwise when one changes or at the timeout. Everything comes from the view.
 //!
-//! Held listeners are indexed by the item paths they watch ([`Listeners`]). One dispatcher
-//! task reads the view's changes once for all of them and wakes only the listeners of the
-//! items that changed: a publish costs one wake-up per listener of that item, not one per
-//! held long-poll (10k long-polls would otherwise each parse every change batch). After a
-//! view reset (or the dispatcher falling behind the change channel) every listener is
-//! woken and re-checks all of its md5s, so no change is missed.
+//! Held listeners are indexed by the item paths they watch ([`Listeners`]). The view tells
+//! the table of every change on its own task (an observer), right after publishing the new
+//! snapshot and before it wakes writers: the table wakes only the listeners of the items
+//! that changed, so a publish costs one wake-up per listener of that item, not one per
+//! held long-poll (10k long-polls would otherwise each parse every change batch), and a
+//! long-poll is queued to answer before its publisher is. After a view reset every
+//! listener is woken and re-checks all of its md5s, so no change is missed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use tokio::sync::Notify;
 
 use crate::gray::GrayClient;
 use crate::model::ConfigKey;
-use crate::view::{ConfigChange, ConfigChanges, ConfigState, ConfigView};
+use crate::view::{ConfigChange, ConfigState, ConfigView};
 
 /// One item a listener holds, with the md5 of the content it has (`""` for none).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,8 +47,6 @@ fn differing(state: &ConfigState, keys: &[ListenKey], client: &GrayClient) -> Ve
 #[derive(Default)]
 pub(crate) struct Listeners {
     table: Mutex<ListenerTable>,
-    /// The dispatcher has ended (the view stopped): listeners answer `Stopped`.
-    closed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -83,7 +82,7 @@ impl Listeners {
     }
 
     /// Wakes the listeners a batch of changes concerns (all of them on a reset).
-    fn wake(&self, batch: &[ConfigChange]) {
+    pub(crate) fn wake(&self, batch: &[ConfigChange]) {
         let table = self.table.lock();
         if batch.iter().any(|c| matches!(c, ConfigChange::Reset)) {
             table.all.values().for_each(|(notify, _)| notify.notify_one());
@@ -95,11 +94,6 @@ impl Listeners {
                 waiting.values().for_each(|notify| notify.notify_one());
             }
         }
-    }
-
-    fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.table.lock().all.values().for_each(|(notify, _)| notify.notify_one());
     }
 
     /// How many listeners are registered.
@@ -122,15 +116,6 @@ impl Drop for Registration<'_> {
             }
         }
     }
-}
-
-/// The dispatcher: reads the view's changes and wakes the listeners concerned, until the
-/// view stops.
-pub(crate) async fn dispatch(listeners: Arc<Listeners>, mut changes: ConfigChanges) {
-    while let Some(batch) = changes.next().await {
-        listeners.wake(&batch);
-    }
-    listeners.close();
 }
 
 impl ConfigView {
@@ -179,8 +164,8 @@ pub(crate) async fn listen_on(
     stop: impl std::future::Future<Output = ()>,
 ) -> ListenOutcome {
     // Register before the first check: a change applied after the check wakes this
-    // listener (the view applies a change before announcing it), one applied before it is
-    // seen by the check.
+    // listener (the view publishes a snapshot before telling the table), one applied
+    // before it is seen by the check.
     let registration = listeners.register(keys);
     let deadline = tokio::time::Instant::now() + timeout;
     tokio::pin!(stop);
@@ -188,9 +173,6 @@ pub(crate) async fn listen_on(
         let now = differing(&current(), keys, client);
         if !now.is_empty() {
             return ListenOutcome::Changed(now);
-        }
-        if listeners.closed.load(Ordering::Acquire) {
-            return ListenOutcome::Stopped;
         }
         tokio::select! {
             () = registration.notify.notified() => {}

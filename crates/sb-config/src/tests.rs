@@ -11,7 +11,8 @@ use sb_store::{Event, EventKind, KeyValue, SharedStore, Store};
 use sb_store_embedded::{EmbeddedOptions, EmbeddedStore};
 
 use crate::gray::GrayClient;
-use crate::listen::{dispatch, listen_on, Listeners};
+use crate::listen::{listen_on, Listeners};
+use crate::view::changed_items;
 use crate::*;
 
 async fn service(dir: &tempfile::TempDir, retention: Retention) -> ConfigService {
@@ -237,14 +238,13 @@ fn state_with(data_id: &str, content: &str) -> ConfigState {
     state
 }
 
-/// A listener of `held` over a hand-fed change channel and state, with its dispatcher.
+/// A listener of `held` over a hand-fed listener table and state; `tell` plays the view
+/// telling the table of a change.
 fn listener_over(
     state: Arc<Mutex<Arc<ConfigState>>>,
     held: Vec<ListenKey>,
-) -> (tokio::sync::broadcast::Sender<ViewChange>, Arc<Listeners>, tokio::task::JoinHandle<ListenOutcome>) {
-    let (sender, receiver) = tokio::sync::broadcast::channel(16);
+) -> (Arc<Listeners>, tokio::task::JoinHandle<ListenOutcome>) {
     let listeners = Arc::new(Listeners::default());
-    tokio::spawn(dispatch(listeners.clone(), ConfigChanges::from_receiver(receiver)));
     let waiting = {
         let listeners = listeners.clone();
         tokio::spawn(async move {
@@ -260,19 +260,23 @@ fn listener_over(
             .await
         })
     };
-    (sender, listeners, waiting)
+    (listeners, waiting)
+}
+
+fn tell(listeners: &Listeners, change: ViewChange) {
+    listeners.wake(&changed_items(&change));
 }
 
 #[tokio::test]
 async fn after_a_view_reset_listeners_recheck_every_md5() {
     let state = Arc::new(Mutex::new(Arc::new(state_with("a", "one"))));
     let held = vec![ListenKey { key: key("a"), md5: content_md5("one") }];
-    let (sender, _listeners, waiting) = listener_over(state.clone(), held);
+    let (listeners, waiting) = listener_over(state.clone(), held);
     tokio::time::sleep(Duration::from_millis(50)).await;
     // A reload replaced the state (the change itself was never seen as an event): only the
     // reset tells the listener, and it must re-check.
     *state.lock() = Arc::new(state_with("a", "two"));
-    sender.send(ViewChange::Reset { revision: 9 }).unwrap();
+    tell(&listeners, ViewChange::Reset { revision: 9 });
     let outcome = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("answered").unwrap();
     assert_eq!(outcome, ListenOutcome::Changed(vec![key("a")]));
 }
@@ -281,7 +285,7 @@ async fn after_a_view_reset_listeners_recheck_every_md5() {
 async fn a_change_wakes_only_the_listeners_of_its_item_and_they_unregister() {
     let state = Arc::new(Mutex::new(Arc::new(state_with("a", "one"))));
     let held = vec![ListenKey { key: key("a"), md5: content_md5("one") }];
-    let (sender, listeners, mut waiting) = listener_over(state.clone(), held);
+    let (listeners, mut waiting) = listener_over(state.clone(), held);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(listeners.len(), 1);
     let announce = |changed: ConfigKey| {
@@ -296,11 +300,11 @@ async fn a_change_wakes_only_the_listeners_of_its_item_and_they_unregister() {
         ViewChange::Applied { revision: 6, events: Arc::new(vec![Event { kind: EventKind::Put, kv }]) }
     };
     // Another item changed: the listener stays held.
-    sender.send(announce(key("b"))).unwrap();
+    tell(&listeners, announce(key("b")));
     assert!(tokio::time::timeout(Duration::from_millis(100), &mut waiting).await.is_err());
     // Its own item changed (the view applies before it announces).
     *state.lock() = Arc::new(state_with("a", "two"));
-    sender.send(announce(key("a"))).unwrap();
+    tell(&listeners, announce(key("a")));
     let outcome = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("answered").unwrap();
     assert_eq!(outcome, ListenOutcome::Changed(vec![key("a")]));
     assert_eq!(listeners.len(), 0, "an answered listener leaves the table");

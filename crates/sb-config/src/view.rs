@@ -450,10 +450,13 @@ impl ConfigView {
     /// Loads the view and starts following it, with the listeners' dispatcher (which ends
     /// when the view is dropped).
     pub async fn start(store: SharedStore) -> StoreResult<ConfigView> {
-        let view = View::start(store, KeyRange::prefix(CONFIG_PREFIX), "config").await?;
         let listeners = Arc::new(crate::listen::Listeners::default());
-        let changes = ConfigChanges { inner: view.subscribe() };
-        tokio::spawn(crate::listen::dispatch(listeners.clone(), changes));
+        let observer: sb_store::ChangeObserver = {
+            let listeners = listeners.clone();
+            Arc::new(move |change: &ViewChange| listeners.wake(&changed_items(change)))
+        };
+        let range = KeyRange::prefix(CONFIG_PREFIX);
+        let view = View::start_observed(store, range, "config", Some(observer)).await?;
         Ok(ConfigView { view, listening: std::sync::atomic::AtomicUsize::new(0), listeners })
     }
 
@@ -490,27 +493,13 @@ pub struct ConfigChanges {
 }
 
 impl ConfigChanges {
-    #[cfg(test)]
-    pub(crate) fn from_receiver(inner: broadcast::Receiver<ViewChange>) -> ConfigChanges {
-        ConfigChanges { inner }
-    }
-
     /// The next batch of changed items; `None` when the view has stopped. A lagging
     /// subscriber hears [`ConfigChange::Reset`].
     pub async fn next(&mut self) -> Option<Vec<ConfigChange>> {
         loop {
             match self.inner.recv().await {
-                Ok(ViewChange::Reset { .. }) => return Some(vec![ConfigChange::Reset]),
-                Ok(ViewChange::Applied { events, .. }) => {
-                    let changed: Vec<ConfigChange> = events
-                        .iter()
-                        .filter_map(|event| {
-                            let key = key_text(&event.kv.key)?;
-                            key.strip_prefix(ITEMS_PREFIX).or_else(|| key.strip_prefix(GRAY_PREFIX))
-                        })
-                        .filter_map(ConfigKey::from_path)
-                        .map(ConfigChange::Changed)
-                        .collect();
+                Ok(change) => {
+                    let changed = changed_items(&change);
                     if !changed.is_empty() {
                         return Some(changed);
                     }
@@ -519,5 +508,21 @@ impl ConfigChanges {
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
+    }
+}
+
+/// The items a view change touches (an item or its gray release), or `Reset`.
+pub(crate) fn changed_items(change: &ViewChange) -> Vec<ConfigChange> {
+    match change {
+        ViewChange::Reset { .. } => vec![ConfigChange::Reset],
+        ViewChange::Applied { events, .. } => events
+            .iter()
+            .filter_map(|event| {
+                let key = key_text(&event.kv.key)?;
+                key.strip_prefix(ITEMS_PREFIX).or_else(|| key.strip_prefix(GRAY_PREFIX))
+            })
+            .filter_map(ConfigKey::from_path)
+            .map(ConfigChange::Changed)
+            .collect(),
     }
 }

@@ -28,7 +28,7 @@ pub use node_id::{NodeId, NODE_ID_FILE};
 pub use paging::{range_all, RangePager};
 pub use store::{SharedStore, Store};
 pub use types::*;
-pub use view::{View, ViewChange, ViewError, ViewState};
+pub use view::{ChangeObserver, View, ViewChange, ViewError, ViewState};
 pub use watch::WatchStream;
 
 #[cfg(feature = "conformance")]

@@ -56,12 +56,18 @@ pub enum ViewError {
     Stopped { view: &'static str },
 }
 
+/// Told of every change synchronously, on the view's task, after the new snapshot is
+/// published and before writers waiting in [`View::wait_for`] or channel subscribers are
+/// woken. It must be quick and must not block (for example: wake waiters by key).
+pub type ChangeObserver = Arc<dyn Fn(&ViewChange) + Send + Sync>;
+
 struct Shared<S> {
     name: &'static str,
     state: ArcSwap<S>,
     applied: watch::Sender<Revision>,
     changes: broadcast::Sender<ViewChange>,
     progress: mpsc::Sender<()>,
+    observer: Option<ChangeObserver>,
 }
 
 /// A watch-fed view over one key range of the store.
@@ -80,12 +86,29 @@ impl<S: ViewState> View<S> {
     /// Loads the range and starts following it. Returns once the first load is applied,
     /// so a node is ready only when its views are.
     pub async fn start(store: SharedStore, range: KeyRange, name: &'static str) -> StoreResult<View<S>> {
+        View::start_observed(store, range, name, None).await
+    }
+
+    /// [`View::start`] with an observer told of every change before anyone else is woken
+    /// (so what it wakes runs first: a long-poll answers before its writer does).
+    pub async fn start_observed(
+        store: SharedStore,
+        range: KeyRange,
+        name: &'static str,
+        observer: Option<ChangeObserver>,
+    ) -> StoreResult<View<S>> {
         let (state, revision) = load::<S>(&store, &range).await?;
         let (applied, _) = watch::channel(revision);
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
         let (progress, progress_rx) = mpsc::channel(1);
-        let shared =
-            Arc::new(Shared { name, state: ArcSwap::from_pointee(state), applied, changes, progress });
+        let shared = Arc::new(Shared {
+            name,
+            state: ArcSwap::from_pointee(state),
+            applied,
+            changes,
+            progress,
+            observer,
+        });
         let task = tokio::spawn(follow(store, range, shared.clone(), progress_rx));
         Ok(View { shared, task })
     }
@@ -165,8 +188,12 @@ async fn follow<S: ViewState>(
             match load::<S>(&store, &range).await {
                 Ok((state, revision)) => {
                     shared.state.store(Arc::new(state));
+                    let change = ViewChange::Reset { revision };
+                    if let Some(observer) = &shared.observer {
+                        observer(&change);
+                    }
                     shared.applied.send_replace(revision);
-                    let _ = shared.changes.send(ViewChange::Reset { revision });
+                    let _ = shared.changes.send(change);
                     debug!(view = shared.name, revision, "view reloaded");
                 }
                 Err(error) => {
@@ -255,17 +282,21 @@ fn apply<S: ViewState>(shared: &Shared<S>, batches: Vec<WatchBatch>) {
     if revision == applied {
         return;
     }
-    if !events.is_empty() {
-        let mut state = S::clone(&shared.state.load());
-        for event in &events {
-            state.apply(event);
-        }
-        shared.state.store(Arc::new(state));
+    if events.is_empty() {
+        shared.applied.send_replace(revision);
+        return;
+    }
+    let mut state = S::clone(&shared.state.load());
+    for event in &events {
+        state.apply(event);
+    }
+    shared.state.store(Arc::new(state));
+    let change = ViewChange::Applied { revision, events: Arc::new(events) };
+    if let Some(observer) = &shared.observer {
+        observer(&change);
     }
     shared.applied.send_replace(revision);
-    if !events.is_empty() {
-        let _ = shared.changes.send(ViewChange::Applied { revision, events: Arc::new(events) });
-    }
+    let _ = shared.changes.send(change);
 }
 
 /// Every key of the range with its raw value and metadata.

@@ -143,3 +143,44 @@ async fn decoded_map_skips_values_that_do_not_decode() {
     assert_eq!(map.entries.len(), 1);
     assert_eq!(map.undecodable, 1);
 }
+
+#[tokio::test]
+async fn the_observer_hears_each_change_with_the_new_snapshot_before_writers_wake() {
+    let store = Arc::new(ScriptedStore {
+        ranges: Mutex::new(vec![(vec!["svc/a"], 10), (vec!["svc/a"], 30)]),
+        watches: AtomicUsize::new(0),
+        feeds: Mutex::new(Vec::new()),
+    });
+    // What the observer saw: each change's revision and how many keys the view held then.
+    let heard: Arc<Mutex<Vec<(Revision, usize)>>> = Arc::default();
+    let view: Arc<Mutex<Option<Arc<View<RawMap>>>>> = Arc::default();
+    let observer: ChangeObserver = {
+        let (heard, view) = (heard.clone(), view.clone());
+        Arc::new(move |change: &ViewChange| {
+            let revision = match change {
+                ViewChange::Applied { revision, .. } | ViewChange::Reset { revision } => *revision,
+            };
+            let keys = view.lock().as_ref().map_or(0, |v| v.snapshot().entries.len());
+            heard.lock().push((revision, keys));
+        })
+    };
+    let started =
+        View::<RawMap>::start_observed(store.clone(), KeyRange::prefix("svc/"), "test", Some(observer))
+            .await
+            .unwrap();
+    let started = Arc::new(started);
+    *view.lock() = Some(started.clone());
+    wait_for_watches(&store, 1).await;
+    let feed = store.feeds.lock()[0].clone();
+    let put = Event { kind: EventKind::Put, kv: kv("svc/b", 11) };
+    feed.send(Ok(WatchBatch { revision: 11, events: vec![put] })).await.unwrap();
+    started.wait_for(11, Duration::from_secs(5)).await.unwrap();
+    // By the time the writer of revision 11 is woken, the observer has heard it, with the
+    // snapshot already holding the new key.
+    assert_eq!(heard.lock().as_slice(), [(11, 2)]);
+    // A reload is a Reset, heard as well.
+    feed.send(Err(StoreError::Compacted { requested: 12, compacted: Some(20) })).await.unwrap();
+    started.wait_for(30, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(heard.lock().as_slice(), [(11, 2), (30, 1)]);
+    *view.lock() = None;
+}
