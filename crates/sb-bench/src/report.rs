@@ -242,6 +242,10 @@ pub fn print_p99_ratio(scenario: &str, target: &str, runs: &[Outcome], floors: &
     let mean = |outcomes: &[Outcome]| {
         outcomes.iter().map(|o| f64::from(o.p99_us)).sum::<f64>() / outcomes.len().max(1) as f64
     };
+    if runs.iter().all(|o| o.ops == 0) {
+        println!("{scenario:<14} ratio     p99 {target}/hyper-rtt: no notification arrived");
+        return;
+    }
     let ratio = mean(runs) / mean(floors).max(1.0);
     println!("{scenario:<14} ratio     p99 {target}/hyper-rtt = {ratio:.2}x (target <= {limit:.1}x)");
 }
