@@ -26,7 +26,7 @@ use crate::nacos_targets::{
     ab, connect_all, proc_kib, start_ceiling, start_rnacos, start_switchboard, Conn, Peer, Target,
 };
 use crate::report::{
-    compare_ab, print_p99_ratio, run_clients, run_notify_clients, Notified, Outcome, Samples,
+    compare_ab, notified_level, run_clients, run_notify_clients, Notified, Outcome, Samples,
 };
 
 #[derive(clap::Args)]
@@ -147,25 +147,18 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
         }
         for (round, (clients, samples)) in levels.into_iter().enumerate() {
             let label = format!("notify-c{clients}");
-            let mut floors = Vec::new();
-            let mut runs: Vec<Vec<Outcome>> = targets.iter().map(|_| Vec::new()).collect();
-            for ab_round in 0..2 {
-                let floor = ceiling_load(&ceiling, clients, secs).await?;
-                floor.print(&label, "hyper-rtt");
-                floors.push(floor);
-                for (target, runs) in targets.iter().zip(runs.iter_mut()) {
-                    let tag = format!("{round}.{ab_round}");
-                    let [total, after_answer] =
-                        notify_load(target, clients, secs, samples, size, &tag).await?;
-                    total.print(&label, target.name);
-                    after_answer.print(&format!("{label}-ack"), target.name);
-                    runs.push(total);
-                }
-            }
-            for (target, runs) in targets.iter().zip(&runs) {
-                print_p99_ratio(&label, target.name, runs, &floors, 2.0);
-            }
-            println!();
+            let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
+            notified_level(
+                &label,
+                &names,
+                round,
+                || ceiling_load(&ceiling, clients, secs),
+                |index, tag: String| {
+                    let target = targets[index];
+                    async move { notify_load(target, clients, secs, samples, size, &tag).await }
+                },
+            )
+            .await?;
         }
         println!("(notify-cN: N clients, each publishing its own config while its own listener is held on the old md5; notify: publish request → the held long-poll answered, notify-ack: from the publish's answer (0 if the listener came first); the floor is a bare-hyper round trip at the same N; c1 runs at most --notify-samples loops)\n");
     }

@@ -26,7 +26,7 @@ use crate::nacos_targets::{
     ab, any, connect_all, nacos, nacos_load, proc_kib, start_ceiling, start_rnacos, start_switchboard, Conn,
     Peer, Target,
 };
-use crate::report::{compare_ab, print_p99_ratio, run_clients, run_notify_clients, Notified, Outcome};
+use crate::report::{compare_ab, notified_level, run_clients, run_notify_clients, Notified, Outcome};
 
 #[derive(clap::Args)]
 pub struct NamingArgs {
@@ -142,25 +142,18 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
         }
         for (round, (clients, samples)) in levels.into_iter().enumerate() {
             let label = format!("push-c{clients}");
-            let mut floors = Vec::new();
-            let mut runs: Vec<Vec<Outcome>> = targets.iter().map(|_| Vec::new()).collect();
-            for ab_round in 0..2 {
-                let floor = get_load(&ceiling, clients, secs, "/", "").await?;
-                floor.print(&label, "hyper-rtt");
-                floors.push(floor);
-                for (target, runs) in targets.iter().zip(runs.iter_mut()) {
-                    let tag = format!("{round}.{ab_round}");
-                    let [total, after_answer] =
-                        push_load(target, clients, secs, samples, &tag, args.push_instances).await?;
-                    total.print(&label, target.name);
-                    after_answer.print(&format!("{label}-ack"), target.name);
-                    runs.push(total);
-                }
-            }
-            for (target, runs) in targets.iter().zip(&runs) {
-                print_p99_ratio(&label, target.name, runs, &floors, 2.0);
-            }
-            println!();
+            let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
+            notified_level(
+                &label,
+                &names,
+                round,
+                || get_load(&ceiling, clients, secs, "/", ""),
+                |index, tag: String| {
+                    let (target, instances) = (targets[index], args.push_instances);
+                    async move { push_load(target, clients, secs, samples, &tag, instances).await }
+                },
+            )
+            .await?;
         }
         println!("(push-cN: N clients, each with its own service and UDP subscriber, each loop re-registering its one instance with new metadata and timing until its own subscriber's push shows it; push: from the register request, push-ack: from its answer (0 if the push came first); the floor is a bare-hyper round trip at the same N; c1 runs at most --push-samples loops; each service also holds --push-instances other instances)\n");
     }

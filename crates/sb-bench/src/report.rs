@@ -238,6 +238,43 @@ where
 
 /// The closing line of a write → notified scenario: the mean p99 of the target's runs over
 /// the mean p99 of the floor's runs (a bare-hyper round trip at the same concurrency).
+/// One level of a write → notified scenario: A B A B of the bare-hyper floor at the level's
+/// concurrency (`floor`) and each target's loop (`load(target index, run tag)`, giving the
+/// times from the write's request and from its answer), each printed under `label`, then
+/// each target's p99 ratio to the floor (target ≤ 2×).
+pub async fn notified_level<FF, FutF, FL, FutL>(
+    label: &str,
+    names: &[&str],
+    round: usize,
+    mut floor: FF,
+    mut load: FL,
+) -> anyhow::Result<()>
+where
+    FF: FnMut() -> FutF,
+    FutF: std::future::Future<Output = anyhow::Result<Outcome>>,
+    FL: FnMut(usize, String) -> FutL,
+    FutL: std::future::Future<Output = anyhow::Result<[Outcome; 2]>>,
+{
+    let mut floors = Vec::new();
+    let mut runs: Vec<Vec<Outcome>> = names.iter().map(|_| Vec::new()).collect();
+    for ab_round in 0..2 {
+        let outcome = floor().await?;
+        outcome.print(label, "hyper-rtt");
+        floors.push(outcome);
+        for (index, name) in names.iter().enumerate() {
+            let [total, after_answer] = load(index, format!("{round}.{ab_round}")).await?;
+            total.print(label, name);
+            after_answer.print(&format!("{label}-ack"), name);
+            runs[index].push(total);
+        }
+    }
+    for (name, runs) in names.iter().zip(&runs) {
+        print_p99_ratio(label, name, runs, &floors, 2.0);
+    }
+    println!();
+    Ok(())
+}
+
 pub fn print_p99_ratio(scenario: &str, target: &str, runs: &[Outcome], floors: &[Outcome], limit: f64) {
     let mean = |outcomes: &[Outcome]| {
         outcomes.iter().map(|o| f64::from(o.p99_us)).sum::<f64>() / outcomes.len().max(1) as f64
