@@ -516,26 +516,9 @@ pub async fn history_previous(
 
 /// `2010-05-04T16:00:00.000+0000`, in UTC, as Nacos prints history times.
 fn iso_time(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}+0000",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        unix_ms % 1000
-    )
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
+    let rfc3339 = humantime::format_rfc3339_millis(time).to_string();
+    format!("{}+0000", rfc3339.trim_end_matches('Z'))
 }
 
 #[cfg(test)]
