@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{client, json_of, switchboard, Server};
+use common::{client, json_of, send_json, switchboard, Server};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -50,15 +50,7 @@ fn cli(server: &Server, token: &str, args: &[&str]) -> String {
 
 async fn publish(server: &Server, token: &str, data_id: &str, body: Value) -> Value {
     let url = server.url(&format!("/api/v1/namespaces/dev/configs/G/{data_id}"));
-    let response = client()
-        .put(url)
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let (status, value) = json_of(response).await;
+    let (status, value) = send_json(client().put(url).bearer_auth(token), &body).await;
     assert_eq!(status, StatusCode::OK, "{value}");
     value
 }
@@ -104,15 +96,9 @@ async fn publish_secrets(server: &Server, token: &str, marker: &str) {
     publish(server, token, "db.properties", json!({"content": format!("{main}\nuser=sa")})).await;
     // A gray of a secret is sealed too.
     let url = server.url("/api/v1/namespaces/dev/configs/G/db.properties/gray");
-    let response = client()
-        .put(url)
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .body(json!({"content": gray, "ips": ["10.9.9.9"]}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK, "{}", response.text().await.unwrap());
+    let body = json!({"content": gray, "ips": ["10.9.9.9"]});
+    let (status, value) = send_json(client().put(url).bearer_auth(token), &body).await;
+    assert_eq!(status, StatusCode::OK, "{value}");
     assert_eq!(nacos_publish(server, token, &nacos).await, "true");
 
     let item = read(server, token, "db.properties").await;
@@ -136,25 +122,11 @@ async fn publish_secrets(server: &Server, token: &str, marker: &str) {
 async fn user_token(server: &Server, admin: &str, name: &str, role: &str) -> String {
     let password = format!("Pw-{name}-7391-xyz");
     let body = json!({"name": name, "password": password, "bindings": [{"role": role, "namespace": "dev"}]});
-    let response = client()
-        .post(server.url("/api/v1/auth/users"))
-        .bearer_auth(admin)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let (status, value) = json_of(response).await;
+    let (status, value) =
+        send_json(client().post(server.url("/api/v1/auth/users")).bearer_auth(admin), &body).await;
     assert!(status.is_success(), "{value}");
     let body = json!({"username": name, "password": password});
-    let response = client()
-        .post(server.url("/api/v1/auth/login"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let (status, value) = json_of(response).await;
+    let (status, value) = send_json(client().post(server.url("/api/v1/auth/login")), &body).await;
     assert_eq!(status, StatusCode::OK, "{value}");
     value["token"].as_str().unwrap().to_owned()
 }

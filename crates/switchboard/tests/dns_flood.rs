@@ -9,8 +9,26 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client, start_with};
+use common::{client, send_json, start_with, Server};
 use serde_json::json;
+
+/// The DNS address `serve` printed.
+fn dns_address(server: &Server) -> String {
+    common::wait_for_line(&server.stdout, "its dns address", |lines| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix("switchboard: dns on "))
+            .map(|r| r.split(' ').next().unwrap().to_owned())
+    })
+}
+
+/// Registers a persistent instance of `service` on port 8080; it must succeed.
+async fn register(http: &reqwest::Client, server: &Server, token: &str, service: &str, ip: &str) {
+    let url = server.url(&format!("/api/v1/namespaces/public/services/{service}/instances"));
+    let body = json!({"ip": ip, "port": 8080, "ephemeral": false});
+    let (status, value) = send_json(http.post(url).bearer_auth(token), &body).await;
+    assert!(status.is_success(), "{value}");
+}
 
 /// A DNS query for `name` type A, as bytes on the wire.
 fn query(id: u16, name: &str) -> Vec<u8> {
@@ -45,22 +63,9 @@ async fn a_dns_flood_from_one_source_does_not_stop_another_sources_answers() {
         "--dns-per-source-burst",
         "50",
     ]);
-    let dns = common::wait_for_line(&server.stdout, "its dns address", |lines| {
-        lines
-            .iter()
-            .find_map(|l| l.strip_prefix("switchboard: dns on "))
-            .map(|r| r.split(' ').next().unwrap().to_owned())
-    });
+    let dns = dns_address(&server);
     let http = client();
-    let response = http
-        .post(server.url("/api/v1/namespaces/public/services/orders/instances"))
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body(json!({"ip": "10.0.0.1", "port": 8080, "ephemeral": false}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{:?}", response.text().await);
+    register(&http, &server, &token, "orders", "10.0.0.1").await;
     assert_eq!(dig_from("127.0.0.3", &dns, "orders.svc.switchboard").trim(), "10.0.0.1");
 
     // The flood: 127.0.0.2 sends as fast as one thread can, and counts the answers it gets.
@@ -151,23 +156,10 @@ fn dig(dns: &str, args: &[&str]) -> String {
 #[tokio::test]
 async fn a_udp_answer_too_long_is_truncated_and_the_client_gets_it_over_tcp() {
     let (_dir, server, token) = start_with(&["--dns-listen", "127.0.0.1:0"]);
-    let dns = common::wait_for_line(&server.stdout, "its dns address", |lines| {
-        lines
-            .iter()
-            .find_map(|l| l.strip_prefix("switchboard: dns on "))
-            .map(|r| r.split(' ').next().unwrap().to_owned())
-    });
+    let dns = dns_address(&server);
     let http = client();
     for i in 1..=60 {
-        let response = http
-            .post(server.url("/api/v1/namespaces/public/services/wide/instances"))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(json!({"ip": format!("10.1.0.{i}"), "port": 8080, "ephemeral": false}).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
+        register(&http, &server, &token, "wide", &format!("10.1.0.{i}")).await;
     }
     // Without EDNS the limit is 512 bytes: 60 SRV records do not fit, so the UDP answer
     // comes back with TC set and the question only.

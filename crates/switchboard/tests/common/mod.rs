@@ -140,6 +140,15 @@ pub async fn json_of(response: reqwest::Response) -> (reqwest::StatusCode, serde
     (status, value)
 }
 
+/// Sends `request` with `body` as its JSON; the answer's status and JSON body.
+pub async fn send_json(
+    request: reqwest::RequestBuilder,
+    body: &serde_json::Value,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let request = request.header("content-type", "application/json").body(body.to_string());
+    json_of(request.send().await.expect("request")).await
+}
+
 /// Starts `serve` with extra `args` in a fresh temp dir; returns the dir, the server and
 /// the admin token it wrote.
 pub fn start_with(args: &[&str]) -> (tempfile::TempDir, Server, String) {
