@@ -184,7 +184,7 @@ async fn listeners_answer_on_stale_md5s_and_on_changes() {
             view.listen(&[held], &GrayClient::default(), Duration::from_secs(10), never()).await
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until(|| view.listening() == 1).await;
     service.publish(&key("other"), text("unrelated"), &audit()).await.unwrap();
     service.publish(&a, text("two"), &audit()).await.unwrap();
     assert_eq!(waiting.await.unwrap(), ListenOutcome::Changed(vec![a]));
@@ -240,6 +240,16 @@ fn state_with(data_id: &str, content: &str) -> ConfigState {
 
 /// A listener of `held` over a hand-fed listener table and state; `tell` plays the view
 /// telling the table of a change.
+/// Yields to the spawned listener until `held` says it is waiting (at most 5 s).
+async fn until(held: impl Fn() -> bool) {
+    let waiting = async {
+        while !held() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("the listener is held");
+}
+
 fn listener_over(
     state: Arc<Mutex<Arc<ConfigState>>>,
     held: Vec<ListenKey>,
@@ -272,7 +282,7 @@ async fn after_a_view_reset_listeners_recheck_every_md5() {
     let state = Arc::new(Mutex::new(Arc::new(state_with("a", "one"))));
     let held = vec![ListenKey { key: key("a"), md5: content_md5("one") }];
     let (listeners, waiting) = listener_over(state.clone(), held);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until(|| listeners.len() == 1).await;
     // A reload replaced the state (the change itself was never seen as an event): only the
     // reset tells the listener, and it must re-check.
     *state.lock() = Arc::new(state_with("a", "two"));
@@ -286,7 +296,7 @@ async fn a_change_wakes_only_the_listeners_of_its_item_and_they_unregister() {
     let state = Arc::new(Mutex::new(Arc::new(state_with("a", "one"))));
     let held = vec![ListenKey { key: key("a"), md5: content_md5("one") }];
     let (listeners, mut waiting) = listener_over(state.clone(), held);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until(|| listeners.len() == 1).await;
     assert_eq!(listeners.len(), 1);
     let announce = |changed: ConfigKey| {
         let kv = KeyValue {
