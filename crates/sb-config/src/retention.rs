@@ -38,6 +38,19 @@ impl Retention {
             .map(|(i, _)| i)
             .collect()
     }
+
+    /// Indexes (into `entries`: an id and whether it is a gray entry, oldest first) of the
+    /// entries to delete. The newest main entry is the current content and the newest gray
+    /// entry may be the gray content: neither is ever deleted.
+    pub fn doomed_entries(&self, entries: &[(EntryId, bool)], now_ms: u64) -> Vec<usize> {
+        let newest_main = entries.iter().rposition(|(_, gray)| !gray);
+        let newest_gray = entries.iter().rposition(|(_, gray)| *gray);
+        let ids: Vec<EntryId> = entries.iter().map(|(id, _)| *id).collect();
+        self.doomed(&ids, now_ms)
+            .into_iter()
+            .filter(|i| Some(*i) != newest_main && Some(*i) != newest_gray)
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -483,17 +483,8 @@ impl ConfigService {
     /// Applies retention to one item's history; the newest entry always stays.
     pub async fn prune(&self, key: &ConfigKey) -> ConfigResult<usize> {
         let keys = self.history_keys(key).await?;
-        // The newest main entry is the current content and the newest gray entry may be
-        // the gray content: neither is ever pruned.
-        let newest_main = keys.iter().rposition(|(_, _, _, gray)| !gray);
-        let newest_gray = keys.iter().rposition(|(_, _, _, gray)| *gray);
-        let doomed: Vec<usize> = self
-            .settings
-            .retention
-            .doomed(&keys.iter().map(|(_, id, _, _)| *id).collect::<Vec<_>>(), now_ms())
-            .into_iter()
-            .filter(|i| Some(*i) != newest_main && Some(*i) != newest_gray)
-            .collect();
+        let entries: Vec<(EntryId, bool)> = keys.iter().map(|(_, id, _, gray)| (*id, *gray)).collect();
+        let doomed = self.settings.retention.doomed_entries(&entries, now_ms());
         let mut deleted = 0;
         for chunk in doomed.chunks(100) {
             let ops: Vec<TxnOp> = chunk.iter().map(|&i| TxnOp::delete(keys[i].0.clone())).collect();

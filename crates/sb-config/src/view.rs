@@ -276,13 +276,9 @@ impl ConfigState {
         let known = self.slots.get(&key.path()).map(|slot| slot.entries.as_slice()).unwrap_or_default();
         let mut entries = known.to_vec();
         entries.extend(adding.map(|id| (id, false)));
-        let newest_main = entries.iter().rposition(|(_, gray)| !gray);
-        let newest_gray = entries.iter().rposition(|(_, gray)| *gray);
-        let ids: Vec<EntryId> = entries.iter().map(|(id, _)| *id).collect();
         retention
-            .doomed(&ids, now_ms)
+            .doomed_entries(&entries, now_ms)
             .into_iter()
-            .filter(|i| Some(*i) != newest_main && Some(*i) != newest_gray)
             .map(|i| match entries[i] {
                 (id, true) => key.gray_history_key(&id),
                 (id, false) => key.history_key(&id),
