@@ -121,34 +121,57 @@ where
     F: Fn(S, usize, usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = (S, anyhow::Result<()>)> + Send,
 {
+    let record = |samples: &mut Samples, result: anyhow::Result<()>, took| match result {
+        Ok(()) => samples.record(took),
+        Err(_) => samples.errors += 1,
+    };
+    let (samples, elapsed) = run_loops(states, secs, usize::MAX, op, record, Samples::merge).await?;
+    Ok(Outcome::from_samples(samples, elapsed))
+}
+
+/// The loops behind [`run_clients`] and [`run_notify_clients`]: one per client state until
+/// `secs` pass (or it made `max_per_client` calls), each folding every call's result and
+/// duration into its own `A` with `record`; the loops' `A`s are then merged.
+async fn run_loops<S, F, Fut, T, A>(
+    states: Vec<S>,
+    secs: Duration,
+    max_per_client: usize,
+    op: F,
+    record: fn(&mut A, anyhow::Result<T>, Duration),
+    merge: fn(&mut A, A),
+) -> anyhow::Result<(A, Duration)>
+where
+    S: Send + 'static,
+    F: Fn(S, usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = (S, anyhow::Result<T>)> + Send,
+    T: Send + 'static,
+    A: Default + Send + 'static,
+{
     let start = tokio::time::Instant::now();
     let deadline = start + secs;
     let mut handles = Vec::new();
     for (task, state) in states.into_iter().enumerate() {
         let op = op.clone();
         handles.push(tokio::spawn(async move {
-            let mut samples = Samples::default();
+            let mut acc = A::default();
             let mut state = Some(state);
             let mut i = 0;
-            while tokio::time::Instant::now() < deadline {
+            while tokio::time::Instant::now() < deadline && i < max_per_client {
                 let Some(current) = state.take() else { break };
                 let began = tokio::time::Instant::now();
                 let (back, result) = op(current, task, i).await;
-                match result {
-                    Ok(()) => samples.record(began.elapsed()),
-                    Err(_) => samples.errors += 1,
-                }
+                record(&mut acc, result, began.elapsed());
                 state = Some(back);
                 i += 1;
             }
-            samples
+            acc
         }));
     }
-    let mut all = Samples::default();
+    let mut all = A::default();
     for handle in handles {
-        all.merge(handle.await?);
+        merge(&mut all, handle.await?);
     }
-    Ok(Outcome::from_samples(all, start.elapsed()))
+    Ok((all, start.elapsed()))
 }
 
 /// What every scenario against etcd takes: the peer, where data goes, how long and how big.
@@ -198,46 +221,27 @@ where
     F: Fn(S, usize, usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = (S, anyhow::Result<Notified>)> + Send,
 {
-    let start = tokio::time::Instant::now();
-    let deadline = start + secs;
-    let mut handles = Vec::new();
-    for (task, state) in states.into_iter().enumerate() {
-        let op = op.clone();
-        handles.push(tokio::spawn(async move {
-            let (mut from_request, mut from_answer) = (Samples::default(), Samples::default());
-            let mut state = Some(state);
-            let mut i = 0;
-            while tokio::time::Instant::now() < deadline && i < max_per_client {
-                let Some(current) = state.take() else { break };
-                let (back, result) = op(current, task, i).await;
-                match result {
-                    Ok(notified) => {
-                        from_request.record(notified.from_request);
-                        from_answer.record(notified.from_answer);
-                    }
-                    Err(_) => {
-                        from_request.errors += 1;
-                        from_answer.errors += 1;
-                    }
-                }
-                state = Some(back);
-                i += 1;
+    type Both = (Samples, Samples);
+    let record =
+        |(from_request, from_answer): &mut Both, result: anyhow::Result<Notified>, _took| match result {
+            Ok(notified) => {
+                from_request.record(notified.from_request);
+                from_answer.record(notified.from_answer);
             }
-            (from_request, from_answer)
-        }));
-    }
-    let (mut from_request, mut from_answer) = (Samples::default(), Samples::default());
-    for handle in handles {
-        let (request, answer) = handle.await?;
+            Err(_) => {
+                from_request.errors += 1;
+                from_answer.errors += 1;
+            }
+        };
+    let merge = |(from_request, from_answer): &mut Both, (request, answer): Both| {
         from_request.merge(request);
         from_answer.merge(answer);
-    }
-    let elapsed = start.elapsed();
+    };
+    let ((from_request, from_answer), elapsed) =
+        run_loops(states, secs, max_per_client, op, record, merge).await?;
     Ok([Outcome::from_samples(from_request, elapsed), Outcome::from_samples(from_answer, elapsed)])
 }
 
-/// The closing line of a write → notified scenario: the mean p99 of the target's runs over
-/// the mean p99 of the floor's runs (a bare-hyper round trip at the same concurrency).
 /// One level of a write → notified scenario: A B A B of the bare-hyper floor at the level's
 /// concurrency (`floor`) and each target's loop (`load(target index, run tag)`, giving the
 /// times from the write's request and from its answer), each printed under `label`, then
@@ -275,6 +279,8 @@ where
     Ok(())
 }
 
+/// The closing line of a write → notified scenario: the mean p99 of the target's runs over
+/// the mean p99 of the floor's runs (a bare-hyper round trip at the same concurrency).
 pub fn print_p99_ratio(scenario: &str, target: &str, runs: &[Outcome], floors: &[Outcome], limit: f64) {
     let mean = |outcomes: &[Outcome]| {
         outcomes.iter().map(|o| f64::from(o.p99_us)).sum::<f64>() / outcomes.len().max(1) as f64
