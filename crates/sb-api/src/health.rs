@@ -35,7 +35,7 @@ pub async fn put_check(
     let (id, rest) = service_id(path, &params)?;
     let addr = instance_addr(&rest, &params)?;
     let spec = sb_health::CheckSpec::from_json(&body).map_err(|e| ApiError::invalid(e.field, e.message))?;
-    let revision = api.health.put(&id, &addr, &spec, Some(&audit)).await?;
+    let revision = api.health.put(&id, &addr, &spec, &audit).await?;
     Ok(Json(json!({"revision": revision, "check": spec})))
 }
 

@@ -88,6 +88,9 @@ fn spec(params: &NacosParams) -> NacosResult<InstanceSpec> {
     spec.healthy = params.flag("healthy").unwrap_or(true);
     spec.ephemeral = params.flag("ephemeral").unwrap_or(true);
     spec.metadata = metadata(params)?.unwrap_or_default();
+    // Nacos's default for a persistent instance: a TCP check on its port, derived (not
+    // stored) by `sb_health::effective_check`, below its cluster's health-checker settings.
+    spec.default_check = !spec.ephemeral;
     Ok(spec)
 }
 
@@ -97,15 +100,7 @@ pub async fn register(
     crate::audit::Audited(audit): crate::audit::Audited,
     params: NacosParams,
 ) -> NacosResult<Response> {
-    let spec = spec(&params)?;
-    let (id, addr, persistent) = (spec.service.clone(), spec.addr.clone(), !spec.ephemeral);
-    api.registry.register(spec, &audit).await.map_err(nacos_error)?;
-    // Nacos's default for a persistent instance: a TCP check on its port (its cluster's
-    // health-checker settings, if any, take precedence: `sb_health::effective_check`).
-    // The registration's record covers its default check.
-    if persistent && api.health.get(&id, &addr).is_none() {
-        api.health.put(&id, &addr, &api.health.nacos_default(), None).await.map_err(nacos_error)?;
-    }
+    api.registry.register(spec(&params)?, &audit).await.map_err(nacos_error)?;
     Ok(ok())
 }
 

@@ -5,9 +5,11 @@
 //! a node leaves the view its share moves on the next reconcile. Only status changes are
 //! written (through `Registry::set_health`, compared on the instance's mod revision).
 //!
-//! Checks live at `health/checks/{ns}/{group}/{service}/{cluster}/{ip}:{port}`; a
-//! cluster's Nacos health-checker settings at `health/clusters/{ns}/{group}/{service}/{cluster}`.
-//! Which one probes an instance is decided by [`effective_check`], and nowhere else.
+//! Checks set on an instance live at `health/checks/{ns}/{group}/{service}/{cluster}/{ip}:{port}`;
+//! a cluster's Nacos health-checker settings at `health/clusters/{ns}/{group}/{service}/{cluster}`.
+//! Nacos's default check is not stored: an instance registered through Nacos as persistent
+//! carries a `default_check` flag, and [`own_check`] derives the check from it. Which check
+//! probes an instance is decided by [`effective_check`], and nowhere else.
 //!
 //! Architecture invariant: this crate sees only the store port, the registry and the
 //! membership view; it knows nothing of redb, etcd, HTTP servers or Nacos's wire format
@@ -20,8 +22,8 @@ mod spec;
 
 pub use probe::probe;
 pub use spec::{
-    effective_check, CheckKind, CheckOrigin, CheckSpec, ClusterCheck, InvalidCheck, MAX_INTERVAL_MS,
-    MAX_THRESHOLD, MIN_INTERVAL_MS,
+    effective_check, own_check, CheckKind, CheckOrigin, CheckSpec, ClusterCheck, InvalidCheck,
+    MAX_INTERVAL_MS, MAX_THRESHOLD, MIN_INTERVAL_MS,
 };
 
 use std::collections::HashMap;
@@ -30,7 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use sb_registry::names::{parse_key, RegistryKey};
 use sb_registry::{InstanceAddr, Registry, RegistryError, RegistryResult, ServiceId};
 use sb_store::codec::encode;
 use sb_store::view::DecodedMap;
@@ -47,13 +48,23 @@ const INSTANCES_PREFIX: &str = "registry/instances/";
 pub const MAX_CONCURRENT_PROBES: usize = 512;
 
 pub fn check_key(id: &ServiceId, addr: &InstanceAddr) -> Vec<u8> {
-    let key = id.instance_key(addr);
-    let mut out = CHECKS_PREFIX.as_bytes().to_vec();
-    out.extend_from_slice(&key[INSTANCES_PREFIX.len()..]);
+    let mut out = checks_prefix(id);
+    addr.push_key_suffix(&mut out);
     out
 }
 
+/// `health/checks/{ns}/{group}/{service}/`: a service's check keys are this plus the
+/// instance's `{cluster}/{ip}:{port}`.
+fn checks_prefix(id: &ServiceId) -> Vec<u8> {
+    let prefix = id.instances_prefix();
+    let mut out = CHECKS_PREFIX.as_bytes().to_vec();
+    out.extend_from_slice(&prefix[INSTANCES_PREFIX.len()..]);
+    out
+}
+
+#[cfg(test)]
 fn parse_check_key(key: &[u8]) -> Option<(ServiceId, InstanceAddr)> {
+    use sb_registry::names::{parse_key, RegistryKey};
     let rest = key.strip_prefix(CHECKS_PREFIX.as_bytes())?;
     let mut full = INSTANCES_PREFIX.as_bytes().to_vec();
     full.extend_from_slice(rest);
@@ -187,6 +198,7 @@ impl HealthChecks {
             membership,
             node_id,
             stats: stats.clone(),
+            nacos_interval_ms: settings.nacos_interval_ms,
         };
         let task = tokio::spawn(reconciler.run(settings.reconcile));
         Ok(HealthChecks {
@@ -204,13 +216,19 @@ impl HealthChecks {
         &self.stats
     }
 
+    /// The check set on a registered instance: its own ([`own_check`]: stored, or Nacos's
+    /// default if it takes it).
     pub fn get(&self, id: &ServiceId, addr: &InstanceAddr) -> Option<CheckSpec> {
-        self.view.snapshot().entries.get(&check_key(id, addr)).map(|e| e.value.clone())
+        let stored = self.stored(id, addr);
+        match self.registry.snapshot().instance(id, addr) {
+            Some(instance) => own_check(&instance.record, stored.as_ref(), self.settings.nacos_interval_ms),
+            None => stored,
+        }
     }
 
-    /// Nacos's default check for a persistent instance, with this node's Nacos interval.
-    pub fn nacos_default(&self) -> CheckSpec {
-        CheckSpec::nacos_default(self.settings.nacos_interval_ms)
+    /// The check stored for an instance, if any.
+    fn stored(&self, id: &ServiceId, addr: &InstanceAddr) -> Option<CheckSpec> {
+        self.view.snapshot().entries.get(&check_key(id, addr)).map(|e| e.value.clone())
     }
 
     /// The interval of checks set through Nacos.
@@ -225,7 +243,7 @@ impl HealthChecks {
         id: &ServiceId,
         addr: &InstanceAddr,
         spec: &CheckSpec,
-        audit_opt: Option<&sb_audit::Audit>,
+        audit: &sb_audit::Audit,
     ) -> RegistryResult<sb_store::Revision> {
         let snapshot = self.registry.snapshot();
         let Some(instance) = snapshot.instance(id, addr) else {
@@ -247,17 +265,15 @@ impl HealthChecks {
             .map_err(|e| sb_store::StoreError::InvalidArgument(format!("encoding a check: {e}")))?;
         let key = check_key(id, addr);
         let before = self.get(id, addr).and_then(|spec| encode(&spec).ok());
-        // `None`: the default check of a registration, which that registration's record covers.
-        let audited = audit_opt.map(|audit| {
-            audit.op("health.check.put", String::from_utf8_lossy(&key), before.as_deref(), Some(&value))
-        });
-        let ops = std::iter::once(TxnOp::put(key, value)).chain(audited);
-        let response = self.store.txn(Txn::new().and_then(ops)).await?;
+        let audited =
+            audit.op("health.check.put", String::from_utf8_lossy(&key), before.as_deref(), Some(&value));
+        let response = self.store.txn(Txn::new().and_then([TxnOp::put(key, value), audited])).await?;
         self.view.wait_for(response.revision, self.settings.read_your_writes_timeout).await?;
         Ok(response.revision)
     }
 
-    /// `true` when there was a check to delete.
+    /// Deletes an instance's own check, the stored one and Nacos's default alike; `true`
+    /// when there was a check to delete.
     pub async fn delete(
         &self,
         id: &ServiceId,
@@ -266,13 +282,23 @@ impl HealthChecks {
     ) -> RegistryResult<bool> {
         let key = check_key(id, addr);
         let before = self.get(id, addr).and_then(|spec| encode(&spec).ok());
+        let audited =
+            || audit.op("health.check.delete", String::from_utf8_lossy(&key), before.as_deref(), None);
+        // The default check is cleared on the instance, with the stored check (if any) in
+        // the same transaction.
+        let ops = vec![TxnOp::delete(key.clone()), audited()];
+        match self.registry.clear_default_check(id, addr, ops).await {
+            Ok(Some(revision)) => {
+                self.view.wait_for(revision, self.settings.read_your_writes_timeout).await?;
+                return Ok(true);
+            }
+            Ok(None) | Err(RegistryError::NotFound(_)) => {}
+            Err(error) => return Err(error),
+        }
         // Recorded only when there was a check to delete.
         let txn = Txn::new()
             .when([sb_store::Compare::version(key.clone(), sb_store::CompareOp::Greater, 0)])
-            .and_then([
-                TxnOp::delete(key.clone()),
-                audit.op("health.check.delete", String::from_utf8_lossy(&key), before.as_deref(), None),
-            ]);
+            .and_then([TxnOp::delete(key.clone()), audited()]);
         let response = self.store.txn(txn).await?;
         self.view.wait_for(response.revision, self.settings.read_your_writes_timeout).await?;
         Ok(response.succeeded)
@@ -333,6 +359,8 @@ struct Reconciler {
     membership: Arc<Membership>,
     node_id: String,
     stats: Arc<ProbeStats>,
+    /// The interval of Nacos's default check.
+    nacos_interval_ms: u64,
 }
 
 impl Reconciler {
@@ -390,13 +418,14 @@ impl Reconciler {
         }
     }
 
-    /// The checks this node owns: every persistent instance with a check of its own or in a
-    /// cluster with health-checker settings, resolved by [`effective_check`].
+    /// The checks this node owns: every persistent instance [`effective_check`] gives one
+    /// (its own check, its cluster's settings or Nacos's default).
     ///
     /// It runs on every registry change, so it builds nothing per instance that does not
     /// end up probed: a candidate map of every instance (100k entries, ~28 MiB) built
     /// again at each change was the largest allocation of a node filling up, and what it
-    /// left behind fragmented the heap.
+    /// left behind fragmented the heap. Services without persistent instances are skipped
+    /// whole.
     fn wanted(
         &self,
         checks: &DecodedMap<CheckSpec>,
@@ -405,53 +434,36 @@ impl Reconciler {
         nodes: &[String],
     ) -> HashMap<Vec<u8>, (ServiceId, InstanceAddr, Probe)> {
         let mut wanted = HashMap::new();
-        // Instances with a check of their own (their cluster's settings may override it).
-        for (key, entry) in &checks.entries {
-            let Some((id, addr)) = parse_check_key(key) else { continue };
-            let cluster = clusters.entries.get(&cluster_key(&id, &addr.cluster)).map(|e| &e.value);
-            let Some(probe) = effective_check(Some(&entry.value), cluster, addr.port) else { continue };
-            self.want(&mut wanted, key, id, addr, probe, registry_state, nodes);
-        }
-        // Instances without a check of their own, in clusters whose settings probe.
-        for (key, entry) in &clusters.entries {
-            if entry.value.check.is_none() {
-                continue;
-            }
-            let Some((id, cluster)) = parse_cluster_key(key) else { continue };
-            let Some(service) = registry_state.service(&id) else { continue };
-            for addr in service.instances.keys().filter(|a| a.cluster == cluster) {
-                let key = check_key(&id, addr);
-                if checks.entries.contains_key(&key) {
+        for (id, service) in registry_state.services.iter().filter(|(_, s)| s.persistent > 0) {
+            // The service's clusters with settings: `{cluster}` after this prefix.
+            let prefix = cluster_key(id, "");
+            let settings: Vec<(&[u8], &ClusterCheck)> = clusters
+                .entries
+                .range(prefix.clone()..)
+                .take_while(|(key, _)| key.starts_with(&prefix))
+                .map(|(key, entry)| (&key[prefix.len()..], &entry.value))
+                .collect();
+            let mut key = checks_prefix(id);
+            let base = key.len();
+            for (addr, instance) in service.instances.iter().filter(|(_, i)| !i.record.ephemeral) {
+                key.truncate(base);
+                addr.push_key_suffix(&mut key);
+                if owner(nodes.iter().map(String::as_str), &key) != Some(self.node_id.as_str()) {
                     continue;
                 }
-                let Some(probe) = effective_check(None, Some(&entry.value), addr.port) else { continue };
-                self.want(&mut wanted, &key, id.clone(), addr.clone(), probe, registry_state, nodes);
+                let stored = checks.entries.get(&key).map(|e| &e.value);
+                let cluster =
+                    settings.iter().find(|(name, _)| *name == addr.cluster.as_bytes()).map(|(_, c)| *c);
+                let Some((spec, port)) =
+                    effective_check(&instance.record, stored, cluster, addr.port, self.nacos_interval_ms)
+                else {
+                    continue;
+                };
+                let target = std::net::SocketAddr::new(addr.ip, port);
+                wanted.insert(key.clone(), (id.clone(), addr.clone(), Probe { spec, target }));
             }
         }
         wanted
-    }
-
-    /// Adds a check to `wanted` if this node owns it and the instance is persistent.
-    #[allow(clippy::too_many_arguments)]
-    fn want(
-        &self,
-        wanted: &mut HashMap<Vec<u8>, (ServiceId, InstanceAddr, Probe)>,
-        key: &[u8],
-        id: ServiceId,
-        addr: InstanceAddr,
-        (spec, port): (CheckSpec, u16),
-        registry_state: &sb_registry::RegistryState,
-        nodes: &[String],
-    ) {
-        if owner(nodes.iter().map(String::as_str), key) != Some(self.node_id.as_str()) {
-            return;
-        }
-        match registry_state.instance(&id, &addr) {
-            Some(instance) if !instance.record.ephemeral => {}
-            _ => return,
-        }
-        let target = std::net::SocketAddr::new(addr.ip, port);
-        wanted.insert(key.to_vec(), (id, addr, Probe { spec, target }));
     }
 }
 

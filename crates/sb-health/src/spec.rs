@@ -2,12 +2,14 @@
 //!
 //! A check is set per instance (native API), or per cluster through Nacos's cluster
 //! health-checker settings (`PUT /nacos/v1/ns/cluster`), and Nacos registrations of
-//! persistent instances get Nacos's default (a TCP check on the instance's port).
+//! persistent instances get Nacos's default (a TCP check on the instance's port), derived
+//! from the instance's `default_check` flag rather than stored per instance.
 //! [`effective_check`] orders them: an instance's own check set through the native API
 //! wins; else its cluster's setting (Nacos `NONE` means "not probed"); else the Nacos default.
 
 use std::collections::BTreeMap;
 
+use sb_registry::InstanceRecord;
 use sb_store::codec::StoredValue;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -44,7 +46,10 @@ pub enum CheckOrigin {
     /// Set on the instance through the native API.
     #[default]
     Explicit,
-    /// Written by a Nacos registration of a persistent instance with no check.
+    /// Nacos's default for a persistent instance registered through Nacos: derived by
+    /// [`own_check`] from the instance's `default_check` flag. Versions before that wrote
+    /// it as a stored record per instance; such records still count, exactly as the
+    /// derived one would (same precedence; the native API shows and deletes them).
     NacosDefault,
 }
 
@@ -384,19 +389,38 @@ fn parse_nacos_headers(text: &str) -> Result<BTreeMap<String, String>, InvalidCh
     Ok(headers)
 }
 
-/// THE rule of which check applies to a persistent instance, and on which port: its own
-/// check set through the native API; else its cluster's Nacos setting (`NONE`: none); else
-/// the Nacos default written at registration.
+/// An instance's own check: the one stored for it, else Nacos's default if the instance
+/// takes it (`InstanceRecord::default_check`, set by a Nacos registration of a persistent
+/// instance).
+pub fn own_check(
+    instance: &InstanceRecord,
+    stored: Option<&CheckSpec>,
+    nacos_interval_ms: u64,
+) -> Option<CheckSpec> {
+    match stored {
+        Some(stored) => Some(stored.clone()),
+        None => instance.default_check.then(|| CheckSpec::nacos_default(nacos_interval_ms)),
+    }
+}
+
+/// THE rule of which check probes an instance, and on which port: none for an ephemeral
+/// instance (its beats tell its health); its own check set through the native API; else its
+/// cluster's Nacos setting (`NONE`: none); else the Nacos default, if it takes it
+/// ([`own_check`]).
 pub fn effective_check(
-    own: Option<&CheckSpec>,
+    instance: &InstanceRecord,
+    stored: Option<&CheckSpec>,
     cluster: Option<&ClusterCheck>,
     instance_port: u16,
+    nacos_interval_ms: u64,
 ) -> Option<(CheckSpec, u16)> {
-    match (own, cluster) {
-        (Some(own), _) if own.origin == CheckOrigin::Explicit => Some((own.clone(), instance_port)),
+    if instance.ephemeral {
+        return None;
+    }
+    match (own_check(instance, stored, nacos_interval_ms), cluster) {
+        (Some(own), _) if own.origin == CheckOrigin::Explicit => Some((own, instance_port)),
         (_, Some(cluster)) => cluster.check.clone().map(|check| (check, cluster.port_for(instance_port))),
-        (Some(own), None) => Some((own.clone(), instance_port)),
-        (None, None) => None,
+        (own, None) => own.map(|own| (own, instance_port)),
     }
 }
 
@@ -477,14 +501,40 @@ mod tests {
             ClusterCheck::from_nacos(r#"{"type":"HTTP"}"#, Some(81), Some(false), BTreeMap::new(), 5000)
                 .unwrap();
         let off = ClusterCheck::from_nacos(r#"{"type":"NONE"}"#, None, None, BTreeMap::new(), 5000).unwrap();
-        assert_eq!(effective_check(Some(&native), Some(&http), 9000), Some((native.clone(), 9000)));
-        assert_eq!(
-            effective_check(Some(&default), Some(&http), 9000).map(|(c, p)| (c.kind, p)).unwrap().1,
-            81
-        );
-        assert_eq!(effective_check(Some(&default), Some(&off), 9000), None);
-        assert_eq!(effective_check(None, Some(&off), 9000), None);
-        assert_eq!(effective_check(Some(&default), None, 9000), Some((default, 9000)));
-        assert_eq!(effective_check(None, None, 9000), None);
+        let instance = |ephemeral: bool, default_check: bool| InstanceRecord {
+            weight: 1.0,
+            enabled: true,
+            healthy: true,
+            ephemeral,
+            metadata: Default::default(),
+            owner: "n".into(),
+            default_check,
+        };
+        let (nacos, native_only) = (instance(false, true), instance(false, false));
+        let rule = |i: &InstanceRecord, own: Option<&CheckSpec>, cluster: Option<&ClusterCheck>| {
+            effective_check(i, own, cluster, 9000, 5000)
+        };
+        // The native check wins over the cluster, whatever the instance's origin.
+        assert_eq!(rule(&nacos, Some(&native), Some(&http)), Some((native.clone(), 9000)));
+        assert_eq!(rule(&native_only, Some(&native), Some(&off)), Some((native.clone(), 9000)));
+        // The derived default and a stored default (written by older versions) are the
+        // same: below the cluster's settings, above nothing.
+        for (i, stored) in [(&nacos, None), (&native_only, Some(&default)), (&nacos, Some(&default))] {
+            assert_eq!(rule(i, stored, Some(&http)), Some((http.check.clone().unwrap(), 81)));
+            assert_eq!(rule(i, stored, Some(&off)), None);
+            assert_eq!(rule(i, stored, None), Some((default.clone(), 9000)));
+            assert_eq!(own_check(i, stored, 5000), Some(default.clone()));
+        }
+        // The derived default takes the node's Nacos interval.
+        assert_eq!(effective_check(&nacos, None, None, 9000, 250).unwrap().0.interval_ms, 250);
+        // No default for an instance registered through the native API.
+        assert_eq!(rule(&native_only, None, None), None);
+        assert_eq!(own_check(&native_only, None, 5000), None);
+        assert_eq!(rule(&native_only, None, Some(&http)).map(|(_, p)| p), Some(81));
+        // Ephemeral instances are never probed.
+        for i in [instance(true, true), instance(true, false)] {
+            assert_eq!(rule(&i, None, None), None);
+            assert_eq!(rule(&i, Some(&native), Some(&http)), None);
+        }
     }
 }

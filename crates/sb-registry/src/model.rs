@@ -52,6 +52,12 @@ pub struct InstanceRecord {
     pub metadata: Metadata,
     /// The node that registered it and tracks its beats.
     pub owner: String,
+    /// It takes Nacos's default health check when no other applies (a persistent
+    /// instance registered through the Nacos API): derived by `sb_health::effective_check`,
+    /// never stored as a check of its own. A re-registration keeps it; deleting the
+    /// instance's check clears it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default_check: bool,
 }
 
 impl StoredValue for InstanceRecord {
@@ -69,6 +75,8 @@ pub struct InstanceSpec {
     pub healthy: bool,
     pub ephemeral: bool,
     pub metadata: Metadata,
+    /// Takes Nacos's default health check (see [`InstanceRecord::default_check`]).
+    pub default_check: bool,
 }
 
 impl InstanceSpec {
@@ -82,6 +90,7 @@ impl InstanceSpec {
             healthy: true,
             ephemeral: true,
             metadata: Metadata::new(),
+            default_check: false,
         }
     }
 

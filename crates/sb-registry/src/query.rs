@@ -88,6 +88,7 @@ mod tests {
                 ephemeral: true,
                 metadata: Default::default(),
                 owner: "n".into(),
+                default_check: false,
             };
             entry
                 .instances

@@ -165,6 +165,8 @@ impl Registry {
     /// same transaction.
     pub async fn register(&self, spec: InstanceSpec, audit: &Audit) -> RegistryResult<Revision> {
         spec.check()?;
+        let snapshot = self.snapshot();
+        let existing = snapshot.instance(&spec.service, &spec.addr);
         let record = InstanceRecord {
             weight: spec.weight,
             enabled: spec.enabled,
@@ -172,15 +174,14 @@ impl Registry {
             ephemeral: spec.ephemeral,
             metadata: spec.metadata,
             owner: self.shared.options.node_id.clone(),
+            // Like a check of its own, the default check outlives re-registrations.
+            default_check: spec.default_check || existing.is_some_and(|e| e.record.default_check),
         };
         let key = spec.service.instance_key(&spec.addr);
         let lease = spec.ephemeral.then(|| self.shared.session());
         let value = encode_value(&record)?;
-        let before = self
-            .snapshot()
-            .instance(&spec.service, &spec.addr)
-            .map(|e| encode_value(&e.record))
-            .transpose()?;
+        let before = existing.map(|e| encode_value(&e.record)).transpose()?;
+        drop(snapshot);
         let audited = audit.op("instance.register", key_text(&key), before.as_deref(), Some(&value));
         let put = TxnOp::Put { key: key.clone(), value, lease };
         let service_key = spec.service.service_key();
@@ -219,10 +220,11 @@ impl Registry {
         entry: &InstanceEntry,
         record: &InstanceRecord,
         audit: Option<(&Audit, &str)>,
+        extra_ops: Vec<TxnOp>,
     ) -> RegistryResult<Revision> {
         let key = id.instance_key(&entry.addr);
         let value = encode_value(record)?;
-        let mut ops = Vec::with_capacity(2);
+        let mut ops = extra_ops;
         if let Some((audit, action)) = audit {
             let before = encode_value(&entry.record)?;
             ops.push(audit.op(action, key_text(&key), Some(&before), Some(&value)));
@@ -255,7 +257,24 @@ impl Registry {
         record.healthy = healthy;
         // Health set by active checks is the system's observation, not an operator's
         // change: a metric and a log line, not an audit record.
-        self.rewrite(id, &entry, &record, None).await.map(Some)
+        self.rewrite(id, &entry, &record, None, Vec::new()).await.map(Some)
+    }
+
+    /// Clears an instance's [`InstanceRecord::default_check`], with `ops` (the caller's
+    /// audit record and check delete) in the same transaction; `None` when it was not set.
+    pub async fn clear_default_check(
+        &self,
+        id: &ServiceId,
+        addr: &InstanceAddr,
+        ops: Vec<TxnOp>,
+    ) -> RegistryResult<Option<Revision>> {
+        let entry = self.existing(id, addr)?;
+        if !entry.record.default_check {
+            return Ok(None);
+        }
+        let mut record = entry.record.clone();
+        record.default_check = false;
+        self.rewrite(id, &entry, &record, None, ops).await.map(Some)
     }
 
     pub async fn update_instance(
@@ -278,7 +297,7 @@ impl Registry {
             check_metadata(&metadata)?;
             record.metadata = metadata;
         }
-        self.rewrite(id, &entry, &record, Some((audit, "instance.update"))).await
+        self.rewrite(id, &entry, &record, Some((audit, "instance.update")), Vec::new()).await
     }
 
     /// Deletes an instance; `None` when it was not registered.
@@ -366,7 +385,7 @@ impl Registry {
         let mut record = entry.record.clone();
         record.enabled = false;
         // The delayed delete is part of the drain this record describes.
-        let revision = self.rewrite(id, &entry, &record, Some((audit, "instance.drain"))).await?;
+        let revision = self.rewrite(id, &entry, &record, Some((audit, "instance.drain")), Vec::new()).await?;
         let store = self.shared.store.clone();
         let key = id.instance_key(addr);
         let service = id.clone();

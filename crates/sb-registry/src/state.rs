@@ -35,6 +35,8 @@ pub struct ServiceEntry {
     pub instances: imbl::OrdMap<InstanceAddr, Arc<InstanceEntry>>,
     /// The revision of the last change to the service or any of its instances.
     pub changed_revision: Revision,
+    /// How many of its instances are persistent (those health checks may probe).
+    pub persistent: usize,
 }
 
 impl ServiceEntry {
@@ -117,25 +119,30 @@ impl ViewState for RegistryState {
             (RegistryKey::Service(_), EventKind::Delete) => entry.record = None,
             (RegistryKey::Instance(_, addr), EventKind::Put) => {
                 let before = entry.instances.len();
-                match decode::<InstanceRecord>(&event.kv.value) {
+                let replaced = match decode::<InstanceRecord>(&event.kv.value) {
                     Ok(record) => {
+                        entry.persistent += usize::from(!record.ephemeral);
                         let instance = InstanceEntry {
                             addr: addr.clone(),
                             record,
                             mod_revision: revision,
                             lease: event.kv.lease,
                         };
-                        entry.instances.insert(addr, Arc::new(instance));
+                        entry.instances.insert(addr, Arc::new(instance))
                     }
                     Err(error) => {
-                        entry.instances.remove(&addr);
                         self.undecodable(event, error);
+                        entry.instances.remove(&addr)
                     }
+                };
+                if let Some(replaced) = replaced {
+                    entry.persistent -= usize::from(!replaced.record.ephemeral);
                 }
                 self.instance_count = self.instance_count + entry.instances.len() - before;
             }
             (RegistryKey::Instance(_, addr), EventKind::Delete) => {
-                if entry.instances.remove(&addr).is_some() {
+                if let Some(removed) = entry.instances.remove(&addr) {
+                    entry.persistent -= usize::from(!removed.record.ephemeral);
                     self.instance_count -= 1;
                 }
             }

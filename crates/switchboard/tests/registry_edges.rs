@@ -451,23 +451,152 @@ async fn two_etcd_nodes_split_the_checks_and_one_takes_over_when_the_other_stops
     assert!(after.values().all(|nodes| nodes.iter().all(|n| n == "node-a")), "{after:?}");
 }
 
+/// The health of each instance of a native service, by port.
+async fn health_by_port(api: &Api<'_>, service: &str) -> std::collections::BTreeMap<u64, bool> {
+    let (code, list) = api.get(&format!("/api/v1/namespaces/public/services/{service}/instances")).await;
+    assert_eq!(code, StatusCode::OK, "{list}");
+    let instances = list["instances"].as_array().unwrap_or_else(|| panic!("instances: {list}"));
+    instances.iter().map(|i| (i["port"].as_u64().unwrap(), i["healthy"].as_bool().unwrap())).collect()
+}
+
+/// Waits until the instance on `port` of `service` has the health `want` (10 s at most).
+async fn wait_health(api: &Api<'_>, service: &str, port: u16, want: bool) {
+    for _ in 0..100 {
+        if health_by_port(api, service).await.get(&u64::from(port)) == Some(&want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{service}: the instance on port {port} did not become healthy={want} within 10 s");
+}
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The keys under `prefix` in a stopped server's embedded store.
+async fn stored_keys(dir: &Path, prefix: &str) -> Vec<String> {
+    use sb_store::Store;
+    let options = sb_store_embedded::EmbeddedOptions::new(dir.join("store.redb"));
+    let store = sb_store_embedded::EmbeddedStore::open(options).await.expect("open the store");
+    let range = sb_store::RangeRequest::new(sb_store::KeyRange::prefix(prefix)).keys_only();
+    let keys = store.range(range).await.expect("range").kvs;
+    store.close().await;
+    keys.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect()
+}
+
 #[tokio::test]
 async fn a_persistent_nacos_instance_gets_a_tcp_check_by_default() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, token) = start(dir.path(), &["--dns-listen", "off"]);
+    let fast = ["--dns-listen", "off", "--health-reconcile-ms", "100", "--nacos-check-interval-ms", "150"];
+    let (server, token) = start(dir.path(), &fast);
     let api = Api::new(&server, token.clone());
-    for (port, ephemeral) in [(9001, false), (9002, true)] {
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (open_port, closed) = (open.local_addr().unwrap().port(), closed_port());
+    let nacos_register = |port: u16, ephemeral: bool| {
         let url = server.url(&format!(
-            "/nacos/v1/ns/instance?accessToken={token}&serviceName=legacy&ip=10.9.0.1&port={port}&ephemeral={ephemeral}"
+            "/nacos/v1/ns/instance?accessToken={token}&serviceName=legacy&ip=127.0.0.1&port={port}&ephemeral={ephemeral}"
         ));
-        let (code, body) = api.send(api.http.post(url)).await;
+        api.send(api.http.post(url))
+    };
+    for (port, ephemeral) in [(open_port, false), (closed, false), (9002, true)] {
+        let (code, body) = nacos_register(port, ephemeral).await;
         assert_eq!(code, StatusCode::OK, "{body}");
     }
-    let (code, check) =
-        api.get("/api/v1/namespaces/public/services/legacy/instances/10.9.0.1:9001/check").await;
-    assert_eq!(code, StatusCode::OK, "{check}");
-    assert_eq!(check["kind"], "tcp");
-    assert_eq!(check["interval_ms"], 5000);
-    let (code, _) = api.get("/api/v1/namespaces/public/services/legacy/instances/10.9.0.1:9002/check").await;
-    assert_eq!(code, StatusCode::NOT_FOUND);
+    // The same closed port registered through the native API as persistent: no default check.
+    api.register(
+        "public",
+        "DEFAULT_GROUP",
+        "native",
+        json!({"ip": "127.0.0.1", "port": closed, "ephemeral": false}),
+    )
+    .await;
+
+    // The persistent Nacos instances are TCP-probed: the closed port goes unhealthy, the
+    // open one stays healthy.
+    wait_health(&api, "legacy", closed, false).await;
+    // Four more intervals: time enough for the native one to fail three probes, were it probed.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(health_by_port(&api, "legacy").await[&u64::from(open_port)], "the open port stays healthy");
+    assert!(health_by_port(&api, "native").await[&u64::from(closed)], "a native instance is not probed");
+
+    let check_path =
+        |port: u16| format!("/api/v1/namespaces/public/services/legacy/instances/127.0.0.1:{port}/check");
+    for port in [open_port, closed] {
+        let (code, check) = api.get(&check_path(port)).await;
+        assert_eq!(code, StatusCode::OK, "{check}");
+        assert_eq!(check["kind"], "tcp");
+        assert_eq!(check["interval_ms"], 150);
+        assert_eq!(check["origin"], "nacos_default");
+    }
+    let (code, _) = api.get(&check_path(9002)).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "an ephemeral instance has no check");
+    let native_check =
+        format!("/api/v1/namespaces/public/services/native/instances/127.0.0.1:{closed}/check");
+    let (code, _) = api.get(&native_check).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "a native persistent instance has no default check");
+
+    // A re-registration, even through the native API, keeps the default check, like a
+    // check of its own; deleting it stops the probing.
+    api.register(
+        "public",
+        "DEFAULT_GROUP",
+        "legacy",
+        json!({"ip": "127.0.0.1", "port": closed, "ephemeral": false}),
+    )
+    .await;
+    assert_eq!(api.get(&check_path(closed)).await.0, StatusCode::OK);
+    let (code, answer) = api.call(reqwest::Method::DELETE, &check_path(closed), Value::Null).await;
+    assert_eq!((code, answer["deleted"].clone()), (StatusCode::OK, json!(true)), "{answer}");
+    let (code, answer) = api.call(reqwest::Method::DELETE, &check_path(closed), Value::Null).await;
+    assert_eq!(answer["deleted"], false, "{code} {answer}");
+    assert_eq!(api.get(&check_path(closed)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(api.get(&check_path(open_port)).await.0, StatusCode::OK, "the other one keeps its check");
+
+    // Nothing was stored per instance for the default checks.
+    server.terminate();
+    assert_eq!(stored_keys(dir.path(), "health/").await, Vec::<String>::new());
+    drop(open);
+}
+
+/// A default check stored per instance by an older version still probes, shows and deletes.
+#[tokio::test]
+async fn a_default_check_stored_by_an_older_version_still_applies() {
+    use sb_store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = closed_port();
+    let instance = format!("registry/instances/public/DEFAULT_GROUP/old/DEFAULT/127.0.0.1:{closed}");
+    let check = format!("health/checks/public/DEFAULT_GROUP/old/DEFAULT/127.0.0.1:{closed}");
+    {
+        let options = sb_store_embedded::EmbeddedOptions::new(dir.path().join("store.redb"));
+        let store = sb_store_embedded::EmbeddedStore::open(options).await.expect("open the store");
+        let ops = [
+            ("registry/services/public/DEFAULT_GROUP/old", json!({"protect_threshold": 0.0, "v": 1})),
+            (
+                instance.as_str(),
+                json!({"weight": 1.0, "enabled": true, "healthy": true, "ephemeral": false, "owner": "old", "v": 1}),
+            ),
+            (
+                check.as_str(),
+                json!({"kind": "tcp", "interval_ms": 150, "timeout_ms": 150, "healthy_threshold": 1,
+                       "unhealthy_threshold": 3, "origin": "nacos_default", "v": 1}),
+            ),
+        ]
+        .map(|(key, value)| sb_store::TxnOp::put(key, value.to_string().into_bytes()));
+        store.txn(sb_store::Txn::new().and_then(ops)).await.expect("seed");
+        store.close().await;
+    }
+    let fast = ["--dns-listen", "off", "--health-reconcile-ms", "100", "--nacos-check-interval-ms", "150"];
+    let (server, token) = start(dir.path(), &fast);
+    let api = Api::new(&server, token);
+    wait_health(&api, "old", closed, false).await;
+    let path = format!("/api/v1/namespaces/public/services/old/instances/127.0.0.1:{closed}/check");
+    let (code, shown) = api.get(&path).await;
+    assert_eq!((code, shown["origin"].clone()), (StatusCode::OK, json!("nacos_default")), "{shown}");
+    let (code, answer) = api.call(reqwest::Method::DELETE, &path, Value::Null).await;
+    assert_eq!((code, answer["deleted"].clone()), (StatusCode::OK, json!(true)), "{answer}");
+    assert_eq!(api.get(&path).await.0, StatusCode::NOT_FOUND);
+    server.terminate();
+    assert_eq!(stored_keys(dir.path(), "health/").await, Vec::<String>::new());
 }
