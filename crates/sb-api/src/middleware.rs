@@ -18,6 +18,7 @@ use sb_auth::{Kind, Resource};
 
 use crate::auth;
 use crate::error::{ApiError, ErrorKind};
+use crate::nacos::{is_form, read_form, NacosParams};
 use crate::routes::{Policy, Route};
 use crate::{ApiState, Subject};
 
@@ -110,10 +111,6 @@ pub async fn per_route(State(context): State<RouteContext>, request: Request, ne
     }
 }
 
-/// The largest form body searched for Nacos credentials and namespaces (a config publish
-/// carries the content in the same body, up to the config size limit).
-const MAX_NACOS_FORM_BYTES: usize = 16 * 1024 * 1024;
-
 /// Authentication, then the one policy check: the request's credential resolves to a
 /// [`Subject`], the route's table entry gives the kind and action, and the namespaces the
 /// request names (path, `namespace`, Nacos `namespaceId`/`tenant`, the tenants of a Nacos
@@ -125,19 +122,17 @@ async fn guard(context: &RouteContext, request: Request, nacos: bool) -> Result<
     // The `{ns}` segment of the matched template, percent-decoded as `Path` decodes it.
     let raw = axum::extract::RawPathParams::from_request_parts(&mut parts, &()).await.ok();
     let path_ns = raw.and_then(|p| p.iter().find(|(name, _)| *name == "ns").map(|(_, v)| v.to_owned()));
-    let mut form = None;
-    if nacos && is_form(&parts.headers) {
-        let bytes = axum::body::to_bytes(body, MAX_NACOS_FORM_BYTES).await.map_err(|_| {
-            ApiError::new(
-                ErrorKind::PayloadTooLarge,
-                format!("the form body is over {MAX_NACOS_FORM_BYTES} bytes"),
-            )
-        })?;
-        form = Some(bytes.clone());
-        body = axum::body::Body::from(bytes);
-    }
-    let params =
-        RequestParams { query: parts.uri.query().unwrap_or(""), form: form.as_deref().unwrap_or(&[]) };
+    let query = parts.uri.query().unwrap_or("");
+    // On Nacos paths the query and the form body are decoded here once, and the handler's
+    // `NacosParams` extractor takes them from the request's extensions.
+    let params = if nacos && is_form(&parts.headers) {
+        let form = read_form(body).await?;
+        let params = NacosParams::decode(query, &form);
+        body = axum::body::Body::from(form);
+        params
+    } else {
+        NacosParams::decode(query, &[])
+    };
     let subject = authenticate(context, &parts, &params, nacos).await?;
     let auth = &context.state.auth;
     let allowed = match context.policy {
@@ -164,29 +159,10 @@ async fn guard(context: &RouteContext, request: Request, nacos: bool) -> Result<
         ));
     }
     parts.extensions.insert(subject);
+    if nacos {
+        parts.extensions.insert(params);
+    }
     Ok(Request::from_parts(parts, body))
-}
-
-/// The query string and (on Nacos paths) the form body of a request.
-pub(crate) struct RequestParams<'a> {
-    pub query: &'a str,
-    pub form: &'a [u8],
-}
-
-impl RequestParams<'_> {
-    /// Every value of `name`, from the query and the form (a repeated parameter is checked
-    /// in all its values, whichever a handler reads).
-    pub fn all(&self, name: &str) -> Vec<String> {
-        form_urlencoded::parse(self.query.as_bytes())
-            .chain(form_urlencoded::parse(self.form))
-            .filter(|(key, _)| key == name)
-            .map(|(_, value)| value.into_owned())
-            .collect()
-    }
-
-    pub fn first(&self, name: &str) -> Option<String> {
-        self.all(name).into_iter().find(|v| !v.is_empty())
-    }
 }
 
 /// The namespaces a request of a namespaced kind touches (an empty or absent one is
@@ -196,19 +172,18 @@ fn request_namespaces(
     route: &Route,
     kind: Kind,
     path_ns: Option<String>,
-    params: &RequestParams<'_>,
+    params: &NacosParams,
 ) -> Option<Vec<String>> {
     if !kind.is_namespaced() {
         return None;
     }
     let mut names: Vec<String> = path_ns.into_iter().collect();
     // One pass over the query and the form.
-    names.extend(
-        form_urlencoded::parse(params.query.as_bytes())
-            .chain(form_urlencoded::parse(params.form))
-            .filter(|(key, _)| matches!(key.as_ref(), "namespace" | "namespaceId" | "tenant"))
-            .map(|(_, value)| value.into_owned()),
-    );
+    // Every value of each (a repeated parameter is checked in all its values, whichever a
+    // handler reads).
+    for name in ["namespace", "namespaceId", "tenant"] {
+        names.extend(params.all(name).map(str::to_owned));
+    }
     if route.id == crate::routes::RouteId::NacosConfigListener {
         for probe in params.all("Listening-Configs") {
             for line in probe.split('\u{1}').filter(|l| !l.is_empty()) {
@@ -240,7 +215,7 @@ fn request_namespaces(
 async fn authenticate(
     context: &RouteContext,
     parts: &axum::http::request::Parts,
-    params: &RequestParams<'_>,
+    params: &NacosParams,
     nacos: bool,
 ) -> Result<Subject, ApiError> {
     let auth = &context.state.auth;
@@ -248,19 +223,22 @@ async fn authenticate(
         |message: &str| ApiError::new(ErrorKind::Unauthenticated, message).with_field("Authorization");
     let mut token = auth::bearer(parts.headers.get(AUTHORIZATION)).map(str::to_owned);
     if nacos && token.is_none() {
-        token = nacos_token_from(Some(params.query), &parts.headers).or_else(|| params.first("accessToken"));
+        token = query_or_header_token(params.in_query("accessToken"), &parts.headers)
+            .or_else(|| params.first_non_empty("accessToken").map(str::to_owned));
     }
     if let Some(token) = token {
         return auth.resolve_token(&token).ok_or_else(|| unknown("the token is unknown, expired or revoked"));
     }
     if nacos {
-        if let (Some(user), Some(password)) = (params.first("username"), params.first("password")) {
+        if let (Some(user), Some(password)) =
+            (params.first_non_empty("username"), params.first_non_empty("password"))
+        {
             let client = parts
                 .extensions
                 .get::<RequestContext>()
                 .and_then(|c| c.client)
                 .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-            return Ok(auth.check_password(&user, &password, client).await?);
+            return Ok(auth.check_password(user, password, client).await?);
         }
     }
     if let Some(auth::ClientCertSubject(name)) = parts.extensions.get::<auth::ClientCertSubject>() {
@@ -277,22 +255,18 @@ async fn authenticate(
 
 /// Nacos's `accessToken`, from the query string or a header of that name.
 pub fn nacos_token_from(query: Option<&str>, headers: &axum::http::HeaderMap) -> Option<String> {
-    query
-        .and_then(|query| form_value(query.as_bytes(), "accessToken"))
-        .or_else(|| headers.get("accessToken").and_then(|v| v.to_str().ok()).map(str::to_owned))
+    let in_query = query.and_then(|query| {
+        form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "accessToken").map(|(_, value)| value)
+    });
+    query_or_header_token(in_query.as_deref(), headers)
+}
+
+/// The query's first `accessToken` if it has one, else the header of that name; empty is none.
+fn query_or_header_token(in_query: Option<&str>, headers: &axum::http::HeaderMap) -> Option<String> {
+    in_query
+        .or_else(|| headers.get("accessToken").and_then(|v| v.to_str().ok()))
         .filter(|token| !token.is_empty())
-}
-
-fn is_form(headers: &axum::http::HeaderMap) -> bool {
-    headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
-}
-
-/// The first value of `name` in a URL-encoded form or query string.
-fn form_value(encoded: &[u8], name: &str) -> Option<String> {
-    form_urlencoded::parse(encoded).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
+        .map(str::to_owned)
 }
 
 fn new_request_id() -> String {
@@ -372,7 +346,10 @@ mod tests {
         assert_eq!(nacos_token_from(Some("accessToken="), &headers), None);
         headers.insert("accessToken", "h".parse().unwrap());
         assert_eq!(nacos_token_from(Some("a=1"), &headers).as_deref(), Some("h"));
-        assert_eq!(form_value(b"dataId=x&accessToken=f", "accessToken").as_deref(), Some("f"));
+        let params = NacosParams::decode("a=1&accessToken=", b"dataId=x&accessToken=f");
+        assert_eq!(params.in_query("accessToken"), Some(""));
+        assert_eq!(params.first_non_empty("accessToken"), Some("f"));
+        assert_eq!(params.all("accessToken").collect::<Vec<_>>(), ["", "f"]);
     }
 
     #[test]

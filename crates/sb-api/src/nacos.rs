@@ -6,10 +6,13 @@
 //! Compat handlers translate to the same domain services as the native API; no rule lives
 //! here.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header::CONTENT_TYPE;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiError, ErrorKind};
@@ -37,45 +40,79 @@ impl IntoResponse for NacosError {
 
 pub type NacosResult<T> = Result<T, NacosError>;
 
-/// Query and form parameters by name; the query's value wins, as with `getParameter`.
-#[derive(Debug, Default)]
-pub struct NacosParams(pub HashMap<String, String>);
+/// Query and form parameters in request order, the query's first. A name's first value is
+/// its value, as with `getParameter`.
+///
+/// Decoded once per request: the route guard decodes them to find the credential and the
+/// namespaces, and leaves them in the request's extensions, where this extractor takes
+/// them. Routes without the guard (login) decode here.
+#[derive(Clone, Debug, Default)]
+pub struct NacosParams {
+    pairs: Arc<[(String, String)]>,
+    /// How many of `pairs` came from the query string.
+    from_query: usize,
+}
 
 impl<S: Send + Sync> FromRequest<S> for NacosParams {
     type Rejection = NacosError;
 
     async fn from_request(request: Request, _state: &S) -> Result<Self, NacosError> {
+        if let Some(params) = request.extensions().get::<NacosParams>() {
+            return Ok(params.clone());
+        }
         let (parts, body) = request.into_parts();
-        let mut params = HashMap::new();
-        let form = parts
-            .headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-        if let Some(query) = parts.uri.query() {
-            for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-                params.entry(name.into_owned()).or_insert_with(|| value.into_owned());
-            }
+        let query = parts.uri.query().unwrap_or("");
+        if !is_form(&parts.headers) {
+            return Ok(NacosParams::decode(query, &[]));
         }
-        if form {
-            let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES).await.map_err(|_| {
-                ApiError::new(
-                    ErrorKind::PayloadTooLarge,
-                    format!("the form body is over {MAX_FORM_BYTES} bytes"),
-                )
-            })?;
-            for (name, value) in form_urlencoded::parse(&bytes) {
-                params.entry(name.into_owned()).or_insert_with(|| value.into_owned());
-            }
-        }
-        Ok(NacosParams(params))
+        let form = read_form(body).await?;
+        Ok(NacosParams::decode(query, &form))
     }
 }
 
+/// Whether a request's body is a URL-encoded form.
+pub fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
+/// A form body, up to [`MAX_FORM_BYTES`].
+pub async fn read_form(body: axum::body::Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_FORM_BYTES).await.map_err(|_| {
+        ApiError::new(ErrorKind::PayloadTooLarge, format!("the form body is over {MAX_FORM_BYTES} bytes"))
+    })
+}
+
 impl NacosParams {
+    /// Decodes a query string and a URL-encoded form body.
+    pub fn decode(query: &str, form: &[u8]) -> Self {
+        let owned = |(name, value): (Cow<'_, str>, Cow<'_, str>)| (name.into_owned(), value.into_owned());
+        let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).map(owned).collect();
+        let from_query = pairs.len();
+        pairs.extend(form_urlencoded::parse(form).map(owned));
+        NacosParams { pairs: pairs.into(), from_query }
+    }
+
+    /// Every value of `name`, from the query and the form, empty ones included.
+    pub fn all<'a: 'n, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + 'n {
+        self.pairs.iter().filter(move |(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+
+    /// The first value of `name` in the query string alone, empty or not.
+    pub fn in_query(&self, name: &str) -> Option<&str> {
+        self.pairs[..self.from_query].iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+
+    /// The first non-empty value of `name`, from the query or the form.
+    pub fn first_non_empty(&self, name: &str) -> Option<&str> {
+        self.all(name).find(|value| !value.is_empty())
+    }
+
     /// The value, if present and not empty.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.all(name).next().filter(|v| !v.is_empty())
     }
 
     /// The value, or Nacos's 400 for a missing required parameter.
