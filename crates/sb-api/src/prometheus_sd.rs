@@ -67,7 +67,13 @@ pub async fn sd(State(api): State<ApiState>, params: Params) -> Result<Json<Valu
     let mut groups = Vec::new();
     let services: Box<dyn Iterator<Item = (&ServiceId, &ServiceEntry)>> = match namespace {
         Some(ns) => Box::new(state.services_in(ns, group)),
-        None => Box::new(state.services.iter().filter(|(id, _)| group.is_none_or(|g| id.group == g))),
+        None => Box::new(
+            state
+                .services
+                .iter()
+                .filter(|(id, _)| group.is_none_or(|g| id.group == g))
+                .map(|(id, service)| (&**id, service)),
+        ),
     };
     for (id, entry) in services.filter(|(id, _)| service.is_none_or(|s| id.service == s)) {
         service_groups(id, entry, &mut groups);

@@ -68,7 +68,7 @@ pub struct DnsOptions {
 }
 
 /// Services by lowercased (namespace, group, service), rebuilt when the view changes.
-type Index = HashMap<(String, String, String), Vec<ServiceId>>;
+type Index = HashMap<(String, String, String), Vec<Arc<ServiceId>>>;
 
 pub(crate) struct Handler {
     registry: Arc<Registry>,
@@ -130,7 +130,7 @@ impl Handler {
             .find(|id| {
                 namespace.matches(&id.namespace) && group.matches(&id.group) && service.matches(&id.service)
             })
-            .cloned()
+            .map(|id| ServiceId::clone(id))
     }
 
     /// Answers one question from the registry view.

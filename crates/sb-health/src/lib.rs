@@ -432,7 +432,7 @@ impl Reconciler {
         clusters: &DecodedMap<ClusterCheck>,
         registry_state: &sb_registry::RegistryState,
         nodes: &[String],
-    ) -> HashMap<Vec<u8>, (ServiceId, InstanceAddr, Probe)> {
+    ) -> HashMap<Vec<u8>, (Arc<ServiceId>, Arc<InstanceAddr>, Probe)> {
         let mut wanted = HashMap::new();
         for (id, service) in registry_state.services.iter().filter(|(_, s)| s.persistent > 0) {
             // The service's clusters with settings: `{cluster}` after this prefix.
@@ -471,8 +471,8 @@ async fn run_check(
     registry: Arc<Registry>,
     permits: Arc<Semaphore>,
     stats: Arc<ProbeStats>,
-    id: ServiceId,
-    addr: InstanceAddr,
+    id: Arc<ServiceId>,
+    addr: Arc<InstanceAddr>,
     probe_of: Probe,
     node_id: String,
 ) {

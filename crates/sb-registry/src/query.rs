@@ -80,7 +80,7 @@ mod tests {
             ..Default::default()
         };
         for (n, healthy) in health.iter().enumerate() {
-            let addr = InstanceAddr::parse("", "10.0.0.1", 1000 + n as i64).unwrap();
+            let addr = Arc::new(InstanceAddr::parse("", "10.0.0.1", 1000 + n as i64).unwrap());
             let record = InstanceRecord {
                 weight: 1.0,
                 enabled: true,

@@ -1,6 +1,11 @@
 //! The registry view's state: services with their instances, indexed for the queries
 //! (one service's instances, services of a namespace in order), rebuilt from watch events.
 //! Persistent maps keep each snapshot cheap to clone.
+//!
+//! Their keys are `Arc`s: a change copies the path of B-tree nodes it touches when a
+//! snapshot still shares them, and each node holds 16 keys, so shared keys make that copy
+//! a few reference counts instead of a string allocation per key, and an instance's address
+//! is held once (map key and entry share it).
 
 use std::sync::Arc;
 
@@ -15,7 +20,8 @@ use crate::names::{parse_key, InstanceAddr, RegistryKey, ServiceId};
 /// One instance as the view holds it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InstanceEntry {
-    pub addr: InstanceAddr,
+    /// The same `Arc` as the instance's key in [`ServiceEntry::instances`].
+    pub addr: Arc<InstanceAddr>,
     pub record: InstanceRecord,
     pub mod_revision: Revision,
     pub lease: Option<LeaseId>,
@@ -32,7 +38,7 @@ pub struct ServiceRecordEntry {
 #[derive(Clone, Debug, Default)]
 pub struct ServiceEntry {
     pub record: Option<Arc<ServiceRecordEntry>>,
-    pub instances: imbl::OrdMap<InstanceAddr, Arc<InstanceEntry>>,
+    pub instances: imbl::OrdMap<Arc<InstanceAddr>, Arc<InstanceEntry>>,
     /// The revision of the last change to the service or any of its instances.
     pub changed_revision: Revision,
     /// How many of its instances are persistent (those health checks may probe).
@@ -47,7 +53,7 @@ impl ServiceEntry {
 
 #[derive(Clone, Debug)]
 pub struct RegistryState {
-    pub services: imbl::OrdMap<ServiceId, ServiceEntry>,
+    pub services: imbl::OrdMap<Arc<ServiceId>, ServiceEntry>,
     pub instance_count: usize,
     pub undecodable: u64,
     /// Distinct for every state built from scratch (each load or reload of the view):
@@ -89,6 +95,7 @@ impl RegistryState {
             .range(start..)
             .take_while(move |(id, _)| id.namespace == namespace)
             .filter(move |(id, _)| group_opt.is_none_or(|g| id.group == g))
+            .map(|(id, service)| (&**id, service))
     }
 
     fn undecodable(&mut self, event: &Event, error: impl std::fmt::Display) {
@@ -101,13 +108,18 @@ impl ViewState for RegistryState {
     fn apply(&mut self, event: &Event) {
         let Some(key) = parse_key(&event.kv.key) else { return };
         let revision = event.kv.mod_revision;
-        let id = match &key {
-            RegistryKey::Service(id) | RegistryKey::Instance(id, _) => id.clone(),
+        let (id, addr_opt) = match key {
+            RegistryKey::Service(id) => (id, None),
+            RegistryKey::Instance(id, addr) => (id, Some(addr)),
         };
-        let mut entry = self.services.get(&id).cloned().unwrap_or_default();
+        // The service's key as the map holds it, shared, or a new one.
+        let (id, mut entry) = match self.services.get_key_value(&id) {
+            Some((id, entry)) => (id.clone(), entry.clone()),
+            None => (Arc::new(id), ServiceEntry::default()),
+        };
         entry.changed_revision = entry.changed_revision.max(revision);
-        match (key, event.kind) {
-            (RegistryKey::Service(_), EventKind::Put) => match decode::<ServiceRecord>(&event.kv.value) {
+        match (addr_opt, event.kind) {
+            (None, EventKind::Put) => match decode::<ServiceRecord>(&event.kv.value) {
                 Ok(record) => {
                     entry.record = Some(Arc::new(ServiceRecordEntry { record, mod_revision: revision }))
                 }
@@ -116,12 +128,16 @@ impl ViewState for RegistryState {
                     self.undecodable(event, error);
                 }
             },
-            (RegistryKey::Service(_), EventKind::Delete) => entry.record = None,
-            (RegistryKey::Instance(_, addr), EventKind::Put) => {
+            (None, EventKind::Delete) => entry.record = None,
+            (Some(addr), EventKind::Put) => {
                 let before = entry.instances.len();
                 let replaced = match decode::<InstanceRecord>(&event.kv.value) {
                     Ok(record) => {
                         entry.persistent += usize::from(!record.ephemeral);
+                        let addr = match entry.instances.get_key_value(&addr) {
+                            Some((shared, _)) => shared.clone(),
+                            None => Arc::new(addr),
+                        };
                         let instance = InstanceEntry {
                             addr: addr.clone(),
                             record,
@@ -140,7 +156,7 @@ impl ViewState for RegistryState {
                 }
                 self.instance_count = self.instance_count + entry.instances.len() - before;
             }
-            (RegistryKey::Instance(_, addr), EventKind::Delete) => {
+            (Some(addr), EventKind::Delete) => {
                 if let Some(removed) = entry.instances.remove(&addr) {
                     entry.persistent -= usize::from(!removed.record.ephemeral);
                     self.instance_count -= 1;
@@ -152,5 +168,68 @@ impl ViewState for RegistryState {
         } else {
             self.services.insert(id, entry);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sb_store::codec::encode;
+    use sb_store::KeyValue;
+
+    fn event(kind: EventKind, key: Vec<u8>, value: Vec<u8>, revision: Revision) -> Event {
+        let kv = KeyValue {
+            key,
+            value,
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+            lease: None,
+        };
+        Event { kind, kv }
+    }
+
+    fn record(ephemeral: bool) -> Vec<u8> {
+        let record = InstanceRecord {
+            weight: 1.0,
+            enabled: true,
+            healthy: true,
+            ephemeral,
+            metadata: Default::default(),
+            owner: "n".into(),
+            default_check: !ephemeral,
+        };
+        encode(&record).unwrap()
+    }
+
+    #[test]
+    fn persistent_instances_are_counted_and_addresses_shared() {
+        let id = ServiceId::new("public", "g", "s").unwrap();
+        let (a, b) = (
+            InstanceAddr::parse("", "10.0.0.1", 80).unwrap(),
+            InstanceAddr::parse("", "10.0.0.2", 80).unwrap(),
+        );
+        let mut state = RegistryState::default();
+        let persistent = |state: &RegistryState| state.service(&id).map_or(0, |s| s.persistent);
+        state.apply(&event(EventKind::Put, id.instance_key(&a), record(false), 2));
+        state.apply(&event(EventKind::Put, id.instance_key(&b), record(true), 3));
+        assert_eq!((persistent(&state), state.instance_count), (1, 2));
+        // Re-put as ephemeral, then persistent again: replaced, not added.
+        state.apply(&event(EventKind::Put, id.instance_key(&a), record(true), 4));
+        assert_eq!(persistent(&state), 0);
+        state.apply(&event(EventKind::Put, id.instance_key(&b), record(false), 5));
+        state.apply(&event(EventKind::Put, id.instance_key(&b), record(false), 6));
+        assert_eq!((persistent(&state), state.instance_count), (1, 2));
+        // The map's key and the entry hold one address.
+        let service = state.service(&id).unwrap();
+        let (key, entry) = service.instances.get_key_value(&b).unwrap();
+        assert!(Arc::ptr_eq(key, &entry.addr));
+        assert!(entry.record.default_check);
+        // An undecodable put removes the instance; a delete too.
+        state.apply(&event(EventKind::Put, id.instance_key(&b), b"{".to_vec(), 7));
+        assert_eq!((persistent(&state), state.instance_count, state.undecodable), (0, 1, 1));
+        state.apply(&event(EventKind::Delete, id.instance_key(&a), Vec::new(), 8));
+        assert!(state.service(&id).is_none(), "a service with no record and no instance is gone");
+        assert_eq!(state.instance_count, 0);
     }
 }
