@@ -19,7 +19,8 @@ const SHARDS: usize = 64;
 #[derive(Clone, Debug)]
 pub struct BeatEntry {
     pub last_beat: Instant,
-    pub service: ServiceId,
+    /// The registry view's own key for the service, shared.
+    pub service: Arc<ServiceId>,
     pub instance: Arc<InstanceEntry>,
 }
 
@@ -46,7 +47,7 @@ impl HeartbeatTable {
     }
 
     /// Records a beat at `now`.
-    pub fn beat(&self, key: &[u8], service: &ServiceId, instance: &Arc<InstanceEntry>, now: Instant) {
+    pub fn beat(&self, key: &[u8], service: &Arc<ServiceId>, instance: &Arc<InstanceEntry>, now: Instant) {
         let mut shard = self.shard(key).lock();
         match shard.get_mut(key) {
             Some(entry) => {
@@ -68,7 +69,7 @@ impl HeartbeatTable {
     pub fn last_or_insert(
         &self,
         key: &[u8],
-        service: &ServiceId,
+        service: &Arc<ServiceId>,
         instance: &Arc<InstanceEntry>,
         now: Instant,
     ) -> Instant {

@@ -195,8 +195,8 @@ impl Registry {
             .or_else([put, audited]);
         let revision = self.commit(txn).await?.revision;
         if spec.ephemeral {
-            if let Some(entry) = self.snapshot().instance(&spec.service, &spec.addr) {
-                self.shared.beats.beat(&key, &spec.service, entry, Instant::now());
+            if let Some((id, entry)) = self.snapshot().instance_with_id(&spec.service, &spec.addr) {
+                self.shared.beats.beat(&key, id, entry, Instant::now());
             }
         }
         info!(service = %spec.service, instance = %spec.addr.socket(), revision, "instance registered");
@@ -336,7 +336,7 @@ impl Registry {
     ) -> RegistryResult<BeatTimeouts> {
         let defaults = self.shared.options.timeouts;
         let snapshot = self.snapshot();
-        let Some(entry) = snapshot.instance(id, addr) else {
+        let Some((shared_id, entry)) = snapshot.instance_with_id(id, addr) else {
             let Some(spec) = full_opt else {
                 // Still beating while gone from the view (a lost session): remembered, so
                 // a regained session puts it back.
@@ -356,7 +356,7 @@ impl Registry {
             return Ok(timeouts);
         }
         let key = id.instance_key(addr);
-        self.shared.beats.beat(&key, id, entry, Instant::now());
+        self.shared.beats.beat(&key, shared_id, entry, Instant::now());
         let session = self.shared.session();
         if entry.lease != Some(session) || !entry.record.healthy {
             // Adopt it onto this node's session, healthy again: one compare-and-put, so an

@@ -84,6 +84,16 @@ impl RegistryState {
         self.services.get(id).and_then(|s| s.instances.get(addr))
     }
 
+    /// An instance with its service's id as this state holds it (to share, not copy).
+    pub fn instance_with_id(
+        &self,
+        id: &ServiceId,
+        addr: &InstanceAddr,
+    ) -> Option<(&Arc<ServiceId>, &Arc<InstanceEntry>)> {
+        let (id, service) = self.services.get_key_value(id)?;
+        Some((id, service.instances.get(addr)?))
+    }
+
     /// The services of a namespace (and group, if given), in name order.
     pub fn services_in<'a>(
         &'a self,
