@@ -285,15 +285,19 @@ impl HealthChecks {
         let audited =
             || audit.op("health.check.delete", String::from_utf8_lossy(&key), before.as_deref(), None);
         // The default check is cleared on the instance, with the stored check (if any) in
-        // the same transaction.
-        let ops = vec![TxnOp::delete(key.clone()), audited()];
-        match self.registry.clear_default_check(id, addr, ops).await {
-            Ok(Some(revision)) => {
-                self.view.wait_for(revision, self.settings.read_your_writes_timeout).await?;
-                return Ok(true);
+        // the same transaction; a concurrent write to the instance (a probe's health
+        // change) is retried a few times rather than answered as a conflict.
+        for attempt in 1..=3 {
+            let ops = vec![TxnOp::delete(key.clone()), audited()];
+            match self.registry.clear_default_check(id, addr, ops).await {
+                Ok(Some(revision)) => {
+                    self.view.wait_for(revision, self.settings.read_your_writes_timeout).await?;
+                    return Ok(true);
+                }
+                Err(RegistryError::Conflict(_)) if attempt < 3 => {}
+                Ok(None) | Err(RegistryError::NotFound(_)) => break,
+                Err(error) => return Err(error),
             }
-            Ok(None) | Err(RegistryError::NotFound(_)) => {}
-            Err(error) => return Err(error),
         }
         // Recorded only when there was a check to delete.
         let txn = Txn::new()
