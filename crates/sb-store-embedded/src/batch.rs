@@ -123,7 +123,7 @@ impl<'a> BatchEval<'a> {
     pub(crate) fn run(&mut self, request: WriteRequest) -> Outcome {
         match request {
             WriteRequest::Txn { txn, reply } => {
-                let result = self.txn(&txn).map(|(response, wrote)| {
+                let result = self.txn(txn).map(|(response, wrote)| {
                     self.writing_txns += u64::from(wrote);
                     response
                 });
@@ -233,8 +233,9 @@ impl<'a> BatchEval<'a> {
         revision
     }
 
-    /// Runs a transaction; also says whether it wrote.
-    fn txn(&mut self, txn: &Txn) -> StoreResult<(TxnResponse, bool)> {
+    /// Runs a transaction; also says whether it wrote. It takes the transaction, so that
+    /// put values move into the new state rather than being copied.
+    fn txn(&mut self, txn: Txn) -> StoreResult<(TxnResponse, bool)> {
         let mut succeeded = true;
         for compare in &txn.compares {
             let view = View { base: self.base.base, overlay: Some(&self.overlay) };
@@ -244,9 +245,9 @@ impl<'a> BatchEval<'a> {
                 break;
             }
         }
-        let ops = if succeeded { &txn.success } else { &txn.failure };
+        let ops = if succeeded { txn.success } else { txn.failure };
         // A put naming an unknown lease fails the whole transaction before any effect.
-        for op in ops {
+        for op in &ops {
             if let TxnOp::Put { lease: Some(id), .. } = op {
                 if !self.lease_usable(*id) {
                     return Err(StoreError::LeaseNotFound(*id));
@@ -275,23 +276,23 @@ impl<'a> BatchEval<'a> {
         Ok((TxnResponse { succeeded, revision, responses }, wrote))
     }
 
-    fn op(&mut self, op: &TxnOp, revision: Revision, changes: &mut Changes) -> StoreResult<OpResponse> {
+    fn op(&mut self, op: TxnOp, revision: Revision, changes: &mut Changes) -> StoreResult<OpResponse> {
         match op {
             TxnOp::Put { key, value, lease } => {
-                let previous = self.meta(key);
+                let previous = self.meta(&key);
                 let kv = KeyValue {
                     key: key.clone(),
-                    value: value.clone(),
+                    value,
                     create_revision: previous.as_ref().map_or(revision, |p| p.create_revision),
                     mod_revision: revision,
                     version: previous.as_ref().map_or(1, |p| p.version + 1),
-                    lease: *lease,
+                    lease,
                 };
-                self.set(changes, key.clone(), Some(Arc::new(kv)));
+                self.set(changes, key, Some(Arc::new(kv)));
                 Ok(OpResponse::Put)
             }
             TxnOp::Delete(range) => {
-                let keys = self.view().keys(range);
+                let keys = self.view().keys(&range);
                 let deleted = keys.len() as u64;
                 for key in keys {
                     self.set(changes, key, None);
@@ -303,10 +304,10 @@ impl<'a> BatchEval<'a> {
                 let current = if changes.keys.is_empty() { self.next_revision - 1 } else { revision };
                 match request.revision.filter(|r| *r > 0 && *r != current) {
                     None => {
-                        let answer = self.view().answer(request, current);
+                        let answer = self.view().answer(&request, current);
                         answer.fill(&mut self.cold).map(OpResponse::Range)
                     }
-                    Some(past) => self.past_range(request, past, current).map(OpResponse::Range),
+                    Some(past) => self.past_range(&request, past, current).map(OpResponse::Range),
                 }
             }
         }

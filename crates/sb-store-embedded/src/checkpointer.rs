@@ -80,13 +80,17 @@ pub(crate) async fn run_checkpointer(shared: Arc<Shared>, mut requests: mpsc::Re
         };
         match request {
             Some(CheckpointRequest::Compact { reply: None, .. }) => {
-                run_maintenance(&shared, &mut clock, true).await;
+                run_maintenance(&shared, &mut clock, true, false).await;
             }
             Some(CheckpointRequest::Compact { revision, reply: Some(reply) }) => {
                 let job = shared.clone();
                 let result = tokio::task::spawn_blocking(move || compact(&job, revision))
                     .await
                     .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("compaction failed: {e}"))));
+                if result.is_ok() {
+                    // Its commit is durable, and so are the ones before it.
+                    clock.durable(Instant::now());
+                }
                 clock.caught_up();
                 shared.checkpointed.notify_waiters();
                 if let Err(error) = &result {
@@ -105,7 +109,7 @@ pub(crate) async fn run_checkpointer(shared: Arc<Shared>, mut requests: mpsc::Re
             }
             None => {}
         }
-        if clock.is_due(&shared) && !run_maintenance(&shared, &mut clock, true).await {
+        if clock.is_due(&shared) && !run_maintenance(&shared, &mut clock, true, false).await {
             // Nothing moved although a step was due: wait for news rather than spin.
             clock.idle(&shared);
         }
@@ -155,6 +159,10 @@ struct MaintenanceClock {
     pending_since: Option<Instant>,
     /// After a failed step: nothing runs before this.
     retry_at: Option<Instant>,
+    /// When the MVCC file last committed durably (`None`: not since the start).
+    durable_at: Option<Instant>,
+    /// Whether a step committed without an fsync since then.
+    non_durable: bool,
 }
 
 impl MaintenanceClock {
@@ -177,6 +185,13 @@ impl MaintenanceClock {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // Non-durable commits pending: a durable step is due after `checkpoint_sync_interval`, even
+        // when nothing else is.
+        let durable = self.non_durable.then(|| self.durable_deadline(shared, now));
+        let deadline = match (deadline, durable) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         deadline.map(|deadline| self.retry_at.map_or(deadline, |retry| deadline.max(retry)))
     }
 
@@ -192,6 +207,23 @@ impl MaintenanceClock {
         let threshold = shared.options.checkpoint_revisions.min(shared.options.max_log_lag).max(1);
         Self::pending(shared) >= threshold
             || self.deadline(shared, now).is_some_and(|deadline| deadline <= now)
+    }
+
+    /// When the next step must commit durably: `checkpoint_sync_interval` after the last
+    /// durable commit.
+    fn durable_deadline(&self, shared: &Shared, now: Instant) -> Instant {
+        self.durable_at.map_or(now, |at| at + shared.options.checkpoint_sync_interval)
+    }
+
+    /// Whether the next step commits durably.
+    fn durable_due(&self, shared: &Shared, now: Instant) -> bool {
+        self.durable_deadline(shared, now) <= now
+    }
+
+    /// The MVCC file committed durably at `now`.
+    fn durable(&mut self, now: Instant) {
+        self.durable_at = Some(now);
+        self.non_durable = false;
     }
 
     /// A due step did nothing: look again a little later rather than spin.
@@ -220,14 +252,22 @@ fn compaction_policy(shared: &Shared) -> disk::Compaction {
 }
 
 /// Runs one maintenance step: a bounded checkpoint and, with `compaction` and when one is
-/// due, a bounded compaction step, in one durable transaction of the MVCC file. Returns
+/// due, a bounded compaction step, in one transaction of the MVCC file, durable once
+/// `checkpoint_sync_interval` passed since the last durable one, or with `durable`. Returns
 /// whether it moved anything (false on an error too).
-async fn run_maintenance(shared: &Arc<Shared>, clock: &mut MaintenanceClock, compaction: bool) -> bool {
+async fn run_maintenance(
+    shared: &Arc<Shared>,
+    clock: &mut MaintenanceClock,
+    compaction: bool,
+    durable: bool,
+) -> bool {
     let Some(files) = shared.files() else { return false };
     let step = compaction.then(|| compaction_policy(shared));
-    let result = tokio::task::spawn_blocking(move || disk::maintain(&files, CHECKPOINT_RECORDS, step))
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("checkpoint failed: {e}"))));
+    let durable = durable || clock.durable_due(shared, Instant::now());
+    let result =
+        tokio::task::spawn_blocking(move || disk::maintain(&files, CHECKPOINT_RECORDS, step, durable))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("checkpoint failed: {e}"))));
     match result {
         Ok(done) => {
             record_checkpoint(shared, done.checkpoint);
@@ -238,7 +278,16 @@ async fn run_maintenance(shared: &Arc<Shared>, clock: &mut MaintenanceClock, com
                 state.compacted = state.compacted.max(done.compacted);
                 state.cleaned = state.cleaned.max(done.cleaned);
             }
+            if done.durable {
+                // The log may go below what this commit cleaned, and no further.
+                state.durably_cleaned = state.durably_cleaned.max(done.cleaned);
+            }
             drop(state);
+            if done.durable {
+                clock.durable(Instant::now());
+            } else if done.checkpoint.moved || compacted {
+                clock.non_durable = true;
+            }
             shared.checkpointed.notify_waiters();
             if !done.checkpoint.more {
                 clock.caught_up();
@@ -255,9 +304,11 @@ async fn run_maintenance(shared: &Arc<Shared>, clock: &mut MaintenanceClock, com
     }
 }
 
-/// Before the store closes, so the next open has nothing to replay.
+/// Before the store closes, so the next open has nothing to replay: the last step is
+/// durable, and with it every step before.
 async fn checkpoint_everything(shared: &Arc<Shared>, clock: &mut MaintenanceClock) {
-    while MaintenanceClock::pending(shared) > 0 && run_maintenance(shared, clock, false).await {}
+    while MaintenanceClock::pending(shared) > 0 && run_maintenance(shared, clock, false, false).await {}
+    run_maintenance(shared, clock, false, true).await;
 }
 
 fn record_checkpoint(shared: &Shared, checkpoint: disk::Checkpoint) {
@@ -288,6 +339,8 @@ fn compact(shared: &Shared, revision: Revision) -> StoreResult<()> {
     let mut state = shared.state.write();
     state.compacted = state.compacted.max(revision);
     state.cleaned = state.cleaned.max(revision);
+    // `disk::compact` commits durably.
+    state.durably_cleaned = state.durably_cleaned.max(revision);
     drop(state);
     tracing::info!(revision, "store compacted");
     Ok(())

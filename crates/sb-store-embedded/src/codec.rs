@@ -114,6 +114,16 @@ pub(crate) fn is_tombstone(bytes: &[u8]) -> bool {
     bytes.first().is_some_and(|flags| flags & TOMBSTONE != 0)
 }
 
+/// Whether the key of an encoded record had a record before it in its current life: a
+/// tombstone, or a put that is not the key's first (version above 1). `false` for a
+/// creation, or bytes too short to tell.
+pub(crate) fn had_earlier_record(bytes: &[u8]) -> bool {
+    if bytes.len() < HEADER_BYTES {
+        return false;
+    }
+    is_tombstone(bytes) || read_i64(&bytes[9..17]) > 1
+}
+
 fn read_i64(bytes: &[u8]) -> i64 {
     let mut buf = [0u8; 8];
     buf.copy_from_slice(bytes);
@@ -188,6 +198,9 @@ mod tests {
             lease: Some(LeaseId(42)),
         };
         let bytes = encode_kv(Some(&kv));
+        assert!(had_earlier_record(&bytes), "version 3 overwrote an earlier record");
+        let created = encode_kv(Some(&KeyValue { version: 1, ..kv.clone() }));
+        assert!(!had_earlier_record(&created), "a creation has nothing earlier");
         assert_eq!(record_value(&bytes).unwrap(), Some(&b"value"[..]));
         assert_eq!(decode_meta(&bytes, 9).unwrap(), Some(Meta::of(&kv)));
         let record = decode_record(&bytes).unwrap();
@@ -198,6 +211,7 @@ mod tests {
     fn tombstone_roundtrips() {
         let bytes = encode_kv(None);
         assert!(is_tombstone(&bytes));
+        assert!(had_earlier_record(&bytes), "a delete always follows a record");
         assert_eq!(record_value(&bytes).unwrap(), None);
         assert_eq!(decode_meta(&bytes, 3).unwrap(), None);
         assert_eq!(decode_record(&bytes).unwrap(), Record::Tombstone);

@@ -41,6 +41,11 @@
 //! - the log file holds every revision from the cleaned one (the writer only trims below a
 //!   cleaned revision that the MVCC file recorded durably) up to the current one.
 //!
+//! Most checkpoints commit the MVCC file without an fsync (redb's `Durability::None`; one
+//! is durable at least every second, and at close): readers in this process see them at
+//! once, and a kill -9 only takes the file back to its last durable commit, whose
+//! checkpoint the log is still complete above (see [`maintain`]).
+//!
 //! A reader opens a log read transaction first, then an MVCC one ([`crate::history`]):
 //! the MVCC snapshot's checkpointed revision C is then at least the cleaned revision
 //! the writer trimmed below when the log snapshot was taken (both only grow), so the log
@@ -235,6 +240,7 @@ pub(crate) fn open(path: &Path, cache_bytes: usize, cold_prefixes: &[Vec<u8>]) -
         checkpointed: revisions.checkpointed,
         compacted: revisions.compacted,
         cleaned: revisions.cleaned,
+        durably_cleaned: revisions.cleaned,
     };
     let table = mvcc_read.open_table(MVCC).map_err(storage_error)?;
     // Records of one key are contiguous and ordered by revision: the last one is current.
@@ -431,8 +437,8 @@ pub(crate) struct Checkpoint {
 
 /// Copies log entries above the checkpointed revision into the MVCC table and records the
 /// new checkpoint, inside `write`, reading the log snapshot `log`: every entry, or whole
-/// revisions until at least `max_records` records moved. Also returns the keys it wrote,
-/// in key order.
+/// revisions until at least `max_records` records moved. Also returns the keys it wrote
+/// that had a record before (overwrites and deletes), in key order.
 fn checkpoint_in(
     write: &WriteTransaction,
     log: &ReadTransaction,
@@ -471,7 +477,13 @@ fn checkpoint_in(
         mvcc.insert((key.as_slice(), *rev), record.as_slice()).map_err(storage_error)?;
     }
     meta.insert(META_CHECKPOINTED, to).map_err(storage_error)?;
-    let mut keys: Vec<Vec<u8>> = records.into_iter().map(|(key, _, _)| key).collect();
+    // A key whose records here are all creations (version 1 puts) has nothing of its
+    // current life to clean; see `maintain`.
+    let mut keys: Vec<Vec<u8>> = records
+        .into_iter()
+        .filter(|(_, _, record)| codec::had_earlier_record(record))
+        .map(|(key, _, _)| key)
+        .collect();
     keys.dedup();
     Ok((Checkpoint { checkpointed: to as Revision, moved: true, more }, keys))
 }
@@ -480,7 +492,7 @@ fn checkpoint_in(
 /// revisions until at least `max_records` records moved.
 #[cfg(test)]
 pub(crate) fn checkpoint(files: &Files, max_records: usize) -> StoreResult<Checkpoint> {
-    Ok(maintain(files, max_records, None)?.checkpoint)
+    Ok(maintain(files, max_records, None, true)?.checkpoint)
 }
 
 /// Automatic compaction, as one maintenance step applies it.
@@ -504,25 +516,41 @@ pub(crate) struct Maintenance {
     /// The compacted and cleaned revisions after the step.
     pub(crate) compacted: Revision,
     pub(crate) cleaned: Revision,
+    /// Whether the step committed durably: everything it and the steps before it wrote
+    /// survives a crash from now on.
+    pub(crate) durable: bool,
 }
 
-/// One maintenance step, in one durable transaction of the MVCC file: a bounded
-/// checkpoint, then with `compaction`:
+/// One maintenance step, in one transaction of the MVCC file: a bounded checkpoint, then
+/// with `compaction`:
 /// 1. the compacted revision moves up to the target (never above the checkpoint). Reads
 ///    below it fail from this commit on, so records only they needed may go from now on;
-/// 2. the keys the checkpoint just wrote are cleaned at the compacted revision: their
-///    leaf pages are dirty already, so this costs no extra page writes;
+/// 2. the keys the checkpoint just wrote that had a record before (an overwrite or a
+///    delete) are cleaned at the compacted revision: their leaf pages are dirty already,
+///    so this costs no extra page writes. A key the checkpoint created (version 1) has no
+///    earlier record of its current life to find; what a deleted earlier life left is
+///    the walk's, which cleans every key it reads;
 /// 3. a bounded step of the cleanup walk, when it trails far enough.
+///
+/// With `durable`, the transaction is fsynced (and makes every earlier non-durable one
+/// durable with it). Without, it is visible to every reader of this process at once but
+/// a kill -9 may take the file back to its last durable commit. That is safe because the
+/// log holds every revision above that commit's checkpoint: the writer trims the log only
+/// below the cleaned revision of a *durable* commit (`MemState::durably_cleaned`), and the
+/// open replays the log above the file's checkpoint. Compaction and cleaning going back
+/// with it is harmless too: the file is then exactly as it was at that commit.
 ///
 /// It reads the log through a read transaction, so group commits go on meanwhile.
 pub(crate) fn maintain(
     files: &Files,
     max_records: usize,
     compaction: Option<Compaction>,
+    durable: bool,
 ) -> StoreResult<Maintenance> {
     let log = files.log.begin_read().map_err(storage_error)?;
     let mut write = files.mvcc.begin_write().map_err(storage_error)?;
-    write.set_durability(Durability::Immediate).map_err(storage_error)?;
+    let durability = if durable { Durability::Immediate } else { Durability::None };
+    write.set_durability(durability).map_err(storage_error)?;
     let (checkpoint, keys) = checkpoint_in(&write, &log, max_records.max(1))?;
     let before = read_meta(&write.open_table(META).map_err(storage_error)?)?;
     let (mut compacted, mut cleaned) = (before.compacted, before.cleaned);
@@ -542,12 +570,14 @@ pub(crate) fn maintain(
             cleaned = walk_in(&write, &log, walk_to, compaction.walk_records.max(1))?;
         }
     }
-    if !checkpoint.moved && compacted == before.compacted && cleaned == before.cleaned {
+    // A durable step commits even when it changed nothing: that makes the non-durable
+    // commits before it durable.
+    if !durable && !checkpoint.moved && compacted == before.compacted && cleaned == before.cleaned {
         write.abort().map_err(storage_error)?;
     } else {
         write.commit().map_err(storage_error)?;
     }
-    Ok(Maintenance { checkpoint, compacted, cleaned })
+    Ok(Maintenance { checkpoint, compacted, cleaned, durable })
 }
 
 /// Checkpoints, then compacts at `revision` and cleans everything below it at once.

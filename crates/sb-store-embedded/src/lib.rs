@@ -70,6 +70,13 @@ pub struct EmbeddedOptions {
     /// ...or as soon as this many revisions are pending, whatever the time. Past-revision
     /// reads above the checkpoint scan the log, so this bounds their cost.
     pub checkpoint_revisions: u64,
+    /// Checkpoints commit the MVCC file without an fsync, except one at least this often
+    /// (and at close, and for an explicit compaction), which makes those before it durable
+    /// too: an fsync and a durable commit's bookkeeping per checkpoint cost more than its
+    /// page writes. A kill -9 takes back at most this much checkpointing, never an
+    /// acknowledged write: the log is trimmed only below a durable checkpoint, and the
+    /// next open replays it.
+    pub checkpoint_sync_interval: Duration,
     /// Backpressure: before a group commit, the writer waits while more than this many
     /// revisions are not checkpointed yet (one batch may add up to `max_batch_txns` more).
     /// This bounds the log, the time to reopen, and the cost of past reads.
@@ -100,7 +107,8 @@ impl EmbeddedOptions {
             compaction_interval: Duration::from_secs(60),
             max_batch_txns: 512,
             watch_buffer: 256,
-            checkpoint_interval: Duration::from_millis(50),
+            checkpoint_interval: Duration::from_millis(100),
+            checkpoint_sync_interval: Duration::from_secs(1),
             checkpoint_revisions: 10_000,
             max_log_lag: 100_000,
             cache_bytes: 4 << 20,

@@ -31,6 +31,12 @@ pub(crate) struct MemState {
     /// Records that no read at or above this revision needs are gone from the MVCC table;
     /// between it and `compacted`, such records may remain (no read can reach them).
     pub(crate) cleaned: Revision,
+    /// The cleaned revision as of the MVCC file's last *durable* commit: the writer trims
+    /// the log only below it. Checkpoints commit without an fsync of their own most of the
+    /// time (see `crate::disk::maintain`), so after a kill -9 the MVCC file may be back at
+    /// its last durable commit, and the log must still hold every revision above that
+    /// commit's checkpoint.
+    pub(crate) durably_cleaned: Revision,
 }
 
 /// Whether `key` is cold under `prefixes`: its value lives only in the store files.

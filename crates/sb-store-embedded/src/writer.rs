@@ -175,10 +175,10 @@ fn process_batch(shared: &Shared, requests: Vec<WriteRequest>, log_start: Revisi
         let state = shared.state.read();
         let mut eval = BatchEval::new(shared, &files, View::committed(&state), state.revision);
         let outcomes: Vec<Outcome> = requests.into_iter().map(|r| eval.run(r)).collect();
-        (outcomes, eval.finish(), state.cleaned)
+        (outcomes, eval.finish(), state.durably_cleaned)
     };
     // The MVCC file recorded `cleaned` durably before the checkpointer published it, so
-    // nothing below it is needed any more (see `disk`).
+    // nothing below it is needed any more, even after a kill -9 (see `disk`).
     let trim = (cleaned > log_start).then(|| log_start..cleaned.min(log_start + TRIM_REVISIONS));
     let mut log_start = log_start;
     let batched_txns = outcomes.iter().filter(|o| o.is_txn()).count() as u64;

@@ -196,6 +196,113 @@ async fn acknowledged_writes_that_were_never_checkpointed_survive_kill_9() {
     store.close().await;
 }
 
+/// Set in the child process of the unsynced-checkpoint kill -9 test: its store's directory.
+const UNSYNCED_CHILD_DIR: &str = "SB_STORE_EMBEDDED_UNSYNCED_CHILD_DIR";
+
+/// Checkpoints every 4 revisions, compaction and cleaning following a retention of 16, and
+/// only the first checkpoint fsynced: everything after it is committed without an fsync.
+fn unsynced_options(path: PathBuf) -> EmbeddedOptions {
+    let mut options = options(path, 4);
+    options.retention_revisions = 16;
+    options.compaction_interval = Duration::from_secs(3600);
+    options.checkpoint_sync_interval = Duration::from_secs(3600);
+    options
+}
+
+/// Parses the child's `acked <rev> <key>=<value>@<mod>,...` line.
+fn parse_acked(line: &str) -> Option<(Revision, Snapshot)> {
+    let acked = line.strip_prefix("acked ")?;
+    let (rev, entries) = acked.split_once(' ').unwrap_or((acked, ""));
+    let snapshot = entries
+        .split(',')
+        .filter(|e| !e.is_empty())
+        .map(|entry| {
+            let (key, rest) = entry.split_once('=').unwrap();
+            let (value, mod_rev) = rest.rsplit_once('@').unwrap();
+            (key.to_owned(), (value.to_owned(), mod_rev.parse().unwrap()))
+        })
+        .collect();
+    Some((rev.parse().unwrap(), snapshot))
+}
+
+/// A child process checkpoints, compacts and cleans with checkpoints that are not fsynced
+/// (after the first), and is killed with SIGKILL. The MVCC file goes back to its last
+/// durable checkpoint, and the log, never trimmed past that checkpoint's cleaning, still
+/// holds everything above it: every acknowledged write is there after reopening, with its
+/// history within the retention, and watches, compaction and later writes work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsynced_checkpoints_lost_to_kill_9_are_replayed_from_the_log() {
+    if let Some(dir) = std::env::var_os(UNSYNCED_CHILD_DIR) {
+        let store =
+            EmbeddedStore::open(unsynced_options(PathBuf::from(dir).join("store.redb"))).await.unwrap();
+        let snapshots = write_history(&store, 80).await;
+        let current = snapshots.last().unwrap().0;
+        // Let the checkpointer catch up: checkpoints, compaction and cleaning all moved,
+        // in commits without an fsync.
+        let metrics = settled(&store, current - 16).await;
+        assert!(metrics.checkpoints > 1 && metrics.cleaned_revision > 0, "{metrics:?}");
+        for (rev, snapshot) in &snapshots {
+            let entries: Vec<String> = snapshot.iter().map(|(k, (v, m))| format!("{k}={v}@{m}")).collect();
+            println!("acked {rev} {}", entries.join(","));
+        }
+        println!("checkpointed {}", metrics.checkpointed_revision);
+        println!("ready");
+        std::future::pending::<()>().await;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "unsynced_checkpoints_lost_to_kill_9_are_replayed_from_the_log", "--nocapture"])
+        .env(UNSYNCED_CHILD_DIR, dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut snapshots: Vec<(Revision, Snapshot)> = Vec::new();
+    let mut child_checkpointed = None;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line == "ready" {
+            break;
+        }
+        if let Some(rev) = line.strip_prefix("checkpointed ") {
+            child_checkpointed = Some(rev.parse::<Revision>().unwrap());
+        }
+        snapshots.extend(parse_acked(&line));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(snapshots.len(), 80, "the child acknowledged every write before it was killed");
+    let child_checkpointed = child_checkpointed.expect("the child reported its checkpoint");
+
+    let path = dir.path().join("store.redb");
+    let store = EmbeddedStore::open(unsynced_options(path.clone())).await.unwrap();
+    let last = snapshots.last().unwrap().0;
+    let metrics = store.metrics();
+    assert_eq!(metrics.current_revision, last, "replayed from the log");
+    assert!(
+        metrics.checkpointed_revision < child_checkpointed,
+        "the unsynced checkpoints were lost ({} durable, {child_checkpointed} in the child)",
+        metrics.checkpointed_revision
+    );
+    // The reopened store checkpoints and compacts again from its durable checkpoint on.
+    let compacted = settled(&store, last - 16).await.compacted_revision;
+    let kept: Vec<_> = snapshots.iter().filter(|(rev, _)| *rev >= compacted).cloned().collect();
+    assert_history(&store, &kept, "unsynced checkpoints lost to kill -9").await;
+    let events = expected_events(&snapshots, compacted + 1);
+    assert_eq!(watched_events(&store, compacted + 1, events.len()).await, events);
+    // Checkpointing, compaction and cleaning go on from there, and survive a close.
+    write_more(&store, &mut snapshots, 20).await;
+    let current = snapshots.last().unwrap().0;
+    settled(&store, current - 16).await;
+    store.close().await;
+    let store = EmbeddedStore::open(unsynced_options(path)).await.unwrap();
+    let metrics = store.metrics();
+    assert_eq!((metrics.checkpointed_revision, metrics.compacted_revision), (current, current - 16));
+    let kept: Vec<_> = snapshots.iter().filter(|(rev, _)| *rev >= current - 16).cloned().collect();
+    assert_history(&store, &kept, "closed after the replay").await;
+    store.close().await;
+}
+
 async fn open_straddling(dir: &tempfile::TempDir) -> (Arc<EmbeddedStore>, Vec<(Revision, Snapshot)>) {
     // One revision per batch: the checkpoint runs after the 10th write (revision 11), and
     // the next four stay in the log. The checkpointer runs on its own task: wait for it

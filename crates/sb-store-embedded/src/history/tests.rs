@@ -379,7 +379,7 @@ fn past_reads_stay_exact_while_the_checkpointer_and_the_trim_race_them() {
                     walk_min: 1,
                     walk_records: 3,
                 };
-                let done = disk::maintain(&files, 3, Some(step)).unwrap();
+                let done = disk::maintain(&files, 3, Some(step), true).unwrap();
                 cleaned.store(done.cleaned, Ordering::SeqCst);
             }
         })
