@@ -667,7 +667,16 @@ fn walk_in(
         at = rev.value();
         let changes = codec::decode_log_entry(changes.value())?;
         read += changes.len();
-        changed.extend(changes.into_iter().map(|(k, _)| k.to_vec()));
+        // A creation (a version 1 put) has nothing of its key's current life before it, and
+        // what an earlier life left ends with a tombstone, itself a change the walk reads
+        // (in this step or an earlier one): the key needs cleaning only for its other
+        // changes.
+        changed.extend(
+            changes
+                .into_iter()
+                .filter(|(_, record)| codec::had_earlier_record(record))
+                .map(|(k, _)| k.to_vec()),
+        );
         if read >= max_records {
             break;
         }
