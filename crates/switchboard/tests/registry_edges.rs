@@ -553,11 +553,13 @@ async fn a_persistent_nacos_instance_gets_a_tcp_check_by_default() {
     assert_eq!(answer["deleted"], false, "{code} {answer}");
     assert_eq!(api.get(&check_path(closed)).await.0, StatusCode::NOT_FOUND);
     assert_eq!(api.get(&check_path(open_port)).await.0, StatusCode::OK, "the other one keeps its check");
+    // Its port closes: it goes unhealthy.
+    drop(open);
+    wait_health(&api, "legacy", open_port, false).await;
 
     // Nothing was stored per instance for the default checks.
     server.terminate();
     assert_eq!(stored_keys(dir.path(), "health/").await, Vec::<String>::new());
-    drop(open);
 }
 
 /// A default check stored per instance by an older version still probes, shows and deletes.
