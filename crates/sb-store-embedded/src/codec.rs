@@ -118,10 +118,21 @@ pub(crate) fn is_tombstone(bytes: &[u8]) -> bool {
 /// tombstone, or a put that is not the key's first (version above 1). `false` for a
 /// creation, or bytes too short to tell.
 pub(crate) fn had_earlier_record(bytes: &[u8]) -> bool {
+    earlier_records_from(bytes).is_some()
+}
+
+/// When the key of an encoded record had records before it in its current life, the
+/// revision they start at as far as the record tells: a put's create revision, 0 for a
+/// tombstone (it does not say). `None` for a creation (a version 1 put), or bytes too
+/// short to tell.
+pub(crate) fn earlier_records_from(bytes: &[u8]) -> Option<Revision> {
     if bytes.len() < HEADER_BYTES {
-        return false;
+        return None;
     }
-    is_tombstone(bytes) || read_i64(&bytes[9..17]) > 1
+    if is_tombstone(bytes) {
+        return Some(0);
+    }
+    (read_i64(&bytes[9..17]) > 1).then(|| read_i64(&bytes[1..9]))
 }
 
 fn read_i64(bytes: &[u8]) -> i64 {
@@ -201,6 +212,7 @@ mod tests {
         assert!(had_earlier_record(&bytes), "version 3 overwrote an earlier record");
         let created = encode_kv(Some(&KeyValue { version: 1, ..kv.clone() }));
         assert!(!had_earlier_record(&created), "a creation has nothing earlier");
+        assert_eq!(earlier_records_from(&bytes), Some(7), "from its create revision on");
         assert_eq!(record_value(&bytes).unwrap(), Some(&b"value"[..]));
         assert_eq!(decode_meta(&bytes, 9).unwrap(), Some(Meta::of(&kv)));
         let record = decode_record(&bytes).unwrap();
@@ -212,6 +224,7 @@ mod tests {
         let bytes = encode_kv(None);
         assert!(is_tombstone(&bytes));
         assert!(had_earlier_record(&bytes), "a delete always follows a record");
+        assert_eq!(earlier_records_from(&bytes), Some(0), "a tombstone does not say since when");
         assert_eq!(record_value(&bytes).unwrap(), None);
         assert_eq!(decode_meta(&bytes, 3).unwrap(), None);
         assert_eq!(decode_record(&bytes).unwrap(), Record::Tombstone);

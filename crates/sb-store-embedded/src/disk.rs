@@ -443,7 +443,7 @@ fn checkpoint_in(
     write: &WriteTransaction,
     log: &ReadTransaction,
     max_records: usize,
-) -> StoreResult<(Checkpoint, Vec<Vec<u8>>)> {
+) -> StoreResult<(Checkpoint, Vec<(Vec<u8>, Revision)>)> {
     let mut meta = write.open_table(META).map_err(storage_error)?;
     let from = read_meta(&meta)?.checkpointed;
     let current = log_revision(log)?;
@@ -478,13 +478,16 @@ fn checkpoint_in(
     }
     meta.insert(META_CHECKPOINTED, to).map_err(storage_error)?;
     // A key whose records here are all creations (version 1 puts) has nothing of its
-    // current life to clean; see `maintain`.
-    let mut keys: Vec<Vec<u8>> = records
-        .into_iter()
-        .filter(|(_, _, record)| codec::had_earlier_record(record))
-        .map(|(key, _, _)| key)
-        .collect();
-    keys.dedup();
+    // current life to clean; the others with the revision their earlier records start at,
+    // as far as the records tell; see `maintain`.
+    let mut keys: Vec<(Vec<u8>, Revision)> = Vec::new();
+    for (key, _, record) in records {
+        let Some(since) = codec::earlier_records_from(&record) else { continue };
+        match keys.last_mut() {
+            Some((last, earliest)) if *last == key => *earliest = (*earliest).min(since),
+            _ => keys.push((key, since)),
+        }
+    }
     Ok((Checkpoint { checkpointed: to as Revision, moved: true, more }, keys))
 }
 
@@ -527,9 +530,10 @@ pub(crate) struct Maintenance {
 ///    below it fail from this commit on, so records only they needed may go from now on;
 /// 2. the keys the checkpoint just wrote that had a record before (an overwrite or a
 ///    delete) are cleaned at the compacted revision: their leaf pages are dirty already,
-///    so this costs no extra page writes. A key the checkpoint created (version 1) has no
-///    earlier record of its current life to find; what a deleted earlier life left is
-///    the walk's, which cleans every key it reads;
+///    so this costs no extra page writes. A key the checkpoint created (version 1), or
+///    whose current life was created above the compacted revision, has no record of that
+///    life to remove at it; what a deleted earlier life left ends with a tombstone, which
+///    the walk reads and cleans;
 /// 3. a bounded step of the cleanup walk, when it trails far enough.
 ///
 /// With `durable`, the transaction is fsynced (and makes every earlier non-durable one
@@ -561,9 +565,12 @@ pub(crate) fn maintain(
             let mut meta = write.open_table(META).map_err(storage_error)?;
             meta.insert(META_COMPACTED, rev_u64(compacted)).map_err(storage_error)?;
         }
-        if compacted > 0 && !keys.is_empty() {
+        // Records of a key's current life that start above the compacted revision hold
+        // nothing to clean at it.
+        let mut doomed = keys.iter().filter(|(_, since)| *since <= compacted).peekable();
+        if compacted > 0 && doomed.peek().is_some() {
             let mut mvcc = write.open_table(MVCC).map_err(storage_error)?;
-            clean_keys(&mut mvcc, keys.iter().map(Vec::as_slice), rev_u64(compacted))?;
+            clean_keys(&mut mvcc, doomed.map(|(key, _)| key.as_slice()), rev_u64(compacted))?;
         }
         let walk_to = compacted.saturating_sub(i64::try_from(compaction.walk_lag).unwrap_or(i64::MAX));
         if u64::try_from(walk_to - cleaned).is_ok_and(|behind| behind >= compaction.walk_min.max(1)) {

@@ -227,8 +227,16 @@ fn apply(shared: &Shared, eval: &crate::batch::Evaluated) {
         leases.insert(*id, *ttl, now);
     }
     for (key, new) in &eval.overlay {
-        let old_lease = state.kvs.get(key).and_then(Entry::lease);
+        // One lookup per key: the entry it replaces tells its old lease.
+        let old = match new {
+            Some(kv) => state.kvs.insert(key.clone(), Entry::new(kv, shared.is_cold(key))),
+            None => state.kvs.remove(key),
+        };
+        let old_lease = old.as_ref().and_then(Entry::lease);
         let new_lease = new.as_ref().and_then(|kv| kv.lease);
+        if old_lease == new_lease && new_lease.is_none() {
+            continue;
+        }
         if old_lease != new_lease {
             if let Some(entry) = old_lease.and_then(|id| leases.leases.get_mut(&id)) {
                 entry.keys.remove(key);
@@ -237,10 +245,6 @@ fn apply(shared: &Shared, eval: &crate::batch::Evaluated) {
         if let Some(entry) = new_lease.and_then(|id| leases.leases.get_mut(&id)) {
             entry.keys.insert(key.clone());
         }
-        match new {
-            Some(kv) => state.kvs.insert(key.clone(), Entry::new(kv, shared.is_cold(key))),
-            None => state.kvs.remove(key),
-        };
     }
     for id in &eval.disk.removed_leases {
         leases.remove(*id);
