@@ -435,6 +435,10 @@ pub(crate) struct Checkpoint {
     pub(crate) more: bool,
 }
 
+/// A key a checkpoint wrote that may have records to clean, with the revision its earlier
+/// records start at, as far as its records tell (see [`codec::earlier_records_from`]).
+type ToClean = (Vec<u8>, Revision);
+
 /// Copies log entries above the checkpointed revision into the MVCC table and records the
 /// new checkpoint, inside `write`, reading the log snapshot `log`: every entry, or whole
 /// revisions until at least `max_records` records moved. Also returns the keys it wrote
@@ -443,7 +447,7 @@ fn checkpoint_in(
     write: &WriteTransaction,
     log: &ReadTransaction,
     max_records: usize,
-) -> StoreResult<(Checkpoint, Vec<(Vec<u8>, Revision)>)> {
+) -> StoreResult<(Checkpoint, Vec<ToClean>)> {
     let mut meta = write.open_table(META).map_err(storage_error)?;
     let from = read_meta(&meta)?.checkpointed;
     let current = log_revision(log)?;
@@ -480,7 +484,7 @@ fn checkpoint_in(
     // A key whose records here are all creations (version 1 puts) has nothing of its
     // current life to clean; the others with the revision their earlier records start at,
     // as far as the records tell; see `maintain`.
-    let mut keys: Vec<(Vec<u8>, Revision)> = Vec::new();
+    let mut keys: Vec<ToClean> = Vec::new();
     for (key, _, record) in records {
         let Some(since) = codec::earlier_records_from(&record) else { continue };
         match keys.last_mut() {
