@@ -34,8 +34,9 @@ impl LogLevelControl for LogControl {
 }
 
 /// How many log lines wait for the writer thread at most (then lines are dropped and
-/// counted): a second of a busy node's access log.
-const LOG_QUEUE_LINES: usize = 16_384;
+/// counted). At the default level the access log keeps only failures and slow requests;
+/// each slot is resident memory (4k lines: 128 KiB).
+const LOG_QUEUE_LINES: usize = 4_096;
 
 /// Installs the JSON subscriber for `serve`. Returns `None` if one was installed already.
 pub fn init_json_logging() -> Option<Arc<LogControl>> {
