@@ -193,6 +193,42 @@ fn compaction_checkpoints_then_keeps_exactly_what_reads_at_or_above_it_need() {
     assert!(read_history(&db, &KeyRange::prefix(""), 8, 8, 100).unwrap().batches.is_empty());
 }
 
+/// a: put 2, put 3, deleted 4, created again 5; b: created 6, put 7.
+fn lives(db: &Files) {
+    write(db, vec![put("a", 2, 2, 1)]);
+    write(db, vec![put("a", 3, 2, 2)]);
+    write(db, vec![delete("a", 4)]);
+    write(db, vec![put("a", 5, 5, 1)]);
+    write(db, vec![put("b", 6, 6, 1)]);
+    write(db, vec![put("b", 7, 6, 2)]);
+}
+
+/// Checkpoint-time cleaning looks up only keys that may hold records of their current
+/// life at or below the compacted revision (not creations, not lives created above it),
+/// and the walk only keys with a change other than a creation: all the same, exactly
+/// what reads at or above the compacted revision need stays, and nothing else.
+#[test]
+fn cleaning_skips_creations_and_young_lives_yet_leaves_nothing_unreachable() {
+    let step = |target| disk::Compaction { target, walk_lag: 0, walk_min: 1, walk_records: 100 };
+    for (target, kept, reads) in [
+        // a's first life (2, 3 and the tombstone at 4) is gone; a@5 and b@7 stay.
+        (7, 2, vec![(7, vec!["a@5", "b@7"])]),
+        // b's life began at 6, above 5: both its records stay, as reads at 6 need b@6.
+        (5, 3, vec![(5, vec!["a@5"]), (6, vec!["a@5", "b@6"]), (7, vec!["a@5", "b@7"])]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE, &[]).unwrap();
+        lives(&db);
+        let done = disk::maintain(&db, 100, Some(step(target)), true).unwrap();
+        assert_eq!((done.compacted, done.cleaned), (target, target));
+        assert_eq!(table_len(&db, true), kept, "records left after compacting at {target}");
+        for (rev, values) in reads {
+            assert_eq!(values_at(&db, rev).unwrap(), values, "at {rev}, compacted at {target}");
+        }
+        assert!(matches!(values_at(&db, target - 1), Err(StoreError::Compacted { .. })));
+    }
+}
+
 #[test]
 fn reopening_replays_the_log_above_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
