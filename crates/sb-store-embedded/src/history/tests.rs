@@ -421,7 +421,7 @@ fn past_reads_stay_exact_while_the_checkpointer_and_the_trim_race_them() {
                     walk_records: 3,
                 };
                 steps += 1;
-                let done = disk::maintain(&files, 3, Some(step), steps % 3 == 0).unwrap();
+                let done = disk::maintain(&files, 3, Some(step), steps.is_multiple_of(3)).unwrap();
                 if done.durable {
                     cleaned.store(done.cleaned, Ordering::SeqCst);
                 }
