@@ -91,7 +91,8 @@ type KeyState = Option<Arc<KeyValue>>;
 /// (`None`: the key was not in the overlay).
 #[derive(Default)]
 struct Changes {
-    keys: Vec<(Vec<u8>, KeyState)>,
+    /// Each change, with the create revision of the life a delete ends.
+    keys: Vec<disk::Change>,
     undo: Vec<(Vec<u8>, Option<KeyState>)>,
 }
 
@@ -200,9 +201,18 @@ impl<'a> BatchEval<'a> {
     }
 
     fn set(&mut self, changes: &mut Changes, key: Vec<u8>, kv: Option<Arc<KeyValue>>) {
+        self.change(changes, key, kv, 0);
+    }
+
+    /// Deletes a live key, recording the create revision of the life the delete ends.
+    fn delete(&mut self, changes: &mut Changes, key: Vec<u8>, meta: Meta) {
+        self.change(changes, key, None, meta.create_revision);
+    }
+
+    fn change(&mut self, changes: &mut Changes, key: Vec<u8>, kv: KeyState, ended: Revision) {
         let previous = self.overlay.insert(key.clone(), kv.clone());
         changes.undo.push((key.clone(), previous));
-        changes.keys.push((key, kv));
+        changes.keys.push((key, kv, ended));
     }
 
     fn undo(&mut self, changes: Changes) {
@@ -222,7 +232,7 @@ impl<'a> BatchEval<'a> {
         let revision = self.next_revision;
         self.next_revision += 1;
         let mut events = Vec::with_capacity(changes.keys.len());
-        for (key, kv) in &changes.keys {
+        for (key, kv, _) in &changes.keys {
             events.push(match kv {
                 Some(kv) => Event { kind: EventKind::Put, kv: KeyValue::clone(kv) },
                 None => disk::delete_event(key, revision),
@@ -292,10 +302,14 @@ impl<'a> BatchEval<'a> {
                 Ok(OpResponse::Put)
             }
             TxnOp::Delete(range) => {
-                let keys = self.view().keys(&range);
+                let mut keys = Vec::new();
+                self.view().for_each_in(&range, |found| {
+                    keys.push((found.key().to_vec(), found.meta()));
+                    true
+                });
                 let deleted = keys.len() as u64;
-                for key in keys {
-                    self.set(changes, key, None);
+                for (key, meta) in keys {
+                    self.delete(changes, key, meta);
                 }
                 Ok(OpResponse::Delete { deleted })
             }
@@ -346,8 +360,9 @@ impl<'a> BatchEval<'a> {
         );
         let mut changes = Changes::default();
         for key in candidates {
-            if self.meta(&key).is_some_and(|meta| meta.lease() == Some(id)) {
-                self.set(&mut changes, key, None);
+            match self.meta(&key) {
+                Some(meta) if meta.lease() == Some(id) => self.delete(&mut changes, key, meta),
+                _ => {}
             }
         }
         self.commit_changes(changes);

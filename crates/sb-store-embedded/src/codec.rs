@@ -1,7 +1,9 @@
 //! The on-disk encoding of MVCC records and log entries (file format version 2).
 //!
 //! A record is `flags: u8` (bit 0 = tombstone), then `create_revision`, `version` and
-//! `lease` as little-endian `i64`, then the value bytes. The mod revision is not stored: it
+//! `lease` as little-endian `i64`, then the value bytes. A tombstone's `create_revision` is
+//! that of the life it ends (0 when not known: files written before it was recorded);
+//! its version and lease are 0. The mod revision is not stored: it
 //! is the revision half of the record's `(key, revision)` table key, or the log entry's
 //! revision. A log entry holds every change of one revision, in order, each as the key and
 //! the record, both prefixed by their little-endian `u32` length, so the checkpoint copies
@@ -37,7 +39,7 @@ impl Record {
 #[cfg(test)]
 pub(crate) fn encode_kv(kv: Option<&KeyValue>) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_BYTES + kv.map_or(0, |kv| kv.value.len()));
-    encode_kv_into(&mut out, kv);
+    encode_change_into(&mut out, kv, 0);
     out
 }
 
@@ -45,7 +47,8 @@ fn record_len(kv: Option<&KeyValue>) -> usize {
     HEADER_BYTES + kv.map_or(0, |kv| kv.value.len())
 }
 
-fn encode_kv_into(out: &mut Vec<u8>, kv: Option<&KeyValue>) {
+/// A record; for a tombstone (`None`), `ended` is the create revision of the life it ends.
+fn encode_change_into(out: &mut Vec<u8>, kv: Option<&KeyValue>, ended: Revision) {
     match kv {
         Some(kv) => {
             out.push(0);
@@ -56,7 +59,8 @@ fn encode_kv_into(out: &mut Vec<u8>, kv: Option<&KeyValue>) {
         }
         None => {
             out.push(TOMBSTONE);
-            out.extend_from_slice(&[0; 24]);
+            out.extend_from_slice(&ended.to_le_bytes());
+            out.extend_from_slice(&[0; 16]);
         }
     }
 }
@@ -122,15 +126,15 @@ pub(crate) fn had_earlier_record(bytes: &[u8]) -> bool {
 }
 
 /// When the key of an encoded record had records before it in its current life, the
-/// revision they start at as far as the record tells: a put's create revision, 0 for a
-/// tombstone (it does not say). `None` for a creation (a version 1 put), or bytes too
-/// short to tell.
+/// revision they start at as far as the record tells: the create revision of a put, or of
+/// the life a tombstone ends (0 when the tombstone does not say). `None` for a creation (a
+/// version 1 put), or bytes too short to tell.
 pub(crate) fn earlier_records_from(bytes: &[u8]) -> Option<Revision> {
     if bytes.len() < HEADER_BYTES {
         return None;
     }
     if is_tombstone(bytes) {
-        return Some(0);
+        return Some(read_i64(&bytes[1..9]));
     }
     (read_i64(&bytes[9..17]) > 1).then(|| read_i64(&bytes[1..9]))
 }
@@ -141,19 +145,20 @@ fn read_i64(bytes: &[u8]) -> i64 {
     i64::from_le_bytes(buf)
 }
 
-/// Encodes one revision's changes (`None` = deleted) as a log entry.
+/// Encodes one revision's changes (`None` = deleted, with the create revision of the life
+/// the delete ends) as a log entry.
 pub(crate) fn encode_log_entry<'a>(
-    changes: impl IntoIterator<Item = (&'a [u8], Option<&'a KeyValue>)>,
+    changes: impl IntoIterator<Item = (&'a [u8], Option<&'a KeyValue>, Revision)>,
 ) -> Vec<u8> {
     let changes: Vec<_> = changes.into_iter().collect();
-    let size = changes.iter().map(|(key, kv)| 8 + key.len() + record_len(*kv)).sum();
+    let size = changes.iter().map(|(key, kv, _)| 8 + key.len() + record_len(*kv)).sum();
     let mut out = Vec::with_capacity(size);
-    for (key, kv) in changes {
+    for (key, kv, ended) in changes {
         // Keys and values are bounded by the request limit (1.5 MiB), far below u32::MAX.
         out.extend_from_slice(&(key.len() as u32).to_le_bytes());
         out.extend_from_slice(key);
         out.extend_from_slice(&(record_len(kv) as u32).to_le_bytes());
-        encode_kv_into(&mut out, kv);
+        encode_change_into(&mut out, kv, ended);
     }
     debug_assert_eq!(out.len(), size, "the size computed up front is exact");
     out
@@ -245,12 +250,16 @@ mod tests {
             version: 2,
             lease: None,
         };
-        let changes: Vec<(&[u8], Option<&KeyValue>)> = vec![(b"a", Some(&kv)), (b"", None), (b"gone", None)];
+        let changes: Vec<(&[u8], Option<&KeyValue>, Revision)> =
+            vec![(b"a", Some(&kv), 0), (b"", None, 0), (b"gone", None, 2)];
         let bytes = encode_log_entry(changes.iter().copied());
         let decoded = decode_log_entry(&bytes).unwrap();
         assert_eq!(decoded.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [&b"a"[..], b"", b"gone"]);
         assert_eq!(decode_record(decoded[0].1).unwrap().into_kv(b"a", 4), Some(kv));
         assert!(is_tombstone(decoded[2].1));
+        assert_eq!(decode_record(decoded[2].1).unwrap(), Record::Tombstone);
+        assert_eq!(earlier_records_from(decoded[2].1), Some(2), "the life it ended began at 2");
+        assert_eq!(earlier_records_from(decoded[1].1), Some(0), "not known: from the start");
         assert!(decode_log_entry(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode_log_entry(&[]).unwrap().is_empty());
     }

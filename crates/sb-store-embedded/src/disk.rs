@@ -369,8 +369,10 @@ fn migrate_one_file(mvcc: &Database, log: &Database, path: &Path) -> StoreResult
     write.commit().map_err(storage_error)
 }
 
-/// A key's state after a change: `None` for a delete.
-pub(crate) type Change = (Vec<u8>, Option<Arc<KeyValue>>);
+/// A key's state after a change: `None` for a delete, then the create revision of the
+/// life a delete ends (ignored for a put), which its tombstone records so that cleaning
+/// knows whether anything of that life is old enough to remove.
+pub(crate) type Change = (Vec<u8>, Option<Arc<KeyValue>>, Revision);
 
 /// One group commit's writes.
 #[derive(Default)]
@@ -399,8 +401,9 @@ pub(crate) fn commit(log: &Database, batch: &DiskBatch, trim: Option<Range<Revis
         if !batch.revisions.is_empty() || trim.is_some() {
             let mut table = write.open_table(LOG).map_err(storage_error)?;
             for (rev, changes) in &batch.revisions {
-                let bytes =
-                    codec::encode_log_entry(changes.iter().map(|(k, kv)| (k.as_slice(), kv.as_deref())));
+                let bytes = codec::encode_log_entry(
+                    changes.iter().map(|(k, kv, ended)| (k.as_slice(), kv.as_deref(), *ended)),
+                );
                 table.insert(rev_u64(*rev), bytes.as_slice()).map_err(storage_error)?;
             }
             if let Some(trim) = trim {

@@ -36,8 +36,8 @@ fn write(db: &Files, changes: Vec<Change>) {
     let mut batch = DiskBatch { revision, ..DiskBatch::default() };
     for (key, rev, kv) in changes {
         match batch.revisions.last_mut() {
-            Some((last, entries)) if *last == rev => entries.push((key, kv)),
-            _ => batch.revisions.push((rev, vec![(key, kv)])),
+            Some((last, entries)) if *last == rev => entries.push((key, kv, 0)),
+            _ => batch.revisions.push((rev, vec![(key, kv, 0)])),
         }
     }
     commit(&db.log, &batch, None).unwrap();
@@ -182,7 +182,7 @@ fn compaction_checkpoints_then_keeps_exactly_what_reads_at_or_above_it_need() {
     // After compaction, new revisions go to the log again and reads merge them; the writer
     // trims the log below the cleaned revision in the same commit.
     let batch =
-        DiskBatch { revisions: vec![(8, vec![(b"b".to_vec(), None)])], revision: 8, ..Default::default() };
+        DiskBatch { revisions: vec![(8, vec![(b"b".to_vec(), None, 5)])], revision: 8, ..Default::default() };
     commit(&db.log, &batch, Some(2..5)).unwrap();
     assert_eq!(table_len(&db, false), 4, "log entries 5 to 8 remain");
     assert_eq!(values_at(&db, 8).unwrap(), ["a@6"]);
@@ -227,6 +227,29 @@ fn cleaning_skips_creations_and_young_lives_yet_leaves_nothing_unreachable() {
         }
         assert!(matches!(values_at(&db, target - 1), Err(StoreError::Compacted { .. })));
     }
+}
+
+/// A tombstone records the create revision of the life it ends: cleaning at a revision
+/// below it leaves that life alone (reads there need it), at or above it removes the whole
+/// life, tombstone included.
+#[test]
+fn a_tombstone_says_when_the_life_it_ends_began() {
+    let dir = tempfile::tempdir().unwrap();
+    let Loaded { files: db, .. } = open(&dir.path().join("s.redb"), CACHE, &[]).unwrap();
+    lives(&db);
+    write(&db, vec![put("c", 8, 8, 1)]);
+    let batch =
+        DiskBatch { revisions: vec![(9, vec![(b"c".to_vec(), None, 8)])], revision: 9, ..Default::default() };
+    commit(&db.log, &batch, None).unwrap();
+    let step = |target| disk::Compaction { target, walk_lag: 0, walk_min: 1, walk_records: 100 };
+    disk::maintain(&db, 100, Some(step(7)), true).unwrap();
+    // a@5, b@7, and all of c's life (8 and its tombstone at 9).
+    assert_eq!(table_len(&db, true), 4);
+    assert_eq!(values_at(&db, 8).unwrap(), ["a@5", "b@7", "c@8"]);
+    let done = disk::maintain(&db, 100, Some(step(9)), true).unwrap();
+    assert_eq!((done.compacted, done.cleaned), (9, 9));
+    assert_eq!(table_len(&db, true), 2);
+    assert_eq!(values_at(&db, 9).unwrap(), ["a@5", "b@7"]);
 }
 
 #[test]
@@ -329,7 +352,7 @@ fn a_one_file_store_of_format_2_is_migrated() {
             let mut log = write.open_table(LOG).unwrap();
             for (rev, key) in [(2u64, "a"), (3, "b")] {
                 let kv = kv(key, rev as Revision);
-                let entry = crate::codec::encode_log_entry([(key.as_bytes(), Some(&kv))]);
+                let entry = crate::codec::encode_log_entry([(key.as_bytes(), Some(&kv), 0)]);
                 log.insert(rev, entry.as_slice()).unwrap();
             }
             let leases: TableDefinition<u64, u64> = TableDefinition::new("leases");
@@ -391,7 +414,7 @@ fn past_reads_stay_exact_while_the_checkpointer_and_the_trim_race_them() {
                 };
                 let (key, _, kv) = change;
                 let batch = DiskBatch {
-                    revisions: vec![(rev, vec![(key, kv)])],
+                    revisions: vec![(rev, vec![(key, kv, 0)])],
                     revision: rev,
                     ..Default::default()
                 };
