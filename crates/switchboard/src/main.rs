@@ -1,7 +1,7 @@
 //! The `switchboard` binary: `serve` runs a node (through `sb-server`); `kv`, `lease`,
 //! `id`, `lock`, `elect`, `svc`, `config` and `ratelimit` are HTTP clients of a running node; `backup` asks a running node (or, `--offline`,
 //! reads a store), and `restore` writes into an empty store.
-// One audited exception: `malloc::use_one_arena` (a measured allocator setting).
+// One audited exception: `malloc::one_arena_per_core` (a measured allocator setting).
 #![deny(unsafe_code)]
 
 mod audit;
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    malloc::use_one_arena();
+    malloc::one_arena_per_core();
     let cli = parse()?;
     let log_control = match cli.command {
         // A server logs JSON, and its filter can change at runtime.
