@@ -33,10 +33,19 @@ const MAX_LISTENED_ITEMS: usize = 10_000;
 const DEFAULT_HISTORY_PAGE_SIZE: usize = 100;
 const MAX_HISTORY_PAGE_SIZE: usize = 500;
 
-fn plain(body: impl Into<String>) -> Response {
-    let mut response = body.into().into_response();
+fn plain(body: impl IntoResponse) -> Response {
+    let mut response = body.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain;charset=UTF-8"));
     response
+}
+
+/// A view's content as a response body, without a copy.
+struct SharedText(std::sync::Arc<str>);
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 fn nacos_error(error: impl Into<ApiError>) -> NacosError {
@@ -103,8 +112,8 @@ pub async fn get(
     let Some(snapshot) = api.configs.view().snapshot().get_for(&key, &client) else {
         return Err(NacosError(ApiError::not_found("config data not exist")));
     };
-    let (content, md5) = snapshot.readable(&client).map_err(nacos_error)?;
-    let mut response = plain(content);
+    let (content, md5) = snapshot.readable_shared(&client).map_err(nacos_error)?;
+    let mut response = plain(axum::body::Bytes::from_owner(SharedText(content)));
     let headers = response.headers_mut();
     if snapshot.gray {
         headers.insert("isBeta", HeaderValue::from_static("true"));

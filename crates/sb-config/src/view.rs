@@ -51,6 +51,15 @@ impl ConfigSnapshot {
         }
         crate::secret::readable(&self.content, &self.item.md5, true, &self.entry_key()?, client)
     }
+
+    /// [`Self::readable`] with the content shared with the view instead of copied, for a
+    /// read that only sends it.
+    pub fn readable_shared(&self, client: &GrayClient) -> ConfigResult<(Arc<str>, String)> {
+        if !self.item.secret {
+            return Ok((self.content.clone(), self.item.md5.clone()));
+        }
+        self.readable(client).map(|(content, md5)| (Arc::from(content), md5))
+    }
 }
 
 /// An item's gray release as the view has it.
