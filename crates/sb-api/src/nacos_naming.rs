@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ErrorKind};
 use crate::nacos::{NacosError, NacosParams, NacosResult};
-use crate::nacos_list_cache::{ListKey, NacosListCache};
+use crate::nacos_list_cache::{ListKey, ListParts, NacosListCache};
 use crate::ApiState;
 
 /// Nacos's naming response codes.
@@ -326,13 +326,17 @@ pub async fn list(
         None => CACHE_MILLIS,
     };
     let key = ListKey { id, clusters: clusters.to_owned(), healthy_only, cache_millis };
-    let body = list_body(&api.registry, &api.nacos_lists, &key);
+    let body = list_parts(&api.registry, &api.nacos_lists, &key).into_body(now_ms());
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// The `instance/list` answer for `key`, rendered once per service revision (shared by
-/// polls and UDP pushes), with the current `lastRefTime` spliced in.
-pub(crate) fn list_body(registry: &sb_registry::Registry, lists: &NacosListCache, key: &ListKey) -> String {
+/// polls and UDP pushes); the current `lastRefTime` is spliced in when it is sent.
+pub(crate) fn list_parts(
+    registry: &sb_registry::Registry,
+    lists: &NacosListCache,
+    key: &ListKey,
+) -> ListParts {
     let snapshot = registry.snapshot();
     let revision = (snapshot.generation, snapshot.service(&key.id).map_or(0, |s| s.changed_revision));
     drop(snapshot);
@@ -340,7 +344,7 @@ pub(crate) fn list_body(registry: &sb_registry::Registry, lists: &NacosListCache
         let selection = registry.instances(&key.id, &list_query(&key.clusters, key.healthy_only));
         render_service_info(registry, &key.id, &key.clusters, &selection, key.cache_millis)
     };
-    lists.answer(key, revision, render, now_ms())
+    lists.answer(key, revision, render)
 }
 
 /// `PUT /nacos/v1/ns/instance/beat`

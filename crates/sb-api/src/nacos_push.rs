@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::nacos_list_cache::{ListKey, NacosListCache};
-use crate::nacos_naming::{list_body, PUSH_CACHE_MILLIS};
+use crate::nacos_naming::{list_parts, PUSH_CACHE_MILLIS};
 
 const GZIP_ABOVE_BYTES: usize = 1024;
 const SUBSCRIBER_TTL: Duration = Duration::from_secs(30);
@@ -186,7 +186,7 @@ impl NamingPush {
         }
         for ((clusters, healthy_only), targets) in queries {
             let key = ListKey { id: id.clone(), clusters, healthy_only, cache_millis: PUSH_CACHE_MILLIS };
-            let data = list_body(registry, lists, &key);
+            let data = list_parts(registry, lists, &key).to_text(crate::nacos_naming::now_ms());
             let last_ref = self.next_ref.fetch_add(1, Ordering::Relaxed);
             let packet = Arc::new(encode_packet(dom_packet(data, last_ref).into_bytes()));
             {
