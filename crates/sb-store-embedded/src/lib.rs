@@ -107,7 +107,7 @@ impl EmbeddedOptions {
             compaction_interval: Duration::from_secs(60),
             max_batch_txns: 512,
             watch_buffer: 256,
-            checkpoint_interval: Duration::from_millis(100),
+            checkpoint_interval: Duration::from_millis(50),
             checkpoint_sync_interval: Duration::from_secs(1),
             checkpoint_revisions: 10_000,
             max_log_lag: 100_000,
