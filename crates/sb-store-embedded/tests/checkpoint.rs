@@ -132,49 +132,21 @@ async fn acknowledged_writes_that_were_never_checkpointed_survive_kill_9() {
         let snapshots = write_history(&store, 40).await;
         let metrics = store.metrics();
         assert_eq!((metrics.checkpoints, metrics.checkpointed_revision), (0, 1), "nothing was checkpointed");
-        for (rev, snapshot) in &snapshots {
-            let entries: Vec<String> = snapshot.iter().map(|(k, (v, m))| format!("{k}={v}@{m}")).collect();
-            println!("acked {rev} {}", entries.join(","));
-        }
+        print_acked(&snapshots);
         println!("lease {}", lease.id.0);
         println!("ready");
         std::future::pending::<()>().await;
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "acknowledged_writes_that_were_never_checkpointed_survive_kill_9", "--nocapture"])
-        .env(KILLED_CHILD_DIR, dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut snapshots: Vec<(Revision, Snapshot)> = Vec::new();
-    let mut lease = None;
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if line == "ready" {
-            break;
-        }
-        if let Some(id) = line.strip_prefix("lease ") {
-            lease = Some(sb_store::LeaseId(id.parse().unwrap()));
-        }
-        let Some(acked) = line.strip_prefix("acked ") else { continue };
-        let (rev, entries) = acked.split_once(' ').unwrap_or((acked, ""));
-        let snapshot = entries
-            .split(',')
-            .filter(|e| !e.is_empty())
-            .map(|entry| {
-                let (key, rest) = entry.split_once('=').unwrap();
-                let (value, mod_rev) = rest.rsplit_once('@').unwrap();
-                (key.to_owned(), (value.to_owned(), mod_rev.parse().unwrap()))
-            })
-            .collect();
-        snapshots.push((rev.parse().unwrap(), snapshot));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let (snapshots, reported) = run_killed_child(
+        "acknowledged_writes_that_were_never_checkpointed_survive_kill_9",
+        KILLED_CHILD_DIR,
+        dir.path(),
+        "lease ",
+    );
     assert_eq!(snapshots.len(), 40, "the child acknowledged every write before it was killed");
-    let lease = lease.expect("the child reported its lease");
+    let lease = sb_store::LeaseId(reported.expect("the child reported its lease").parse().unwrap());
 
     let path = dir.path().join("store.redb");
     let store = EmbeddedStore::open(options(path.clone(), u64::MAX)).await.unwrap();
@@ -209,6 +181,46 @@ fn unsynced_options(path: PathBuf) -> EmbeddedOptions {
     options
 }
 
+/// The child's report of what was acknowledged: `acked <rev> <key>=<value>@<mod>,...` lines.
+fn print_acked(snapshots: &[(Revision, Snapshot)]) {
+    for (rev, snapshot) in snapshots {
+        let entries: Vec<String> = snapshot.iter().map(|(k, (v, m))| format!("{k}={v}@{m}")).collect();
+        println!("acked {rev} {}", entries.join(","));
+    }
+}
+
+/// Runs `test` again in a child process with `env` set to `dir`, reads what it reports until
+/// its `ready` line (the acknowledged snapshots, and the value of its one line starting with
+/// `report`), then kills it with SIGKILL.
+fn run_killed_child(
+    test: &str,
+    env: &str,
+    dir: &std::path::Path,
+    report: &str,
+) -> (Vec<(Revision, Snapshot)>, Option<String>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture"])
+        .env(env, dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut snapshots = Vec::new();
+    let mut reported = None;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line == "ready" {
+            break;
+        }
+        if let Some(value) = line.strip_prefix(report) {
+            reported = Some(value.to_owned());
+        }
+        snapshots.extend(parse_acked(&line));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    (snapshots, reported)
+}
+
 /// Parses the child's `acked <rev> <key>=<value>@<mod>,...` line.
 fn parse_acked(line: &str) -> Option<(Revision, Snapshot)> {
     let acked = line.strip_prefix("acked ")?;
@@ -241,38 +253,21 @@ async fn unsynced_checkpoints_lost_to_kill_9_are_replayed_from_the_log() {
         // in commits without an fsync.
         let metrics = settled(&store, current - 16).await;
         assert!(metrics.checkpoints > 1 && metrics.cleaned_revision > 0, "{metrics:?}");
-        for (rev, snapshot) in &snapshots {
-            let entries: Vec<String> = snapshot.iter().map(|(k, (v, m))| format!("{k}={v}@{m}")).collect();
-            println!("acked {rev} {}", entries.join(","));
-        }
+        print_acked(&snapshots);
         println!("checkpointed {}", metrics.checkpointed_revision);
         println!("ready");
         std::future::pending::<()>().await;
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "unsynced_checkpoints_lost_to_kill_9_are_replayed_from_the_log", "--nocapture"])
-        .env(UNSYNCED_CHILD_DIR, dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut snapshots: Vec<(Revision, Snapshot)> = Vec::new();
-    let mut child_checkpointed = None;
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if line == "ready" {
-            break;
-        }
-        if let Some(rev) = line.strip_prefix("checkpointed ") {
-            child_checkpointed = Some(rev.parse::<Revision>().unwrap());
-        }
-        snapshots.extend(parse_acked(&line));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let (mut snapshots, reported) = run_killed_child(
+        "unsynced_checkpoints_lost_to_kill_9_are_replayed_from_the_log",
+        UNSYNCED_CHILD_DIR,
+        dir.path(),
+        "checkpointed ",
+    );
     assert_eq!(snapshots.len(), 80, "the child acknowledged every write before it was killed");
-    let child_checkpointed = child_checkpointed.expect("the child reported its checkpoint");
+    let child_checkpointed: Revision = reported.expect("the child reported its checkpoint").parse().unwrap();
 
     let path = dir.path().join("store.redb");
     let store = EmbeddedStore::open(unsynced_options(path.clone())).await.unwrap();
