@@ -43,35 +43,80 @@ pub trait StoredValue: Serialize + DeserializeOwned {
     }
 }
 
-/// Encodes a value with its format version.
+/// Encodes a value with its format version: `"v"` first, then the value's own fields, in
+/// one pass (no intermediate `serde_json::Value`: every write encodes several values).
 pub fn encode<T: StoredValue>(value: &T) -> Result<Vec<u8>, CodecError> {
     let unencodable = |reason: String| CodecError::Unencodable { kind: T::KIND, reason };
-    let mut json = serde_json::to_value(value).map_err(|e| unencodable(e.to_string()))?;
-    let object = json.as_object_mut().ok_or_else(|| unencodable("it is not a JSON object".into()))?;
-    if object.contains_key(FORMAT_VERSION_FIELD) {
-        return Err(unencodable("it has a field named \"v\", which the format reserves".into()));
+    #[cfg(debug_assertions)]
+    {
+        // The reserved field is a property of the type: debug builds (every test) check it.
+        let json = serde_json::to_value(value).map_err(|e| unencodable(e.to_string()))?;
+        let object = json.as_object().ok_or_else(|| unencodable("it is not a JSON object".into()))?;
+        if object.contains_key(FORMAT_VERSION_FIELD) {
+            return Err(unencodable("it has a field named \"v\", which the format reserves".into()));
+        }
     }
-    object.insert(FORMAT_VERSION_FIELD.into(), T::FORMAT_VERSION.into());
-    serde_json::to_vec(&json).map_err(|e| unencodable(e.to_string()))
+    serde_json::to_vec(&Versioned { v: T::FORMAT_VERSION, value }).map_err(|e| unencodable(e.to_string()))
 }
 
-/// Decodes a value, upgrading an older format version.
+/// A stored value's JSON: its format version, then its own fields.
+#[derive(Serialize)]
+struct Versioned<'a, T> {
+    v: u32,
+    #[serde(flatten)]
+    value: &'a T,
+}
+
+/// Decodes a value, upgrading an older format version. A value of the current version is
+/// read straight into `T` (which ignores the `"v"` field); only an older one goes through a
+/// `serde_json::Value` for [`StoredValue::upgrade`].
 pub fn decode<T: StoredValue>(bytes: &[u8]) -> Result<T, CodecError> {
     let malformed = |reason: String| CodecError::Malformed { kind: T::KIND, reason };
-    let mut json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
-    let object = json.as_object_mut().ok_or_else(|| malformed("it is not a JSON object".into()))?;
-    let found = object
-        .remove(FORMAT_VERSION_FIELD)
-        .and_then(|v| v.as_u64())
-        .and_then(|v| u32::try_from(v).ok())
-        .ok_or(CodecError::MissingVersion { kind: T::KIND })?;
+    let VersionProbe(found) = serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+    let found = found.ok_or(CodecError::MissingVersion { kind: T::KIND })?;
     if found > T::FORMAT_VERSION {
         return Err(CodecError::TooNew { kind: T::KIND, found, supported: T::FORMAT_VERSION });
     }
-    if found < T::FORMAT_VERSION {
-        json = T::upgrade(found, json)?;
+    if found == T::FORMAT_VERSION {
+        return serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()));
     }
+    let mut json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+    if let Some(object) = json.as_object_mut() {
+        object.remove(FORMAT_VERSION_FIELD);
+    }
+    json = T::upgrade(found, json)?;
     serde_json::from_value(json).map_err(|e| malformed(e.to_string()))
+}
+
+/// The `"v"` field of a stored JSON object, when it is a `u32`; every other field is skipped
+/// unread. Anything but an object is an error.
+struct VersionProbe(Option<u32>);
+
+impl<'de> serde::Deserialize<'de> for VersionProbe {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = VersionProbe;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<VersionProbe, A::Error> {
+                let mut version = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == FORMAT_VERSION_FIELD {
+                        let value: serde_json::Value = map.next_value()?;
+                        version = value.as_u64().and_then(|v| u32::try_from(v).ok());
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(VersionProbe(version))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +154,29 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["v"], 2);
         assert_eq!(decode::<Sample>(&bytes).unwrap(), Sample { name: "a".into(), port: 80 });
+    }
+
+    #[test]
+    fn the_version_comes_first_and_unknown_fields_are_ignored() {
+        let bytes = encode(&Sample { name: "a".into(), port: 80 }).unwrap();
+        assert_eq!(bytes, br#"{"v":2,"name":"a","port":80}"#);
+        let sorted = br#"{"name":"b","port":81,"v":2,"later":{"v":9}}"#;
+        assert_eq!(decode::<Sample>(sorted).unwrap(), Sample { name: "b".into(), port: 81 });
+    }
+
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Reserved {
+        v: u8,
+    }
+
+    impl StoredValue for Reserved {
+        const KIND: &'static str = "reserved";
+        const FORMAT_VERSION: u32 = 1;
+    }
+
+    #[test]
+    fn a_type_with_a_v_field_cannot_be_encoded() {
+        assert!(matches!(encode(&Reserved { v: 1 }).unwrap_err(), CodecError::Unencodable { .. }));
     }
 
     #[test]
