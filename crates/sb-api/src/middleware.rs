@@ -178,7 +178,6 @@ fn request_namespaces(
         return None;
     }
     let mut names: Vec<String> = path_ns.into_iter().collect();
-    // One pass over the query and the form.
     // Every value of each (a repeated parameter is checked in all its values, whichever a
     // handler reads).
     for name in ["namespace", "namespaceId", "tenant"] {
