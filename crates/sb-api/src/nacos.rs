@@ -70,6 +70,20 @@ impl<S: Send + Sync> FromRequest<S> for NacosParams {
     }
 }
 
+/// Text a view shares (a config's content, a cached list rendering) as response bytes,
+/// without a copy.
+pub fn shared_bytes(text: Arc<str>) -> Bytes {
+    Bytes::from_owner(SharedText(text))
+}
+
+struct SharedText(Arc<str>);
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 /// Whether a request's body is a URL-encoded form.
 pub fn is_form(headers: &HeaderMap) -> bool {
     headers

@@ -39,15 +39,6 @@ fn plain(body: impl IntoResponse) -> Response {
     response
 }
 
-/// A view's content as a response body, without a copy.
-struct SharedText(std::sync::Arc<str>);
-
-impl AsRef<[u8]> for SharedText {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
 fn nacos_error(error: impl Into<ApiError>) -> NacosError {
     NacosError(error.into())
 }
@@ -113,7 +104,7 @@ pub async fn get(
         return Err(NacosError(ApiError::not_found("config data not exist")));
     };
     let (content, md5) = snapshot.readable_shared(&client).map_err(nacos_error)?;
-    let mut response = plain(axum::body::Bytes::from_owner(SharedText(content)));
+    let mut response = plain(crate::nacos::shared_bytes(content));
     let headers = response.headers_mut();
     if snapshot.gray {
         headers.insert("isBeta", HeaderValue::from_static("true"));

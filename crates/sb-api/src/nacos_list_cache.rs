@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::nacos::shared_bytes;
 use axum::body::Bytes;
 use parking_lot::RwLock;
 use sb_registry::ServiceId;
@@ -66,23 +67,11 @@ impl ListParts {
     pub fn into_body(self, now_ms: u64) -> axum::body::Body {
         match self {
             ListParts::Spliced { head, tail } => axum::body::Body::new(SplicedBody {
-                parts: [shared(head), Bytes::from(now_ms.to_string()), shared(tail)],
+                parts: [shared_bytes(head), Bytes::from(now_ms.to_string()), shared_bytes(tail)],
                 next: 0,
             }),
             ListParts::Whole(text) => axum::body::Body::from(text),
         }
-    }
-}
-
-fn shared(text: Arc<str>) -> Bytes {
-    Bytes::from_owner(SharedText(text))
-}
-
-struct SharedText(Arc<str>);
-
-impl AsRef<[u8]> for SharedText {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
     }
 }
 
