@@ -26,7 +26,7 @@ use crate::nacos_targets::{
     ab, connect_all, proc_kib, start_ceiling, start_rnacos, start_switchboard, Conn, Peer, Target,
 };
 use crate::report::{
-    compare_ab, notified_level, run_clients, run_notify_clients, Notified, Outcome, Samples,
+    compare_ab, notified_level, notified_levels, run_clients, run_notify_clients, Notified, Outcome, Samples,
 };
 
 #[derive(clap::Args)]
@@ -141,10 +141,7 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
     }
     if wants("notify") {
         let (ceiling, _guard) = start_ceiling(&args.bench_bin, 64).await?;
-        let mut levels = vec![(1, args.notify_samples)];
-        if args.notify_clients > 1 {
-            levels.push((args.notify_clients, usize::MAX));
-        }
+        let levels = notified_levels(args.notify_samples, args.notify_clients);
         for (round, (clients, samples)) in levels.into_iter().enumerate() {
             let label = format!("notify-c{clients}");
             let names: Vec<&str> = targets.iter().map(|t| t.name).collect();

@@ -26,7 +26,9 @@ use crate::nacos_targets::{
     ab, any, connect_all, nacos, nacos_load, proc_kib, start_ceiling, start_rnacos, start_switchboard, Conn,
     Peer, Target,
 };
-use crate::report::{compare_ab, notified_level, run_clients, run_notify_clients, Notified, Outcome};
+use crate::report::{
+    compare_ab, notified_level, notified_levels, run_clients, run_notify_clients, Notified, Outcome,
+};
 
 #[derive(clap::Args)]
 pub struct NamingArgs {
@@ -136,10 +138,7 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
     if wants("push") {
         let (ceiling, _guard) = start_ceiling(&args.bench_bin, 64).await?;
         let targets: Vec<&Target> = std::iter::once(&sb).chain(peer.as_ref()).collect();
-        let mut levels = vec![(1, args.push_samples)];
-        if args.push_clients > 1 {
-            levels.push((args.push_clients, usize::MAX));
-        }
+        let levels = notified_levels(args.push_samples, args.push_clients);
         for (round, (clients, samples)) in levels.into_iter().enumerate() {
             let label = format!("push-c{clients}");
             let names: Vec<&str> = targets.iter().map(|t| t.name).collect();

@@ -242,6 +242,16 @@ where
     Ok([Outcome::from_samples(from_request, elapsed), Outcome::from_samples(from_answer, elapsed)])
 }
 
+/// The levels of a write → notified scenario, as `(clients, most loops)`: one client for at
+/// most `samples` loops, then `clients` (if more than one) for the whole run.
+pub fn notified_levels(samples: usize, clients: usize) -> Vec<(usize, usize)> {
+    let mut levels = vec![(1, samples)];
+    if clients > 1 {
+        levels.push((clients, usize::MAX));
+    }
+    levels
+}
+
 /// One level of a write → notified scenario: A B A B of the bare-hyper floor at the level's
 /// concurrency (`floor`) and each target's loop (`load(target index, run tag)`, giving the
 /// times from the write's request and from its answer), each printed under `label`, then
