@@ -314,7 +314,8 @@ impl ConfigService {
             let entry_id = EntryId::next(now, after);
             let secret = request.secret.unwrap_or_else(|| current_item.as_ref().is_some_and(|i| i.secret));
             let (stored, stored_md5) = self.seal(&key.history_key(&entry_id), &request.content, secret)?;
-            let md5 = content_md5(&request.content);
+            // A plain item's stored md5 is its content's; a secret's is the version's tag.
+            let md5 = if secret { content_md5(&request.content) } else { stored_md5.clone() };
             let op = match (kind, &current_item) {
                 (PublishKind::Rollback(_), _) => HistoryOp::Rollback,
                 (PublishKind::Promote { .. }, _) => HistoryOp::Promote,
@@ -484,7 +485,7 @@ impl ConfigService {
     pub async fn prune(&self, key: &ConfigKey) -> ConfigResult<usize> {
         let keys = self.history_keys(key).await?;
         let entries: Vec<(EntryId, bool)> = keys.iter().map(|(_, id, _, gray)| (*id, *gray)).collect();
-        let doomed = self.settings.retention.doomed_entries(&entries, now_ms());
+        let doomed = self.settings.retention.doomed_entries(&entries, None, now_ms());
         let mut deleted = 0;
         for chunk in doomed.chunks(100) {
             let ops: Vec<TxnOp> = chunk.iter().map(|&i| TxnOp::delete(keys[i].0.clone())).collect();

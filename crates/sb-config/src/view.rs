@@ -283,15 +283,12 @@ impl ConfigState {
         now_ms: u64,
     ) -> Vec<String> {
         let known = self.slots.get(&key.path()).map(|slot| slot.entries.as_slice()).unwrap_or_default();
-        let mut entries = known.to_vec();
-        entries.extend(adding.map(|id| (id, false)));
         retention
-            .doomed_entries(&entries, now_ms)
+            .doomed_entries(known, adding.map(|id| (id, false)), now_ms)
             .into_iter()
-            .map(|i| match entries[i] {
-                (id, true) => key.gray_history_key(&id),
-                (id, false) => key.history_key(&id),
-            })
+            // The entry being added is the newest: never doomed, so every index is a known one.
+            .filter_map(|i| known.get(i))
+            .map(|&(id, gray)| if gray { key.gray_history_key(&id) } else { key.history_key(&id) })
             .collect()
     }
 

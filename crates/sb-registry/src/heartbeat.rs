@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use crate::model::BeatTimeouts;
 use crate::names::ServiceId;
 use crate::state::InstanceEntry;
 
@@ -22,6 +24,39 @@ pub struct BeatEntry {
     /// The registry view's own key for the service, shared.
     pub service: Arc<ServiceId>,
     pub instance: Arc<InstanceEntry>,
+    /// How long it may stay quiet before the checker must look at it: the first of its
+    /// timeouts (from `instance`'s metadata), so the checker's pass over the table judges
+    /// only the instances that are due.
+    pub due_after: Duration,
+}
+
+impl BeatEntry {
+    fn new(
+        last_beat: Instant,
+        service: &Arc<ServiceId>,
+        instance: &Arc<InstanceEntry>,
+        defaults: &BeatTimeouts,
+    ) -> Self {
+        BeatEntry {
+            last_beat,
+            service: service.clone(),
+            instance: instance.clone(),
+            due_after: due_after(defaults, instance),
+        }
+    }
+}
+
+fn due_after(defaults: &BeatTimeouts, instance: &InstanceEntry) -> Duration {
+    let timeouts = defaults.for_metadata(&instance.record.metadata);
+    timeouts.unhealthy_after.min(timeouts.delete_after)
+}
+
+/// An entry the checker must judge: quiet for at least its `due_after`.
+pub struct Quiet {
+    pub key: Vec<u8>,
+    pub last_beat: Instant,
+    pub service: Arc<ServiceId>,
+    pub instance: Arc<InstanceEntry>,
 }
 
 type Shard = Mutex<HashMap<Vec<u8>, BeatEntry>>;
@@ -29,18 +64,19 @@ type Shard = Mutex<HashMap<Vec<u8>, BeatEntry>>;
 pub struct HeartbeatTable {
     hasher: RandomState,
     shards: Box<[Shard]>,
-}
-
-impl Default for HeartbeatTable {
-    fn default() -> Self {
-        HeartbeatTable {
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-        }
-    }
+    /// The node's timeouts, which instances' metadata may override.
+    defaults: BeatTimeouts,
 }
 
 impl HeartbeatTable {
+    pub fn new(defaults: BeatTimeouts) -> Self {
+        HeartbeatTable {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            defaults,
+        }
+    }
+
     fn shard(&self, key: &[u8]) -> &Shard {
         let index = self.hasher.hash_one(key) as usize % SHARDS;
         &self.shards[index]
@@ -54,12 +90,11 @@ impl HeartbeatTable {
                 entry.last_beat = now;
                 if !Arc::ptr_eq(&entry.instance, instance) {
                     entry.instance = instance.clone();
+                    entry.due_after = due_after(&self.defaults, instance);
                 }
             }
             None => {
-                let entry =
-                    BeatEntry { last_beat: now, service: service.clone(), instance: instance.clone() };
-                shard.insert(key.to_vec(), entry);
+                shard.insert(key.to_vec(), BeatEntry::new(now, service, instance, &self.defaults));
             }
         }
     }
@@ -74,11 +109,15 @@ impl HeartbeatTable {
         now: Instant,
     ) -> Instant {
         let mut shard = self.shard(key).lock();
-        if let Some(entry) = shard.get(key) {
+        if let Some(entry) = shard.get_mut(key) {
+            if !Arc::ptr_eq(&entry.instance, instance) {
+                // The view's instance changed (its metadata may carry other timeouts).
+                entry.instance = instance.clone();
+                entry.due_after = due_after(&self.defaults, instance);
+            }
             return entry.last_beat;
         }
-        let entry = BeatEntry { last_beat: now, service: service.clone(), instance: instance.clone() };
-        shard.insert(key.to_vec(), entry);
+        shard.insert(key.to_vec(), BeatEntry::new(now, service, instance, &self.defaults));
         now
     }
 
@@ -119,11 +158,83 @@ impl HeartbeatTable {
         out
     }
 
+    /// Every entry quiet at `now` for at least its `due_after`: one pass over the table,
+    /// a comparison per entry, copies only of what is due.
+    pub fn quiet(&self, now: Instant) -> Vec<Quiet> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(
+                shard
+                    .lock()
+                    .iter()
+                    .filter(|(_, e)| now.saturating_duration_since(e.last_beat) >= e.due_after)
+                    .map(|(key, e)| Quiet {
+                        key: key.clone(),
+                        last_beat: e.last_beat,
+                        service: e.service.clone(),
+                        instance: e.instance.clone(),
+                    }),
+            );
+        }
+        out
+    }
+
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{InstanceRecord, META_BEAT_TIMEOUT};
+    use crate::names::InstanceAddr;
+
+    fn instance(port: i64, beat_timeout_ms: Option<&str>) -> Arc<InstanceEntry> {
+        let mut record = InstanceRecord {
+            weight: 1.0,
+            enabled: true,
+            healthy: true,
+            ephemeral: true,
+            metadata: Default::default(),
+            owner: "n".into(),
+            default_check: false,
+        };
+        if let Some(ms) = beat_timeout_ms {
+            record.metadata.insert(META_BEAT_TIMEOUT.into(), ms.into());
+        }
+        let addr = Arc::new(InstanceAddr::parse("", "10.0.0.1", port).unwrap());
+        Arc::new(InstanceEntry { addr, record, mod_revision: 1, lease: None })
+    }
+
+    #[test]
+    fn quiet_lists_only_what_is_due_by_each_instances_own_timeouts() {
+        let defaults = BeatTimeouts {
+            interval: Duration::from_secs(5),
+            unhealthy_after: Duration::from_secs(15),
+            delete_after: Duration::from_secs(30),
+        };
+        let table = HeartbeatTable::new(defaults);
+        let service = Arc::new(ServiceId::new("", "", "svc").unwrap());
+        let t0 = Instant::now();
+        table.beat(b"a", &service, &instance(1, None), t0);
+        table.beat(b"b", &service, &instance(2, Some("2000")), t0);
+        let due = |secs| {
+            let mut keys: Vec<Vec<u8>> =
+                table.quiet(t0 + Duration::from_secs(secs)).into_iter().map(|q| q.key).collect();
+            keys.sort();
+            keys
+        };
+        assert!(due(1).is_empty());
+        assert_eq!(due(2), [b"b".to_vec()]);
+        assert_eq!(due(15), [b"a".to_vec(), b"b".to_vec()]);
+        // A beat makes it quiet no more; a new instance value brings its own timeouts.
+        table.beat(b"b", &service, &instance(2, None), t0 + Duration::from_secs(10));
+        assert_eq!(due(15), [b"a".to_vec()]);
+        assert_eq!(due(25), [b"a".to_vec(), b"b".to_vec()]);
     }
 }

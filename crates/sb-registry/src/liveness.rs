@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::error::RegistryResult;
 use crate::registry::{encode_value, RegistryOptions, Shared};
+use crate::state::InstanceEntry;
 
 /// Adopts the previous run's session lease if it is still alive, else grants a new one.
 pub(crate) async fn open_session(store: &SharedStore, options: &RegistryOptions) -> RegistryResult<LeaseId> {
@@ -93,31 +94,39 @@ enum Change {
     Delete(Vec<u8>, sb_store::Revision),
 }
 
+/// How many checks apart the checker walks the whole view (and forgets stale beats):
+/// the walk finds owned instances the table lacks (after a restart) and picks up
+/// timeouts changed in metadata without a beat. The checks between walk only the table.
+const WALK_EVERY: u64 = 16;
+
 pub(crate) async fn check_beats(shared: Arc<Shared>) {
     let mut tick: u64 = 0;
     loop {
         tokio::time::sleep(shared.options.check_interval).await;
+        // The first check walks the view: it rebuilds the table after a restart.
+        let changes =
+            if tick.is_multiple_of(WALK_EVERY) { walk_view(&shared) } else { due_in_table(&shared) };
         tick += 1;
-        let changes = due_changes(&shared);
         for change in changes {
             if let Err(error) = apply(&shared, change).await {
                 warn!(%error, "writing an instance health change failed; retrying next check");
             }
         }
-        if tick.is_multiple_of(16) {
+        if tick.is_multiple_of(WALK_EVERY) {
             sweep(&shared);
         }
     }
 }
 
-/// The health changes and deletions due now, among the instances on this node's session.
-fn due_changes(shared: &Shared) -> Vec<Change> {
+/// The health changes and deletions due now, among the instances on this node's session,
+/// from a walk over the whole view: an owned instance the table lacks counts as having
+/// beaten now.
+fn walk_view(shared: &Shared) -> Vec<Change> {
     let session = Some(shared.session());
-    let defaults = shared.options.timeouts;
     let now = Instant::now();
     let snapshot = shared.view.snapshot();
     let mut changes = Vec::new();
-    // One key buffer for the whole pass: every owned instance is looked at every check.
+    // One key buffer for the whole walk: every owned instance is looked at.
     let mut key = Vec::new();
     for (id, service) in snapshot.services.iter() {
         let mut prefix_len = None;
@@ -133,18 +142,46 @@ fn due_changes(shared: &Shared) -> Vec<Change> {
             key.truncate(len);
             instance.addr.push_key_suffix(&mut key);
             let last = shared.beats.last_or_insert(&key, id, instance, now);
-            let quiet = now.saturating_duration_since(last);
-            let timeouts = defaults.for_metadata(&instance.record.metadata);
-            if quiet >= timeouts.delete_after {
-                changes.push(Change::Delete(key.clone(), instance.mod_revision));
-            } else if quiet >= timeouts.unhealthy_after && instance.record.healthy {
-                let mut record = instance.record.clone();
-                record.healthy = false;
-                changes.push(Change::Unhealthy(key.clone(), instance.mod_revision, record));
-            }
+            changes.extend(judge(shared, &key, instance, now.saturating_duration_since(last)));
         }
     }
     changes
+}
+
+/// The same, from one pass over the heartbeat table: only the entries quiet for their
+/// first timeout are looked up in the view (the common case is none).
+fn due_in_table(shared: &Shared) -> Vec<Change> {
+    let session = Some(shared.session());
+    let now = Instant::now();
+    let quiet = shared.beats.quiet(now);
+    if quiet.is_empty() {
+        return Vec::new();
+    }
+    let snapshot = shared.view.snapshot();
+    quiet
+        .into_iter()
+        .filter_map(|entry| {
+            let instance = snapshot.instance(&entry.service, &entry.instance.addr)?;
+            if !instance.record.ephemeral || instance.lease != session {
+                return None;
+            }
+            judge(shared, &entry.key, instance, now.saturating_duration_since(entry.last_beat))
+        })
+        .collect()
+}
+
+/// What is due for one owned ephemeral instance, quiet for `quiet`.
+fn judge(shared: &Shared, key: &[u8], instance: &InstanceEntry, quiet: Duration) -> Option<Change> {
+    let timeouts = shared.options.timeouts.for_metadata(&instance.record.metadata);
+    if quiet >= timeouts.delete_after {
+        Some(Change::Delete(key.to_vec(), instance.mod_revision))
+    } else if quiet >= timeouts.unhealthy_after && instance.record.healthy {
+        let mut record = instance.record.clone();
+        record.healthy = false;
+        Some(Change::Unhealthy(key.to_vec(), instance.mod_revision, record))
+    } else {
+        None
+    }
 }
 
 async fn apply(shared: &Shared, change: Change) -> RegistryResult<()> {

@@ -107,13 +107,8 @@ impl Registry {
     pub async fn start(store: SharedStore, options: RegistryOptions) -> RegistryResult<Registry> {
         let view = View::start(store.clone(), KeyRange::prefix(REGISTRY_PREFIX), "registry").await?;
         let session = crate::liveness::open_session(&store, &options).await?;
-        let shared = Arc::new(Shared {
-            store,
-            view,
-            options,
-            session: AtomicI64::new(session.0),
-            beats: HeartbeatTable::default(),
-        });
+        let beats = HeartbeatTable::new(options.timeouts);
+        let shared = Arc::new(Shared { store, view, options, session: AtomicI64::new(session.0), beats });
         let tasks = vec![
             tokio::spawn(crate::liveness::keep_session(shared.clone())),
             tokio::spawn(crate::liveness::check_beats(shared.clone())),
