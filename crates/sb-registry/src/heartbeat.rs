@@ -51,14 +51,6 @@ fn due_after(defaults: &BeatTimeouts, instance: &InstanceEntry) -> Duration {
     timeouts.unhealthy_after.min(timeouts.delete_after)
 }
 
-/// An entry the checker must judge: quiet for at least its `due_after`.
-pub struct Quiet {
-    pub key: Vec<u8>,
-    pub last_beat: Instant,
-    pub service: Arc<ServiceId>,
-    pub instance: Arc<InstanceEntry>,
-}
-
 type Shard = Mutex<HashMap<Vec<u8>, BeatEntry>>;
 
 pub struct HeartbeatTable {
@@ -145,36 +137,20 @@ impl HeartbeatTable {
 
     /// Every entry that beat at or after `since`.
     pub fn beating_since(&self, since: Instant) -> Vec<(Vec<u8>, BeatEntry)> {
-        let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            out.extend(
-                shard
-                    .lock()
-                    .iter()
-                    .filter(|(_, e)| e.last_beat >= since)
-                    .map(|(k, e)| (k.clone(), e.clone())),
-            );
-        }
-        out
+        self.entries_where(|e| e.last_beat >= since)
     }
 
     /// Every entry quiet at `now` for at least its `due_after`: one pass over the table,
     /// a comparison per entry, copies only of what is due.
-    pub fn quiet(&self, now: Instant) -> Vec<Quiet> {
+    pub fn quiet(&self, now: Instant) -> Vec<(Vec<u8>, BeatEntry)> {
+        self.entries_where(|e| now.saturating_duration_since(e.last_beat) >= e.due_after)
+    }
+
+    /// Copies of the entries `wanted` says yes to, shard by shard.
+    fn entries_where(&self, wanted: impl Fn(&BeatEntry) -> bool) -> Vec<(Vec<u8>, BeatEntry)> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            out.extend(
-                shard
-                    .lock()
-                    .iter()
-                    .filter(|(_, e)| now.saturating_duration_since(e.last_beat) >= e.due_after)
-                    .map(|(key, e)| Quiet {
-                        key: key.clone(),
-                        last_beat: e.last_beat,
-                        service: e.service.clone(),
-                        instance: e.instance.clone(),
-                    }),
-            );
+            out.extend(shard.lock().iter().filter(|(_, e)| wanted(e)).map(|(k, e)| (k.clone(), e.clone())));
         }
         out
     }
@@ -195,15 +171,7 @@ mod tests {
     use crate::names::InstanceAddr;
 
     fn instance(port: i64, beat_timeout_ms: Option<&str>) -> Arc<InstanceEntry> {
-        let mut record = InstanceRecord {
-            weight: 1.0,
-            enabled: true,
-            healthy: true,
-            ephemeral: true,
-            metadata: Default::default(),
-            owner: "n".into(),
-            default_check: false,
-        };
+        let mut record = InstanceRecord::for_test(true, true);
         if let Some(ms) = beat_timeout_ms {
             record.metadata.insert(META_BEAT_TIMEOUT.into(), ms.into());
         }
@@ -225,7 +193,7 @@ mod tests {
         table.beat(b"b", &service, &instance(2, Some("2000")), t0);
         let due = |secs| {
             let mut keys: Vec<Vec<u8>> =
-                table.quiet(t0 + Duration::from_secs(secs)).into_iter().map(|q| q.key).collect();
+                table.quiet(t0 + Duration::from_secs(secs)).into_iter().map(|(key, _)| key).collect();
             keys.sort();
             keys
         };

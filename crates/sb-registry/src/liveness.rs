@@ -160,12 +160,12 @@ fn due_in_table(shared: &Shared) -> Vec<Change> {
     let snapshot = shared.view.snapshot();
     quiet
         .into_iter()
-        .filter_map(|entry| {
+        .filter_map(|(key, entry)| {
             let instance = snapshot.instance(&entry.service, &entry.instance.addr)?;
             if !instance.record.ephemeral || instance.lease != session {
                 return None;
             }
-            judge(shared, &entry.key, instance, now.saturating_duration_since(entry.last_beat))
+            judge(shared, &key, instance, now.saturating_duration_since(entry.last_beat))
         })
         .collect()
 }

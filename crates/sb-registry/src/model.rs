@@ -60,6 +60,22 @@ pub struct InstanceRecord {
     pub default_check: bool,
 }
 
+#[cfg(test)]
+impl InstanceRecord {
+    /// A test instance: weight 1, enabled, owned by node `n`, no metadata, no default check.
+    pub(crate) fn for_test(ephemeral: bool, healthy: bool) -> InstanceRecord {
+        InstanceRecord {
+            weight: 1.0,
+            enabled: true,
+            healthy,
+            ephemeral,
+            metadata: Metadata::new(),
+            owner: "n".into(),
+            default_check: false,
+        }
+    }
+}
+
 impl StoredValue for InstanceRecord {
     const KIND: &'static str = "instance";
     const FORMAT_VERSION: u32 = 1;

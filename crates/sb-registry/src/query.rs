@@ -81,15 +81,7 @@ mod tests {
         };
         for (n, healthy) in health.iter().enumerate() {
             let addr = Arc::new(InstanceAddr::parse("", "10.0.0.1", 1000 + n as i64).unwrap());
-            let record = InstanceRecord {
-                weight: 1.0,
-                enabled: true,
-                healthy: *healthy,
-                ephemeral: true,
-                metadata: Default::default(),
-                owner: "n".into(),
-                default_check: false,
-            };
+            let record = InstanceRecord::for_test(true, *healthy);
             entry
                 .instances
                 .insert(addr.clone(), Arc::new(InstanceEntry { addr, record, mod_revision: 1, lease: None }));

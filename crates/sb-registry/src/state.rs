@@ -200,15 +200,8 @@ mod tests {
     }
 
     fn record(ephemeral: bool) -> Vec<u8> {
-        let record = InstanceRecord {
-            weight: 1.0,
-            enabled: true,
-            healthy: true,
-            ephemeral,
-            metadata: Default::default(),
-            owner: "n".into(),
-            default_check: !ephemeral,
-        };
+        let record =
+            InstanceRecord { default_check: !ephemeral, ..InstanceRecord::for_test(ephemeral, true) };
         encode(&record).unwrap()
     }
 
