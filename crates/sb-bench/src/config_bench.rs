@@ -149,6 +149,7 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
                 &label,
                 &names,
                 round,
+                (clients == 1).then(|| scratch.path()),
                 || ceiling_load(&ceiling, clients, secs),
                 |index, tag: String| {
                     let target = targets[index];

@@ -146,6 +146,7 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
                 &label,
                 &names,
                 round,
+                (clients == 1).then(|| scratch.path()),
                 || get_load(&ceiling, clients, secs, "/", ""),
                 |index, tag: String| {
                     let (target, instances) = (targets[index], args.push_instances);

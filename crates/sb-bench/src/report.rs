@@ -1,6 +1,6 @@
 //! Latency recording and the one report line every scenario prints.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Latencies of one scenario run, in microseconds.
@@ -252,14 +252,43 @@ pub fn notified_levels(samples: usize, clients: usize) -> Vec<(usize, usize)> {
     levels
 }
 
+/// How many 4 KiB writes [`disk_sync_floor`] times.
+pub const DISK_SYNC_SAMPLES: usize = 2000;
+
+/// The least a durable write costs on the disk under `dir`: `samples` times, one after the
+/// other, a 4 KiB `pwrite` at the start of a scratch file there and its `fdatasync`, the
+/// one flush a durable commit cannot skip. A write → notified time measured from the
+/// write's request includes at least this.
+pub fn disk_sync_floor(dir: &Path, samples: usize) -> anyhow::Result<Outcome> {
+    use std::os::unix::fs::FileExt;
+    let scratch = tempfile::NamedTempFile::new_in(dir)?;
+    let file = scratch.as_file();
+    let page = [0x5a_u8; 4096];
+    // The first write allocates the block; the timed ones overwrite it, the cheapest case.
+    file.write_all_at(&page, 0)?;
+    file.sync_all()?;
+    let mut latencies = Samples::default();
+    let started = tokio::time::Instant::now();
+    for _ in 0..samples {
+        let began = tokio::time::Instant::now();
+        file.write_all_at(&page, 0)?;
+        file.sync_data()?;
+        latencies.record(began.elapsed());
+    }
+    Ok(Outcome::from_samples(latencies, started.elapsed()))
+}
+
 /// One level of a write → notified scenario: A B A B of the bare-hyper floor at the level's
 /// concurrency (`floor`) and each target's loop (`load(target index, run tag)`, giving the
 /// times from the write's request and from its answer), each printed under `label`, then
-/// each target's p99 ratio to the floor (target ≤ 2×).
+/// each target's p99 ratio to the floor (target ≤ 2×). With `disk`, a one-client level
+/// also times the disk's flush there ([`disk_sync_floor`]) and prints its p99 against the
+/// same floor: what a durable write adds before anyone can be notified of it.
 pub async fn notified_level<FF, FutF, FL, FutL>(
     label: &str,
     names: &[&str],
     round: usize,
+    disk: Option<&Path>,
     mut floor: FF,
     mut load: FL,
 ) -> anyhow::Result<()>
@@ -285,20 +314,49 @@ where
     for (name, runs) in names.iter().zip(&runs) {
         print_p99_ratio(label, name, runs, &floors, 2.0);
     }
+    if let Some(dir) = disk {
+        let sync = disk_sync_floor(dir, DISK_SYNC_SAMPLES)?;
+        sync.print(label, "disk-sync");
+        let rtt = mean_p99(&floors).max(1.0);
+        let least = rtt + f64::from(sync.p50_us);
+        println!(
+            "{label:<14} floor     hyper-rtt p99 + disk-sync p50 = {least:.0} us = {:.2}x hyper-rtt p99 (disk-sync: a 4 KiB \
+             pwrite + fdatasync under {}; one round trip and one flush, the least a durable write → notified takes \
+             from the request)",
+            least / rtt,
+            dir.display()
+        );
+    }
     println!();
     Ok(())
+}
+
+fn mean_p99(outcomes: &[Outcome]) -> f64 {
+    outcomes.iter().map(|o| f64::from(o.p99_us)).sum::<f64>() / outcomes.len().max(1) as f64
 }
 
 /// The closing line of a write → notified scenario: the mean p99 of the target's runs over
 /// the mean p99 of the floor's runs (a bare-hyper round trip at the same concurrency).
 pub fn print_p99_ratio(scenario: &str, target: &str, runs: &[Outcome], floors: &[Outcome], limit: f64) {
-    let mean = |outcomes: &[Outcome]| {
-        outcomes.iter().map(|o| f64::from(o.p99_us)).sum::<f64>() / outcomes.len().max(1) as f64
-    };
     if runs.iter().all(|o| o.ops == 0) {
         println!("{scenario:<14} ratio     p99 {target}/hyper-rtt: no notification arrived");
         return;
     }
-    let ratio = mean(runs) / mean(floors).max(1.0);
+    let ratio = mean_p99(runs) / mean_p99(floors).max(1.0);
     println!("{scenario:<14} ratio     p99 {target}/hyper-rtt = {ratio:.2}x (target <= {limit:.1}x)");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_disk_floor_times_every_flush_and_leaves_no_file_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let outcome = disk_sync_floor(dir.path(), 20).unwrap();
+        assert_eq!((outcome.ops, outcome.errors), (20, 0));
+        assert!(outcome.p50_us <= outcome.p99_us && outcome.p99_us <= outcome.p999_us);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the scratch file is removed");
+        assert!(disk_sync_floor(&dir.path().join("absent"), 1).is_err());
+    }
 }
