@@ -1,6 +1,7 @@
 //! Active health checks of persistent instances, on the native API:
 //! `GET|PUT|DELETE /api/v1/namespaces/{ns}/services/{service}/instances/{ip}:{port}/check`
-//! (`?group=`, `?cluster=`). A thin translator over `sb_health::HealthChecks`.
+//! (`?group=`, `?cluster=`), and `PUT …/{ip}:{port}/health` for a health set by hand while
+//! nothing probes the instance. A thin translator over `sb_health::HealthChecks`.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -49,4 +50,21 @@ pub async fn delete_check(
     let addr = instance_addr(&rest, &params)?;
     let deleted = api.health.delete(&id, &addr, &audit).await?;
     Ok(Json(json!({"deleted": deleted})))
+}
+
+/// `PUT …/instances/{ip}:{port}/health` with `{"healthy": true|false}`.
+pub async fn put_health(
+    State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
+    path: Result<Path<Vec<String>>, PathRejection>,
+    params: Params,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let (id, rest) = service_id(path, &params)?;
+    let addr = instance_addr(&rest, &params)?;
+    let healthy = body.get("healthy").and_then(Value::as_bool).ok_or_else(|| {
+        ApiError::invalid("healthy", format!("healthy is {}, expected true or false", body["healthy"]))
+    })?;
+    let revision = api.health.set_health(&id, &addr, healthy, &audit).await?;
+    Ok(Json(json!({"revision": revision, "healthy": healthy})))
 }

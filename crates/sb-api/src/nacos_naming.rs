@@ -517,6 +517,24 @@ pub async fn update_cluster(
     Ok(ok())
 }
 
+/// `PUT /nacos/v1/ns/health/instance` (and `/nacos/v1/ns/health`): a persistent instance's
+/// health by hand (`healthy`, or the older `valid`), only while nothing probes it (its
+/// cluster's checker is `NONE`), as in Nacos; the rule is `sb_health::HealthChecks::set_health`.
+pub async fn update_health(
+    State(api): State<ApiState>,
+    crate::audit::Audited(audit): crate::audit::Audited,
+    params: NacosParams,
+) -> NacosResult<Response> {
+    let healthy = params
+        .flag("healthy")
+        .or_else(|| params.flag("valid"))
+        .ok_or_else(|| NacosError(ApiError::invalid("healthy", "caused: Param 'healthy' is required.;")))?;
+    let id = service_id(&params)?;
+    let addr = addr(&params)?;
+    api.health.set_health(&id, &addr, healthy, &audit).await.map_err(nacos_error)?;
+    Ok(ok())
+}
+
 /// `GET /nacos/v1/ns/service/list`: `{"count":n,"doms":[…]}`, one page of service names.
 pub async fn list_services(State(api): State<ApiState>, params: NacosParams) -> NacosResult<Json<Value>> {
     let page_no = params.parse::<usize>("pageNo", "a page number")?.unwrap_or(1).max(1);

@@ -44,6 +44,9 @@ fn expected(id: RouteId) -> &'static [&'static str] {
         | InstanceDrain
         | InstanceCheckPut
         | InstanceCheckDelete
+        | InstanceHealthPut
+        | NacosHealthUpdate
+        | NacosHealthUpdateShort
         | NacosInstanceRegister
         | NacosInstanceUpdate
         | NacosInstanceDeregister

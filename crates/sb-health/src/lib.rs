@@ -308,6 +308,56 @@ impl HealthChecks {
         Ok(response.succeeded)
     }
 
+    /// Sets a persistent instance's health by hand (Nacos `PUT /nacos/v1/ns/health/instance`,
+    /// and the native API), as Nacos allows it: only while nothing probes the instance
+    /// ([`effective_check`] gives it no check, for example because its cluster's checker is
+    /// `NONE`). A probed instance's health is its probe's, and an ephemeral instance's is its
+    /// heartbeats'. Returns the instance's revision (unchanged when it already had that
+    /// health).
+    pub async fn set_health(
+        &self,
+        id: &ServiceId,
+        addr: &InstanceAddr,
+        healthy: bool,
+        audit: &sb_audit::Audit,
+    ) -> RegistryResult<sb_store::Revision> {
+        let snapshot = self.registry.snapshot();
+        let Some(instance) = snapshot.instance(id, addr) else {
+            return Err(RegistryError::NotFound(format!(
+                "instance {} of service {id} is not registered",
+                addr.socket()
+            )));
+        };
+        if instance.record.ephemeral {
+            return Err(RegistryError::invalid(
+                "healthy",
+                format!("instance {} is ephemeral: its heartbeats tell its health", addr.socket()),
+            ));
+        }
+        let stored = self.stored(id, addr);
+        let cluster = self.cluster(id, &addr.cluster);
+        let probed = effective_check(
+            &instance.record,
+            stored.as_ref(),
+            cluster.as_ref(),
+            addr.port,
+            self.settings.nacos_interval_ms,
+        );
+        if let Some((check, port)) = probed {
+            return Err(RegistryError::invalid(
+                "healthy",
+                format!(
+                    "health check is still working: instance {} of service {id} is probed by a {} check on \
+                     port {port}, which sets its health (set its cluster's healthChecker to NONE, or delete \
+                     its check, first)",
+                    addr.socket(),
+                    check.kind.name()
+                ),
+            ));
+        }
+        self.registry.mark_health(id, addr, healthy, audit).await
+    }
+
     /// A cluster's Nacos health-checker settings, if set.
     pub fn cluster(&self, id: &ServiceId, cluster: &str) -> Option<ClusterCheck> {
         self.clusters.snapshot().entries.get(&cluster_key(id, cluster)).map(|e| e.value.clone())

@@ -39,6 +39,17 @@ pub enum CheckKind {
     },
 }
 
+impl CheckKind {
+    /// The kind as the API spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckKind::Http { .. } => "http",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Grpc { .. } => "grpc",
+        }
+    }
+}
+
 /// Where a check came from: it decides which check wins in [`effective_check`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

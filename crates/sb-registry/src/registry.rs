@@ -255,6 +255,26 @@ impl Registry {
         self.rewrite(id, &entry, &record, None, Vec::new()).await.map(Some)
     }
 
+    /// Sets an instance's health as an operator's change (audited as `instance.health`);
+    /// whether anything may set it by hand is the health checks' rule
+    /// (`sb_health::HealthChecks::set_health`). Returns the instance's revision, unchanged
+    /// when it already had that health.
+    pub async fn mark_health(
+        &self,
+        id: &ServiceId,
+        addr: &InstanceAddr,
+        healthy: bool,
+        audit: &Audit,
+    ) -> RegistryResult<Revision> {
+        let entry = self.existing(id, addr)?;
+        if entry.record.healthy == healthy {
+            return Ok(entry.mod_revision);
+        }
+        let mut record = entry.record.clone();
+        record.healthy = healthy;
+        self.rewrite(id, &entry, &record, Some((audit, "instance.health")), Vec::new()).await
+    }
+
     /// Clears an instance's [`InstanceRecord::default_check`], with `ops` (the caller's
     /// audit record and check delete) in the same transaction; `None` when it was not set.
     pub async fn clear_default_check(

@@ -232,3 +232,125 @@ async fn nacos_cluster_health_checkers_drive_the_checks_and_show_in_the_service_
     assert_eq!(code, StatusCode::OK, "{answer}");
     api.wait_healthy("legacy", true).await;
 }
+
+#[tokio::test]
+async fn health_is_set_by_hand_only_while_nothing_probes_the_instance() {
+    use reqwest::Method as M;
+    let (_dir, server, token) = start_with(&[
+        "--dns-listen",
+        "off",
+        "--health-reconcile-ms",
+        "100",
+        "--nacos-check-interval-ms",
+        "150",
+    ]);
+    let api = Api { http: client(), server: &server, token };
+    // A target that accepts TCP: a probe of it would find it healthy.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            drop(socket);
+        }
+    });
+    let instance = |cluster: &'static str, port: &str, ephemeral: &'static str| {
+        vec![
+            ("serviceName", "manual".to_owned()),
+            ("ip", "127.0.0.1".to_owned()),
+            ("port", port.to_owned()),
+            ("clusterName", cluster.to_owned()),
+            ("ephemeral", ephemeral.to_owned()),
+        ]
+    };
+    let form = |fields: &[(&'static str, String)], extra: &[(&'static str, &'static str)]| {
+        let mut form: Vec<(&str, String)> = fields.to_vec();
+        form.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        form
+    };
+    let nacos = async |method: M, path: &str, form: Vec<(&str, String)>| {
+        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        api.nacos(method, path, &form).await
+    };
+
+    // Probed by Nacos's default TCP check (cluster `probed` has no settings): refused.
+    let probed = instance("probed", &port, "false");
+    let (code, answer) = nacos(M::POST, "/nacos/v1/ns/instance", probed.clone()).await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    let (code, answer) =
+        nacos(M::PUT, "/nacos/v1/ns/health/instance", form(&probed, &[("healthy", "false")])).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{answer}");
+    let text = answer.as_str().unwrap_or_default();
+    assert!(text.starts_with("caused: health check is still working") && text.contains("tcp"), "{answer}");
+    let native = format!("/api/v1/namespaces/public/services/manual/instances/127.0.0.1:{port}/health");
+    let (code, answer) =
+        api.call(M::PUT, &format!("{native}?cluster=probed"), json!({"healthy": false})).await;
+    assert_eq!((code, &answer["error"]["field"]), (StatusCode::BAD_REQUEST, &json!("healthy")), "{answer}");
+
+    // Cluster `quiet` is not probed (NONE, set before its instances come): health is set by
+    // hand, through either Nacos path (`healthy`, or the older `valid`), and stays.
+    let none = vec![
+        ("serviceName", "manual".to_owned()),
+        ("clusterName", "quiet".to_owned()),
+        ("healthChecker", r#"{"type":"NONE"}"#.to_owned()),
+    ];
+    let (code, answer) = nacos(M::PUT, "/nacos/v1/ns/cluster", none).await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    let quiet = instance("quiet", &port, "false");
+    for fields in [quiet.clone(), instance("quiet", "9", "false")] {
+        let (code, answer) = nacos(M::POST, "/nacos/v1/ns/instance", fields).await;
+        assert_eq!(code, StatusCode::OK, "{answer}");
+    }
+    let health = async |path: &str| -> Vec<(u64, bool)> {
+        let list = [("serviceName", "manual"), ("clusters", "quiet")];
+        let (code, list) = api.nacos(M::GET, path, &list).await;
+        assert_eq!(code, StatusCode::OK, "{list}");
+        let mut hosts: Vec<(u64, bool)> = list["hosts"]
+            .as_array()
+            .unwrap_or_else(|| panic!("hosts in {list}"))
+            .iter()
+            .map(|h| (h["port"].as_u64().unwrap(), h["healthy"].as_bool().unwrap()))
+            .collect();
+        hosts.sort();
+        hosts
+    };
+    let target: u64 = port.parse().unwrap();
+    let (code, answer) =
+        nacos(M::PUT, "/nacos/v1/ns/health/instance", form(&quiet, &[("healthy", "false")])).await;
+    assert_eq!((code, answer), (StatusCode::OK, json!("ok")));
+    for _ in 0..5 {
+        assert_eq!(health("/nacos/v1/ns/instance/list").await, [(9, true), (target, false)]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, answer) = nacos(M::PUT, "/nacos/v1/ns/health", form(&quiet, &[("valid", "true")])).await;
+    assert_eq!((code, answer), (StatusCode::OK, json!("ok")));
+    assert_eq!(health("/nacos/v1/ns/instance/list").await, [(9, true), (target, true)]);
+    // The native API, which answers the instance's revision.
+    let (code, answer) =
+        api.call(M::PUT, &format!("{native}?cluster=quiet"), json!({"healthy": false})).await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    assert!(answer["revision"].as_i64().is_some_and(|r| r > 0) && answer["healthy"] == false, "{answer}");
+    assert_eq!(health("/nacos/v1/ns/instance/list").await, [(9, true), (target, false)]);
+
+    // Bad input: a clear 400 (404 natively for an unknown instance), nothing changed.
+    let (code, answer) =
+        api.call(M::PUT, &format!("{native}?cluster=quiet"), json!({"healthy": "yes"})).await;
+    assert_eq!((code, &answer["error"]["field"]), (StatusCode::BAD_REQUEST, &json!("healthy")), "{answer}");
+    let (code, answer) = nacos(M::PUT, "/nacos/v1/ns/health/instance", quiet.clone()).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer.as_str().is_some_and(|a| a.contains("Param 'healthy' is required")), "{answer}");
+    let unknown = instance("quiet", "10", "false");
+    let (code, answer) =
+        nacos(M::PUT, "/nacos/v1/ns/health/instance", form(&unknown, &[("healthy", "true")])).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer.as_str().is_some_and(|a| a.contains("is not registered")), "{answer}");
+    let missing = "/api/v1/namespaces/public/services/manual/instances/127.0.0.1:10/health?cluster=quiet";
+    assert_eq!(api.call(M::PUT, missing, json!({"healthy": true})).await.0, StatusCode::NOT_FOUND);
+    let mut beating = instance("quiet", "11", "true");
+    let (code, answer) = nacos(M::POST, "/nacos/v1/ns/instance", beating.clone()).await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    beating.push(("healthy", "false".to_owned()));
+    let (code, answer) = nacos(M::PUT, "/nacos/v1/ns/health/instance", beating).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer.as_str().is_some_and(|a| a.contains("ephemeral")), "{answer}");
+    assert_eq!(health("/nacos/v1/ns/instance/list").await, [(9, true), (11, true), (target, false)]);
+}

@@ -414,6 +414,18 @@ async fn nacos_naming_api_answers_in_nacos_shapes() {
         .nacos(M::PUT, "/nacos/v1/ns/instance/beat", "serviceName=svc&ip=10.2.0.1&port=80&clusterName=c1")
         .await;
     assert_eq!(beat["code"], 10200);
+    // An instance's own beat interval (Nacos's `preserved.heart.beat.interval` metadata) is
+    // what its beats are told, and what the list shows.
+    let own = r#"{"ip":"10.2.0.9","port":80,"metadata":{"preserved.heart.beat.interval":"1500"}}"#;
+    let query = format!("serviceName=g2%40%40paced&beat={}", urlencode(own));
+    let (_, beat) = api.nacos(M::PUT, "/nacos/v1/ns/instance/beat", &query).await;
+    assert_eq!((beat["code"].clone(), beat["clientBeatInterval"].clone()), (json!(10200), json!(1500)));
+    let (_, list) = api.nacos(M::GET, "/nacos/v1/ns/instance/list", "serviceName=g2@@paced").await;
+    assert_eq!(list["hosts"][0]["instanceHeartBeatInterval"], 1500, "{list}");
+    assert_eq!(
+        api.nacos(M::DELETE, "/nacos/v1/ns/instance", "serviceName=g2@@paced&ip=10.2.0.9&port=80").await.0,
+        StatusCode::OK
+    );
     // Form-posted registration (as the Java SDK sends it) with `group@@service`.
     let url = format!("{}?accessToken={}", api.url("/nacos/v1/ns/instance"), api.token);
     let form =
@@ -474,12 +486,22 @@ async fn nacos_naming_api_answers_in_nacos_shapes() {
         "serviceName=svc&ip=1.2.3&port=80",
         "serviceName=svc&ip=1.2.3.4&port=0",
         "serviceName=svc&ip=1.2.3.4&port=80&weight=20000",
+        "serviceName=svc&ip=1.2.3.4&port=65536",
         "ip=1.2.3.4&port=80",
     ] {
         let (status, body) = api.nacos(M::POST, "/nacos/v1/ns/instance", query).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
         assert!(body.as_str().is_some_and(|b| b.starts_with("caused: ")), "{body}");
     }
+    // Metadata over 16 KiB, in the form body as SDKs send it: refused, nothing registered.
+    let url = format!("{}?accessToken={}", api.url("/nacos/v1/ns/instance"), api.token);
+    let form = format!("serviceName=svc&ip=10.2.0.7&port=80&metadata=big%3D{}", "x".repeat(17 * 1024));
+    let request = api.http.post(url).header("content-type", "application/x-www-form-urlencoded").body(form);
+    let (status, body) = send(request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.as_str().is_some_and(|b| b.starts_with("caused: ") && b.contains("metadata")), "{body}");
+    let (status, _) = api.nacos(M::GET, "/nacos/v1/ns/instance", "serviceName=svc&ip=10.2.0.7&port=80").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     // Services: create, conflict, update, get, list, delete.
     assert_eq!(
         api.nacos(M::POST, "/nacos/v1/ns/service", "serviceName=empty&protectThreshold=0.5&metadata=x%3D1")
@@ -532,6 +554,10 @@ async fn nacos_naming_api_answers_in_nacos_shapes() {
     assert_eq!(switches["lightBeatEnabled"], true);
     let scrape = api.http.get(api.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(scrape.contains("switchboard_registry_instances 1"), "{scrape}");
+    // The token in the `accessToken` header instead of the query.
+    let list = api.http.get(api.url("/nacos/v1/ns/instance/list?serviceName=svc"));
+    let (status, body) = send(list.header("accessToken", &api.token)).await;
+    assert_eq!((status, body["hosts"].is_array()), (StatusCode::OK, true), "{body}");
     // Without a token: Nacos's 403.
     let (status, body) = send(api.http.get(api.url("/nacos/v1/ns/instance/list?serviceName=svc"))).await;
     assert_eq!((status, body), (StatusCode::FORBIDDEN, json!("unknown user!")));
