@@ -1,13 +1,13 @@
 //! The registry over the Nacos 1.x naming API (`/nacos/v1/ns/…`), side by side with a
 //! peer speaking the same API (r-nacos 0.8.8 with `--peer rnacos`), A B A B:
-//! - `register`: ephemeral instances, each a new one;
-//! - `beat`: light beats of known instances (and Switchboard's store revision before and
-//!   after: a beat-only load must leave it flat);
+//! - `beat`: light beats of known instances (and the registry's store writes before and
+//!   after, from `/metrics`: a beat-only load must leave them flat);
 //! - `list`: `instance/list` of a 10-instance service, also against the bare-hyper ceiling
 //!   answering a body of the same size;
 //! - `push`: register → subscriber notified by Nacos UDP push, at concurrency 1 and at
 //!   `--push-clients` (each client its own service and subscriber), against a bare-hyper
 //!   round trip at the same concurrency;
+//! - `register`: ephemeral instances, each a new one (last: its instances expire after it);
 //! - `rss`: RSS with `--instances` persistent instances in `--services` services, and the
 //!   list of one such service against the ceiling.
 //!
@@ -21,7 +21,7 @@ use anyhow::Context;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use crate::http_bench::{bench_token, connect, request};
+use crate::http_bench::{connect, request};
 use crate::nacos_targets::{
     ab, any, connect_all, nacos, nacos_load, proc_kib, start_ceiling, start_rnacos, start_switchboard, Conn,
     Peer, Target,
@@ -95,22 +95,21 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
     let clients = args.clients;
 
     let peer_name = peer.as_ref().map_or("none", |p| p.name);
-    if wants("register") {
-        let round = std::sync::atomic::AtomicUsize::new(0);
-        let next = || round.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let a = || register_load(&sb, clients, secs, next());
-        let b = peer.as_ref().map(|p| || register_load(p, clients, secs, next()));
-        ab("register", [sb.name, peer_name], a, b).await?;
-    }
     if wants("beat") {
         for target in std::iter::once(&sb).chain(peer.as_ref()) {
             prime_beaters(target, clients).await?;
         }
-        let before = store_revision(&sb).await?;
+        let writes = "switchboard_registry_store_writes_total";
+        let revision = "switchboard_store_revision";
+        let before = (scraped(&sb, writes).await?, scraped(&sb, revision).await?);
         let b = peer.as_ref().map(|p| || beat_load(p, clients, secs));
         ab("beat", [sb.name, peer_name], || beat_load(&sb, clients, secs), b).await?;
-        let after = store_revision(&sb).await?;
-        println!("beat           switchboard store revision {before} before the beat runs, {after} after\n");
+        let after = (scraped(&sb, writes).await?, scraped(&sb, revision).await?);
+        println!(
+            "beat           switchboard registry store writes {} before the beat runs, {} after (store revision {} → {}: \
+             other subsystems, such as the Snowflake high-water mark, write while idle too)\n",
+            before.0, after.0, before.1, after.1
+        );
     }
     if wants("list") {
         for target in std::iter::once(&sb).chain(peer.as_ref()) {
@@ -156,6 +155,16 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
             .await?;
         }
         println!("(push-cN: N clients, each with its own service and UDP subscriber, each loop re-registering its one instance with new metadata and timing until its own subscriber's push shows it; push: from the register request, push-ack: from its answer (0 if the push came first); the floor is a bare-hyper round trip at the same N; c1 runs at most --push-samples loops; each service also holds --push-instances other instances)\n");
+    }
+    // Last of the timed scenarios: every instance it registers stops beating when it ends,
+    // so both servers spend the next 15–30 s marking them unhealthy and deleting them, which
+    // would load any scenario run after it.
+    if wants("register") {
+        let round = std::sync::atomic::AtomicUsize::new(0);
+        let next = || round.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let a = || register_load(&sb, clients, secs, next());
+        let b = peer.as_ref().map(|p| || register_load(p, clients, secs, next()));
+        ab("register", [sb.name, peer_name], a, b).await?;
     }
     if wants("rss") {
         for target in std::iter::once(&sb).chain(peer.as_ref()) {
@@ -290,17 +299,15 @@ async fn get_load(
 }
 
 /// Switchboard's store revision (the KV list answers it), to show beats do not write.
-async fn store_revision(sb: &Target) -> anyhow::Result<i64> {
-    let body =
-        request(&mut connect(&sb.addr).await?, "GET", "/api/v1/kv?limit=1", &bench_token(), Vec::new())
-            .await?;
+/// One counter or gauge from the server's `/metrics`, as a whole number.
+async fn scraped(sb: &Target, name: &str) -> anyhow::Result<i64> {
+    let body = request(&mut connect(&sb.addr).await?, "GET", "/metrics", "", Vec::new()).await?;
     let text = String::from_utf8_lossy(&body);
-    let revision = text
-        .split("\"revision\":")
-        .nth(1)
-        .and_then(|r| r.split([',', '}']).next())
-        .and_then(|r| r.trim().parse().ok());
-    revision.with_context(|| format!("no revision in {text}"))
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|value| value.trim().parse().ok());
+    value.with_context(|| format!("no {name} in /metrics"))
 }
 
 /// One push client: its connection, its UDP subscriber socket and its own service.

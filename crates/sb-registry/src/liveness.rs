@@ -76,7 +76,7 @@ async fn regain_session(shared: &Shared, lost: LeaseId) -> RegistryResult<()> {
             value: encode_value(&record)?,
             lease: Some(lease),
         }]);
-        if shared.store.txn(txn).await?.succeeded {
+        if shared.txn(txn).await?.succeeded {
             restored += 1;
         }
     }
@@ -200,7 +200,7 @@ async fn apply(shared: &Shared, change: Change) -> RegistryResult<()> {
             Compare::lease(key.clone(), CompareOp::Equal, Some(session)),
         ])
         .and_then([op]);
-    let response = shared.store.txn(txn).await?;
+    let response = shared.txn(txn).await?;
     if response.succeeded {
         let name = String::from_utf8_lossy(&key).into_owned();
         if deleting {

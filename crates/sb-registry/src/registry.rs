@@ -6,7 +6,7 @@
 //! session lease; their beats go to the [`HeartbeatTable`], and the liveness task
 //! (`liveness.rs`) writes only health changes and deletions.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,11 +80,25 @@ pub(crate) struct Shared {
     pub(crate) options: RegistryOptions,
     pub(crate) session: AtomicI64,
     pub(crate) beats: HeartbeatTable,
+    /// Transactions the registry committed that put or deleted (its `store_writes`).
+    pub(crate) writes: AtomicU64,
 }
 
 impl Shared {
     pub(crate) fn session(&self) -> LeaseId {
         LeaseId(self.session.load(Ordering::Acquire))
+    }
+
+    /// Every registry transaction goes through here, so that [`Registry::store_writes`] counts
+    /// each one whose branch that ran puts or deletes (a beat must never be one).
+    pub(crate) async fn txn(&self, txn: Txn) -> sb_store::StoreResult<TxnResponse> {
+        let writes = |ops: &[TxnOp]| ops.iter().any(|op| !matches!(op, TxnOp::Range(_)));
+        let (on_success, on_failure) = (writes(&txn.success), writes(&txn.failure));
+        let response = self.store.txn(txn).await?;
+        if (response.succeeded && on_success) || (!response.succeeded && on_failure) {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(response)
     }
 }
 
@@ -108,7 +122,14 @@ impl Registry {
         let view = View::start(store.clone(), KeyRange::prefix(REGISTRY_PREFIX), "registry").await?;
         let session = crate::liveness::open_session(&store, &options).await?;
         let beats = HeartbeatTable::new(options.timeouts);
-        let shared = Arc::new(Shared { store, view, options, session: AtomicI64::new(session.0), beats });
+        let shared = Arc::new(Shared {
+            store,
+            view,
+            options,
+            session: AtomicI64::new(session.0),
+            beats,
+            writes: AtomicU64::new(0),
+        });
         let tasks = vec![
             tokio::spawn(crate::liveness::keep_session(shared.clone())),
             tokio::spawn(crate::liveness::check_beats(shared.clone())),
@@ -150,8 +171,15 @@ impl Registry {
         self.shared.beats.len()
     }
 
+    /// Store transactions this registry committed since it started (registrations, updates,
+    /// health changes, expiries, deletes): what `switchboard_registry_store_writes` shows.
+    /// Beats are never among them.
+    pub fn store_writes(&self) -> u64 {
+        self.shared.writes.load(Ordering::Relaxed)
+    }
+
     async fn commit(&self, txn: Txn) -> RegistryResult<TxnResponse> {
-        let response = self.shared.store.txn(txn).await?;
+        let response = self.shared.txn(txn).await?;
         self.shared.view.wait_for(response.revision, self.shared.options.read_your_writes_timeout).await?;
         Ok(response)
     }
@@ -401,7 +429,7 @@ impl Registry {
         record.enabled = false;
         // The delayed delete is part of the drain this record describes.
         let revision = self.rewrite(id, &entry, &record, Some((audit, "instance.drain")), Vec::new()).await?;
-        let store = self.shared.store.clone();
+        let shared = self.shared.clone();
         let key = id.instance_key(addr);
         let service = id.clone();
         let instance = addr.socket();
@@ -410,7 +438,7 @@ impl Registry {
             let txn = Txn::new()
                 .when([Compare::mod_revision(key.clone(), CompareOp::Equal, revision)])
                 .and_then([TxnOp::delete(key)]);
-            match store.txn(txn).await {
+            match shared.txn(txn).await {
                 Ok(r) if r.succeeded => info!(%service, %instance, "drained instance deleted"),
                 Ok(_) => info!(%service, %instance, "drained instance changed meanwhile; kept"),
                 Err(error) => {

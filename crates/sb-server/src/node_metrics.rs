@@ -115,6 +115,12 @@ pub fn register_registry(
         "Nacos UDP pushes sent",
         pushes.clone(),
     );
+    let writes = Counter::<u64>::default();
+    metrics.registry_mut().register(
+        "switchboard_registry_store_writes",
+        "Store transactions the registry committed (registrations, updates, health changes, expiries; never a beat)",
+        writes.clone(),
+    );
     let acks = Counter::<u64>::default();
     metrics.registry_mut().register(
         "switchboard_registry_udp_push_acks",
@@ -133,6 +139,7 @@ pub fn register_registry(
                 .sum();
             healthy.set(healthy_count as i64);
             beats.set(registry.tracked_beats() as i64);
+            writes.inc_by(registry.store_writes().saturating_sub(writes.get()));
         }
         if let Some(push) = push.upgrade() {
             subscribers.set(push.subscriber_count() as i64);

@@ -77,6 +77,14 @@ fn ports(list: &Value) -> Vec<(u64, bool)> {
     out
 }
 
+/// `switchboard_registry_store_writes` from `/metrics`.
+async fn registry_writes(api: &Api<'_>) -> u64 {
+    let scrape = api.http.get(api.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = scrape.lines().find_map(|l| l.strip_prefix("switchboard_registry_store_writes_total "));
+    line.and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no registry write counter in {scrape}"))
+}
+
 async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     for _ in 0..200 {
         if check().await {
@@ -137,6 +145,8 @@ async fn native_api_registers_beats_expires_and_refuses_bad_input() {
     // Beats keep 80 alive and are not store writes; then it goes unhealthy and is deleted.
     let beat = format!("{SVC}/instances/10.0.0.1:80/beat");
     let revision = list["revision"].as_i64().unwrap();
+    let writes = registry_writes(&api).await;
+    assert!(writes >= 2, "the two registrations are registry writes: {writes}");
     for _ in 0..6 {
         let (status, body) = api.call(post.clone(), &beat, json!({})).await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -145,6 +155,7 @@ async fn native_api_registers_beats_expires_and_refuses_bad_input() {
     let (_, list) = api.get(&format!("{SVC}/instances")).await;
     assert_eq!(ports(&list), [(80, true), (81, true)]);
     assert_eq!(list["revision"].as_i64().unwrap(), revision, "beats changed the service");
+    assert_eq!(registry_writes(&api).await, writes, "beats were written to the store");
     wait_until("80 unhealthy", async || {
         ports(&api.get(&format!("{SVC}/instances")).await.1) == [(80, false), (81, true)]
     })
