@@ -13,13 +13,22 @@ use crate::extract::{ApiJson, Params};
 use crate::registry::{instance_addr, service_id};
 use crate::ApiState;
 
+/// The service and instance a `…/instances/{ip}:{port}/…` path names (`?group=`, `?cluster=`).
+fn instance(
+    path: Result<Path<Vec<String>>, PathRejection>,
+    params: &Params,
+) -> Result<(sb_registry::ServiceId, sb_registry::InstanceAddr), ApiError> {
+    let (id, rest) = service_id(path, params)?;
+    let addr = instance_addr(&rest, params)?;
+    Ok((id, addr))
+}
+
 pub async fn get_check(
     State(api): State<ApiState>,
     path: Result<Path<Vec<String>>, PathRejection>,
     params: Params,
 ) -> Result<Json<Value>, ApiError> {
-    let (id, rest) = service_id(path, &params)?;
-    let addr = instance_addr(&rest, &params)?;
+    let (id, addr) = instance(path, &params)?;
     let spec = api.health.get(&id, &addr).ok_or_else(|| {
         ApiError::not_found(format!("instance {} of service {id} has no health check", addr.socket()))
     })?;
@@ -33,8 +42,7 @@ pub async fn put_check(
     params: Params,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let (id, rest) = service_id(path, &params)?;
-    let addr = instance_addr(&rest, &params)?;
+    let (id, addr) = instance(path, &params)?;
     let spec = sb_health::CheckSpec::from_json(&body).map_err(|e| ApiError::invalid(e.field, e.message))?;
     let revision = api.health.put(&id, &addr, &spec, &audit).await?;
     Ok(Json(json!({"revision": revision, "check": spec})))
@@ -46,8 +54,7 @@ pub async fn delete_check(
     path: Result<Path<Vec<String>>, PathRejection>,
     params: Params,
 ) -> Result<Json<Value>, ApiError> {
-    let (id, rest) = service_id(path, &params)?;
-    let addr = instance_addr(&rest, &params)?;
+    let (id, addr) = instance(path, &params)?;
     let deleted = api.health.delete(&id, &addr, &audit).await?;
     Ok(Json(json!({"deleted": deleted})))
 }
@@ -60,8 +67,7 @@ pub async fn put_health(
     params: Params,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let (id, rest) = service_id(path, &params)?;
-    let addr = instance_addr(&rest, &params)?;
+    let (id, addr) = instance(path, &params)?;
     let healthy = body.get("healthy").and_then(Value::as_bool).ok_or_else(|| {
         ApiError::invalid("healthy", format!("healthy is {}, expected true or false", body["healthy"]))
     })?;

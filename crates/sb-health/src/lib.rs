@@ -245,22 +245,7 @@ impl HealthChecks {
         spec: &CheckSpec,
         audit: &sb_audit::Audit,
     ) -> RegistryResult<sb_store::Revision> {
-        let snapshot = self.registry.snapshot();
-        let Some(instance) = snapshot.instance(id, addr) else {
-            return Err(RegistryError::NotFound(format!(
-                "instance {} of service {id} is not registered",
-                addr.socket()
-            )));
-        };
-        if instance.record.ephemeral {
-            return Err(RegistryError::invalid(
-                "instance",
-                format!(
-                    "instance {} is ephemeral: its heartbeats tell its health; checks are for persistent instances",
-                    addr.socket()
-                ),
-            ));
-        }
+        self.persistent(id, addr, "instance", "checks are for persistent instances")?;
         let value = encode(spec)
             .map_err(|e| sb_store::StoreError::InvalidArgument(format!("encoding a check: {e}")))?;
         let key = check_key(id, addr);
@@ -308,6 +293,30 @@ impl HealthChecks {
         Ok(response.succeeded)
     }
 
+    /// A registered persistent instance. An ephemeral one's health is its heartbeats', so a
+    /// request about it is refused, naming `field` and saying `why`.
+    fn persistent(
+        &self,
+        id: &ServiceId,
+        addr: &InstanceAddr,
+        field: &'static str,
+        why: &str,
+    ) -> RegistryResult<Arc<sb_registry::InstanceEntry>> {
+        let Some(instance) = self.registry.snapshot().instance(id, addr).cloned() else {
+            return Err(RegistryError::NotFound(format!(
+                "instance {} of service {id} is not registered",
+                addr.socket()
+            )));
+        };
+        if instance.record.ephemeral {
+            return Err(RegistryError::invalid(
+                field,
+                format!("instance {} is ephemeral: its heartbeats tell its health; {why}", addr.socket()),
+            ));
+        }
+        Ok(instance)
+    }
+
     /// Sets a persistent instance's health by hand (Nacos `PUT /nacos/v1/ns/health/instance`,
     /// and the native API), as Nacos allows it: only while nothing probes the instance
     /// ([`effective_check`] gives it no check, for example because its cluster's checker is
@@ -321,19 +330,7 @@ impl HealthChecks {
         healthy: bool,
         audit: &sb_audit::Audit,
     ) -> RegistryResult<sb_store::Revision> {
-        let snapshot = self.registry.snapshot();
-        let Some(instance) = snapshot.instance(id, addr) else {
-            return Err(RegistryError::NotFound(format!(
-                "instance {} of service {id} is not registered",
-                addr.socket()
-            )));
-        };
-        if instance.record.ephemeral {
-            return Err(RegistryError::invalid(
-                "healthy",
-                format!("instance {} is ephemeral: its heartbeats tell its health", addr.socket()),
-            ));
-        }
+        let instance = self.persistent(id, addr, "healthy", "it is not set by hand")?;
         let stored = self.stored(id, addr);
         let cluster = self.cluster(id, &addr.cluster);
         let probed = effective_check(

@@ -63,6 +63,10 @@ impl Api<'_> {
     }
 }
 
+/// Reconcile every 100 ms and probe clusters set through Nacos every 150 ms.
+const FAST_NACOS_CHECKS: [&str; 6] =
+    ["--dns-listen", "off", "--health-reconcile-ms", "100", "--nacos-check-interval-ms", "150"];
+
 /// A real `grpc.health.v1` server (tonic-health) on a free loopback port.
 async fn grpc_health_server() -> (tonic_health::server::HealthReporter, u16) {
     let (reporter, service) = tonic_health::server::health_reporter();
@@ -134,14 +138,7 @@ async fn flapping_target(status: Arc<AtomicU16>) -> u16 {
 
 #[tokio::test]
 async fn nacos_cluster_health_checkers_drive_the_checks_and_show_in_the_service_detail() {
-    let (_dir, server, token) = start_with(&[
-        "--dns-listen",
-        "off",
-        "--health-reconcile-ms",
-        "100",
-        "--nacos-check-interval-ms",
-        "150",
-    ]);
+    let (_dir, server, token) = start_with(&FAST_NACOS_CHECKS);
     let api = Api { http: client(), server: &server, token };
     let status = Arc::new(AtomicU16::new(200));
     let port = flapping_target(status.clone()).await;
@@ -236,14 +233,7 @@ async fn nacos_cluster_health_checkers_drive_the_checks_and_show_in_the_service_
 #[tokio::test]
 async fn health_is_set_by_hand_only_while_nothing_probes_the_instance() {
     use reqwest::Method as M;
-    let (_dir, server, token) = start_with(&[
-        "--dns-listen",
-        "off",
-        "--health-reconcile-ms",
-        "100",
-        "--nacos-check-interval-ms",
-        "150",
-    ]);
+    let (_dir, server, token) = start_with(&FAST_NACOS_CHECKS);
     let api = Api { http: client(), server: &server, token };
     // A target that accepts TCP: a probe of it would find it healthy.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
