@@ -790,3 +790,118 @@ async fn a_lost_session_on_etcd_is_regained_with_the_instances_still_beating() {
     assert!(back, "instances after the session loss: {}", api.get(&format!("{SVC}/instances")).await.1);
     server.terminate();
 }
+
+/// The instances' addresses in a native list, sorted.
+fn ips(list: &Value) -> Vec<String> {
+    let mut ips: Vec<String> = list["instances"]
+        .as_array()
+        .map(|instances| instances.iter().filter_map(|i| i["ip"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    ips.sort();
+    ips
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_two_etcd_nodes_drops_no_instance() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let store = format!("etcd://{}", common::etcd_endpoint());
+    let prefix = format!(
+        "/t-registry-rolling-{}/",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    );
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let node = |i: usize| {
+        Server::start(dirs[i].path(), |command| {
+            let id = ["node-a", "node-b"][i];
+            command.args(TIMEOUT_FLAGS).args(["--store", &store, "--root-prefix", &prefix, "--node-id", id]);
+        })
+    };
+    let mut nodes = [Some(node(0)), Some(node(1))];
+    let token = std::fs::read_to_string(dirs[0].path().join("admin-token")).unwrap().trim().to_owned();
+    // The nodes' addresses, `None` while one is down (a restart binds a new port).
+    let bases: Arc<Mutex<[Option<String>; 2]>> =
+        Arc::new(Mutex::new([0, 1].map(|i| nodes[i].as_ref().map(|n| n.base.clone()))));
+    let http = client();
+    // One ephemeral instance registered through each node.
+    let instances = [(0usize, "10.0.0.1"), (1usize, "10.0.0.2")];
+    for (home, ip) in instances {
+        let base = bases.lock().unwrap()[home].clone().unwrap();
+        let request = http.post(format!("{base}{SVC}/instances")).bearer_auth(&token);
+        let body = json!({"ip": ip, "port": 80}).to_string();
+        let (status, answer) = send(request.header("content-type", "application/json").body(body)).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let up = |bases: &Mutex<[Option<String>; 2]>, first: usize| -> Vec<String> {
+        let bases = bases.lock().unwrap();
+        [first, 1 - first].iter().filter_map(|&i| bases[i].clone()).collect()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    // The clients beat every 300 ms, each to its own node, or to the other while it is down
+    // (a Nacos client with both servers in its list does the same).
+    let beater = tokio::spawn({
+        let (bases, stop, http, token) = (bases.clone(), stop.clone(), http.clone(), token.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                for (home, ip) in instances {
+                    for base in up(&bases, home) {
+                        let beat =
+                            http.post(format!("{base}{SVC}/instances/{ip}:80/beat")).bearer_auth(&token);
+                        if beat.send().await.is_ok_and(|r| r.status() == StatusCode::OK) {
+                            break;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    });
+    // Every 100 ms, from a node that is up, the list must hold both instances.
+    let checker = tokio::spawn({
+        let (bases, stop, http, token) = (bases.clone(), stop.clone(), http.clone(), token.clone());
+        async move {
+            let (mut seen, mut missing) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(base) = up(&bases, 0).into_iter().next() {
+                    let list = http.get(format!("{base}{SVC}/instances")).bearer_auth(&token);
+                    if let Ok(response) = list.send().await {
+                        if response.status() == StatusCode::OK {
+                            let text = response.text().await.unwrap_or_default();
+                            let list: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                            seen += 1;
+                            if ips(&list) != ["10.0.0.1", "10.0.0.2"] {
+                                missing.push(text);
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (seen, missing)
+        }
+    });
+    // Restart A, then B: a graceful stop, and a start on the same data dir.
+    for i in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        bases.lock().unwrap()[i] = None;
+        let stopping = nodes[i].take().unwrap();
+        tokio::task::block_in_place(|| stopping.terminate());
+        let started = tokio::task::block_in_place(|| node(i));
+        bases.lock().unwrap()[i] = Some(started.base.clone());
+        nodes[i] = Some(started);
+    }
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    stop.store(true, Ordering::Relaxed);
+    beater.await.unwrap();
+    let (seen, missing) = checker.await.unwrap();
+    assert!(seen >= 30, "the list was read only {seen} times");
+    assert!(missing.is_empty(), "{} of {seen} lists lacked an instance: {missing:?}", missing.len());
+    // Both still there and healthy, on every node.
+    for base in up(&bases, 0) {
+        let (_, list) = send(http.get(format!("{base}{SVC}/instances")).bearer_auth(&token)).await;
+        assert_eq!(ports(&list), [(80, true), (80, true)], "{list}");
+    }
+    for server in nodes.into_iter().flatten() {
+        tokio::task::block_in_place(|| server.terminate());
+    }
+}
