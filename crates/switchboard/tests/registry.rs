@@ -881,14 +881,14 @@ async fn a_rolling_restart_of_two_etcd_nodes_drops_no_instance() {
         }
     });
     // Restart A, then B: a graceful stop, and a start on the same data dir.
-    for i in 0..2 {
+    for (i, slot) in nodes.iter_mut().enumerate() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         bases.lock().unwrap()[i] = None;
-        let stopping = nodes[i].take().unwrap();
+        let stopping = slot.take().unwrap();
         tokio::task::block_in_place(|| stopping.terminate());
         let started = tokio::task::block_in_place(|| node(i));
         bases.lock().unwrap()[i] = Some(started.base.clone());
-        nodes[i] = Some(started);
+        *slot = Some(started);
     }
     tokio::time::sleep(Duration::from_millis(3000)).await;
     stop.store(true, Ordering::Relaxed);
