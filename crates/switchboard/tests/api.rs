@@ -381,6 +381,17 @@ async fn readyz_metrics_request_ids_openapi_and_log_level() {
         json(http.get(server.url("/api/v1/openapi.json")).bearer_auth(&token).send().await.unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["paths"]["/api/v1/kv/{key}"]["put"].is_object(), "{doc}");
+    // The registry's and the config center's native routes are in the served document too.
+    for (path, method) in [
+        ("/api/v1/namespaces/{ns}/services", "get"),
+        ("/api/v1/namespaces/{ns}/services/{service}/instances", "post"),
+        ("/api/v1/namespaces/{ns}/services/{service}/instances/{instance}/health", "put"),
+        ("/api/v1/namespaces/{ns}/services/{service}/watch", "get"),
+        ("/api/v1/namespaces/{ns}/configs/{group}/{data_id}", "put"),
+        ("/api/v1/namespaces/{ns}/configs/{group}/{data_id}/history", "get"),
+    ] {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} is not in the OpenAPI document");
+    }
 
     let set =
         http.put(server.url("/api/v1/admin/log-level")).bearer_auth(&token).body(r#"{"level":"debug"}"#);
