@@ -187,6 +187,14 @@ async fn protection_threshold_long_poll_sse_and_drain() {
     let api = Api { http: client(), server: &server, token };
     let post = reqwest::Method::POST;
     let svc = "/api/v1/namespaces/dev/services/orders?group=shop";
+    // A threshold outside 0–1: a 400 naming it, natively and on the Nacos path.
+    let (status, error) = api.call(reqwest::Method::PUT, svc, json!({"protect_threshold": 1.5})).await;
+    assert_eq!((status, &error["error"]["field"]), (StatusCode::BAD_REQUEST, &json!("protect_threshold")));
+    let (status, error) = api
+        .nacos(reqwest::Method::POST, "/nacos/v1/ns/service", "serviceName=bad&protectThreshold=-0.1")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(error.as_str().is_some_and(|e| e.starts_with("caused: ")), "{error}");
     let (status, _) = api.call(reqwest::Method::PUT, svc, json!({"protect_threshold": 0.6})).await;
     assert_eq!(status, StatusCode::OK);
     let instances = "/api/v1/namespaces/dev/services/orders/instances?group=shop";
@@ -532,6 +540,24 @@ async fn nacos_naming_api_answers_in_nacos_shapes() {
     assert_eq!(service["metadata"]["x"], "1");
     let (_, services) = api.nacos(M::GET, "/nacos/v1/ns/service/list", "pageNo=1&pageSize=10").await;
     assert_eq!(services, json!({"count": 2, "doms": ["empty", "svc"]}));
+    // An empty namespaceId is `public`, as an absent one.
+    let (_, services) =
+        api.nacos(M::GET, "/nacos/v1/ns/service/list", "pageNo=1&pageSize=10&namespaceId=").await;
+    assert_eq!(services, json!({"count": 2, "doms": ["empty", "svc"]}));
+    // The native list pages over every group of the namespace.
+    let (_, page) = api.get("/api/v1/namespaces/public/services?page=2&page_size=2").await;
+    let names: Vec<String> = page["services"]
+        .as_array()
+        .unwrap_or_else(|| panic!("services in {page}"))
+        .iter()
+        .map(|s| format!("{}/{}", s["group"].as_str().unwrap(), s["service"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        (&page["count"], names.as_slice()),
+        (&json!(4), ["g1/svc", "g2/paced"].map(String::from).as_slice())
+    );
+    let (status, error) = api.get("/api/v1/namespaces/public/services?page_size=0").await;
+    assert_eq!((status, &error["error"]["field"]), (StatusCode::BAD_REQUEST, &json!("page_size")));
     assert_eq!(api.nacos(M::DELETE, "/nacos/v1/ns/service", "serviceName=empty").await.0, StatusCode::OK);
     assert_eq!(
         api.nacos(M::DELETE, "/nacos/v1/ns/service", "serviceName=svc").await.0,
