@@ -85,6 +85,13 @@ async fn config_publish_is_validated_versioned_and_guarded_by_if_match() {
     assert_eq!(item["version"], v1);
     assert_eq!(item["format"], "json");
     assert_eq!(item["md5"], body["md5"]);
+    // Who published it and when: the caller's name, and milliseconds since the epoch.
+    assert_eq!(item["author"], "admin", "{item}");
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let created = item["created_at_ms"].as_u64().unwrap_or_default();
+    assert!(created + 60_000 > now_ms && created <= now_ms, "{item}");
+    assert_eq!(item["modified_at_ms"], item["created_at_ms"], "{item}");
 
     // Broken content: 400 with line and column, and nothing changes.
     let (status, body) =
@@ -113,6 +120,15 @@ async fn config_publish_is_validated_versioned_and_guarded_by_if_match() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let v2 = body["version"].as_i64().expect("version");
     assert!(v2 > v1);
+    // html: a tokenizer error (a duplicate attribute here) is refused with its line.
+    let page = "qa/web/page.html";
+    let (status, body) =
+        api.publish(page, json!({"content": "<p>\n<a href=\"x\" href=\"y\">", "format": "html"}), None).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument", "line 2");
+    let html = "<!DOCTYPE html><html><body><p class=\"x\">hi</p></body></html>";
+    let (status, body) = api.publish(page, json!({"content": html, "format": "html"}), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(api.get(page).await.1["format"], "html");
     let (status, body) = api.publish("dev/web/new.txt", json!({"content": "x"}), Some("0")).await;
     assert_eq!(status, StatusCode::OK, "If-Match 0 creates: {body}");
     let (status, body) = api.publish("dev/web/new.txt", json!({"content": "y"}), Some("0")).await;
@@ -133,6 +149,12 @@ async fn config_publish_is_validated_versioned_and_guarded_by_if_match() {
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument", "/port");
     let (status, body) =
         api.publish(path, json!({"content": "port: 8080\n", "format": "yaml", "schema": schema}), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The schema stays with the item: toml content must match it too.
+    let (status, body) =
+        api.publish(path, json!({"content": "port = \"x\"\n", "format": "toml"}), None).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument", "/port");
+    let (status, body) = api.publish(path, json!({"content": "port = 8081\n", "format": "toml"}), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = api.publish(path, json!({"content": "name: x\n", "format": "yaml"}), None).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument", "JSON Schema");
@@ -207,6 +229,26 @@ async fn config_history_diff_and_rollback() {
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found", "no version 999999");
     let (status, body) = api.get(&format!("{path}/diff?from=999999")).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found", "999999");
+    server.terminate();
+}
+
+#[tokio::test]
+async fn config_history_keeps_the_last_100_by_default() {
+    let (_dir, server, token) = start_with(&[]);
+    let api = Api { server: &server, token: &token, http: client() };
+    let path = "public/g/busy.txt";
+    let mut versions = Vec::new();
+    for i in 0..103 {
+        let (status, body) = api.publish(path, json!({"content": format!("v{i}")}), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        versions.push(body["version"].as_i64().expect("version"));
+    }
+    let (_, page) = api.get(&format!("{path}/history?page_size=100")).await;
+    assert_eq!(page["total"], 100, "{page}");
+    assert_eq!(page["entries"][0]["version"], versions[102]);
+    assert_eq!(page["entries"][99]["version"], versions[3], "the three oldest went");
+    let (status, _) = api.get(&format!("{path}/history/{}", versions[2])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     server.terminate();
 }
 

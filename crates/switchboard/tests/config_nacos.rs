@@ -55,6 +55,22 @@ async fn config_nacos_api_configs_listener_and_history() {
         .await
         .expect("get");
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    // An empty tenant is `public`, as an absent one: published with `tenant=`, read without.
+    let response = http
+        .post(nacos(&server, "/nacos/v1/cs/configs", &token))
+        .form(&[("dataId", "plain.txt"), ("group", "G"), ("tenant", ""), ("content", "p")])
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = http
+        .get(nacos(&server, "/nacos/v1/cs/configs?dataId=plain.txt&group=G", &token))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!((response.status(), response.text().await.unwrap()), (StatusCode::OK, "p".to_owned()));
+    let native = http.get(server.url("/api/v1/namespaces/public/configs/G/plain.txt")).bearer_auth(&token);
+    assert_eq!(native.send().await.expect("get").status(), StatusCode::OK);
 
     // Listener: a stale md5 answers at once, in Nacos's encoding.
     let listen = |probe: String, timeout_ms: u64| {
@@ -93,7 +109,7 @@ async fn config_nacos_api_configs_listener_and_history() {
         .expect("listen");
     assert_eq!(response.text().await.unwrap(), "svc.json%02G%02dev%01");
     let metrics = http.get(server.url("/metrics")).send().await.expect("metrics").text().await.unwrap();
-    assert!(metrics.contains("switchboard_config_items 1"), "{metrics}");
+    assert!(metrics.contains("switchboard_config_items 2"), "{metrics}");
     assert!(metrics.contains("switchboard_config_long_polls 0"), "{metrics}");
     // Malformed bodies are 400s, never hangs.
     for probe in ["", "only-two\u{2}fields\u{1}", "a/b\u{2}G\u{2}x\u{1}"] {
