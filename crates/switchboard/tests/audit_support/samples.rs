@@ -218,6 +218,33 @@ pub async fn sample_for(h: &Harness, id: RouteId) -> Option<Sample> {
                 At("/revision"),
             )
         }
+        RouteId::InstanceHealthPut => {
+            // Registered natively, so nothing probes it: its health may be set by hand.
+            register(h, "audit-svc", "10.1.0.7", false).await;
+            sample(
+                Method::PUT,
+                format!("{SVC}/audit-svc/instances/10.1.0.7:80/health"),
+                J(json!({"healthy": false})),
+                "instance.health",
+                format!("{INSTANCES}/audit-svc/DEFAULT/10.1.0.7:80"),
+                At("/revision"),
+            )
+        }
+        RouteId::NacosHealthUpdate | RouteId::NacosHealthUpdateShort => {
+            let (ip, path) = match id {
+                RouteId::NacosHealthUpdate => ("10.1.0.8", "/nacos/v1/ns/health/instance"),
+                _ => ("10.1.0.9", "/nacos/v1/ns/health"),
+            };
+            register(h, "audit-svc", ip, false).await;
+            sample(
+                Method::PUT,
+                format!("{path}?serviceName=audit-svc&ip={ip}&port=80&healthy=false"),
+                Empty,
+                "instance.health",
+                format!("{INSTANCES}/audit-svc/DEFAULT/{ip}:80"),
+                Newer,
+            )
+        }
         RouteId::InstanceCheckDelete => {
             register(h, "audit-svc", "10.1.0.6", false).await;
             let check = J(json!({"kind": "tcp", "interval_ms": 60000}));
