@@ -26,7 +26,8 @@ use crate::nacos_targets::{
     ab, connect_all, proc_kib, start_ceiling, start_rnacos, start_switchboard, Conn, Peer, Target,
 };
 use crate::report::{
-    compare_ab, notified_level, notified_levels, run_clients, run_notify_clients, Notified, Outcome, Samples,
+    compare_ab_isolated, notified_level, notified_levels, run_clients, run_notify_clients, Isolate, Notified,
+    Outcome, Samples,
 };
 
 #[derive(clap::Args)]
@@ -72,6 +73,11 @@ pub struct ConfigArgs {
     /// Only these scenarios (comma-separated: get,publish,notify,rss,longpolls); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Keep every server running during the others' runs. By default each server (and the
+    /// bare-hyper ceiling) is stopped with SIGSTOP while another one is measured, so that
+    /// one's background work does not load the other's numbers.
+    #[arg(long)]
+    no_isolate: bool,
 }
 
 const GROUP: &str = "BENCH";
@@ -90,11 +96,19 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
         args.peer,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let sb = start_switchboard(&args.switchboard_bin, &scratch.path().join("sb"), &[]).await?;
+    // Stopped for a whole run of the other server at a time, its leases must outlast that.
+    let long_leases: &[&str] =
+        if args.no_isolate { &[] } else { &["--membership-ttl-secs", "120", "--session-ttl-secs", "240"] };
+    let sb = start_switchboard(&args.switchboard_bin, &scratch.path().join("sb"), long_leases).await?;
     let peer = match args.peer {
         Peer::Rnacos => Some(start_rnacos(&args.rnacos_bin, &scratch.path().join("rnacos")).await?),
         Peer::None => None,
     };
+    // Stopped while another server runs, unless `--no-isolate`.
+    let keep = |pid: u32| (!args.no_isolate).then_some(pid);
+    let pids = [keep(sb.pid), peer.as_ref().and_then(|p| keep(p.pid))];
+    let target_pids: Vec<Option<u32>> =
+        std::iter::once(&sb).chain(peer.as_ref()).map(|t| keep(t.pid)).collect();
     let targets: Vec<&Target> = std::iter::once(&sb).chain(peer.as_ref()).collect();
     let peer_name = peer.as_ref().map_or("none", |p| p.name);
     let secs = Duration::from_secs(args.secs);
@@ -123,11 +137,12 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
     }
     if wants("get") {
         let b = peer.as_ref().map(|p| || get_load(p, clients, secs));
-        ab("config-get", [sb.name, peer_name], || get_load(&sb, clients, secs), b).await?;
+        ab("config-get", [sb.name, peer_name], pids, || get_load(&sb, clients, secs), b).await?;
         let (ceiling, _guard) = start_ceiling(&args.bench_bin, size).await?;
-        compare_ab(
+        compare_ab_isolated(
             "config-get",
             ["switchboard", "hyper"],
+            [keep(sb.pid), keep(ceiling.pid)],
             || get_load(&sb, clients, secs),
             || ceiling_load(&ceiling, clients, secs),
         )
@@ -137,7 +152,8 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
         let round = std::sync::atomic::AtomicUsize::new(0);
         let next = || round.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let b = peer.as_ref().map(|p| || publish_load(p, clients, secs, size, next()));
-        ab("config-pub", [sb.name, peer_name], || publish_load(&sb, clients, secs, size, next()), b).await?;
+        ab("config-pub", [sb.name, peer_name], pids, || publish_load(&sb, clients, secs, size, next()), b)
+            .await?;
     }
     if wants("notify") {
         let (ceiling, _guard) = start_ceiling(&args.bench_bin, 64).await?;
@@ -150,6 +166,7 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
                 &names,
                 round,
                 (clients == 1).then(|| scratch.path()),
+                Isolate { targets: &target_pids, floor: keep(ceiling.pid) },
                 || ceiling_load(&ceiling, clients, secs),
                 |index, tag: String| {
                     let target = targets[index];

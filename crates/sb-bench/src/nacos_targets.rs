@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use crate::http_bench::{bench_token, connect, free_port, request, wait_until_answers, Killed};
-use crate::report::{compare_ab, run_clients, Outcome};
+use crate::report::{compare_ab_isolated, run_clients, Outcome};
 
 pub(crate) type Conn = hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>;
 
@@ -30,10 +30,12 @@ pub(crate) struct Target {
     _process: Killed,
 }
 
-/// Switchboard vs. the peer when there is one, else Switchboard alone.
+/// Switchboard vs. the peer when there is one, else Switchboard alone; with `pids`, each
+/// side's server is stopped while the other runs ([`compare_ab_isolated`]).
 pub(crate) async fn ab<FA, FutA, FB, FutB>(
     scenario: &str,
     names: [&str; 2],
+    pids: [Option<u32>; 2],
     mut a: FA,
     b: Option<FB>,
 ) -> anyhow::Result<()>
@@ -45,7 +47,7 @@ where
 {
     match b {
         Some(b) => {
-            compare_ab(scenario, names, &mut a, b).await?;
+            compare_ab_isolated(scenario, names, pids, &mut a, b).await?;
         }
         None => {
             a().await?.print(scenario, names[0]);

@@ -7,7 +7,10 @@
 //! - `push`: register → subscriber notified by Nacos UDP push, at concurrency 1 and at
 //!   `--push-clients` (each client its own service and subscriber), against a bare-hyper
 //!   round trip at the same concurrency;
-//! - `register`: ephemeral instances, each a new one (last: its instances expire after it);
+//! - `register`: ephemeral instances, each a new one (its instances expire after it, so it
+//!   runs after the others);
+//! - `register-persistent`: persistent instances, each a new one, durable on both sides, in
+//!   services whose cluster's checker is `NONE`;
 //! - `rss`: RSS with `--instances` persistent instances in `--services` services, and the
 //!   list of one such service against the ceiling.
 //!
@@ -27,7 +30,8 @@ use crate::nacos_targets::{
     Peer, Target,
 };
 use crate::report::{
-    compare_ab, notified_level, notified_levels, run_clients, run_notify_clients, Notified, Outcome,
+    compare_ab_isolated, notified_level, notified_levels, run_clients, run_notify_clients, Isolate, Notified,
+    Outcome,
 };
 
 #[derive(clap::Args)]
@@ -68,9 +72,15 @@ pub struct NamingArgs {
     instances: usize,
     #[arg(long, default_value_t = 1_000)]
     services: usize,
-    /// Only these scenarios (comma-separated: register,beat,list,push,rss); all by default.
+    /// Only these scenarios (comma-separated: register,register-persistent,beat,list,push,rss);
+    /// all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Keep every server running during the others' runs. By default each server (and the
+    /// bare-hyper ceiling) is stopped with SIGSTOP while another one is measured, so that
+    /// one's background work does not load the other's numbers.
+    #[arg(long)]
+    no_isolate: bool,
 }
 
 pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
@@ -86,11 +96,19 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
         args.peer,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let sb = start_switchboard(&args.switchboard_bin, &scratch.path().join("sb"), &[]).await?;
+    // Stopped for a whole run of the other server at a time, its leases must outlast that.
+    let long_leases: &[&str] =
+        if args.no_isolate { &[] } else { &["--membership-ttl-secs", "120", "--session-ttl-secs", "240"] };
+    let sb = start_switchboard(&args.switchboard_bin, &scratch.path().join("sb"), long_leases).await?;
     let peer = match args.peer {
         Peer::Rnacos => Some(start_rnacos(&args.rnacos_bin, &scratch.path().join("rnacos")).await?),
         Peer::None => None,
     };
+    // Stopped while another server runs, unless `--no-isolate`.
+    let keep = |pid: u32| (!args.no_isolate).then_some(pid);
+    let pids = [keep(sb.pid), peer.as_ref().and_then(|p| keep(p.pid))];
+    let target_pids: Vec<Option<u32>> =
+        std::iter::once(&sb).chain(peer.as_ref()).map(|t| keep(t.pid)).collect();
     let secs = Duration::from_secs(args.secs);
     let clients = args.clients;
 
@@ -103,7 +121,7 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
         let revision = "switchboard_store_revision";
         let before = (scraped(&sb, writes).await?, scraped(&sb, revision).await?);
         let b = peer.as_ref().map(|p| || beat_load(p, clients, secs));
-        ab("beat", [sb.name, peer_name], || beat_load(&sb, clients, secs), b).await?;
+        ab("beat", [sb.name, peer_name], pids, || beat_load(&sb, clients, secs), b).await?;
         let after = (scraped(&sb, writes).await?, scraped(&sb, revision).await?);
         println!(
             "beat           switchboard registry store writes {} before the beat runs, {} after (store revision {} → {}: \
@@ -123,12 +141,13 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
         let path = "/nacos/v1/ns/instance/list";
         let query = "serviceName=bench.list";
         let b = peer.as_ref().map(|p| || get_load(p, clients, secs, path, query));
-        ab("list", [sb.name, peer_name], || get_load(&sb, clients, secs, path, query), b).await?;
+        ab("list", [sb.name, peer_name], pids, || get_load(&sb, clients, secs, path, query), b).await?;
         let body = nacos(&mut connect(&sb.addr).await?, &sb, "GET", path, query).await?;
         let (ceiling, _guard) = start_ceiling(&args.bench_bin, body.len()).await?;
-        compare_ab(
+        compare_ab_isolated(
             "list",
             ["switchboard", "hyper"],
+            [keep(sb.pid), keep(ceiling.pid)],
             || get_load(&sb, clients, secs, path, query),
             || get_load(&ceiling, clients, secs, "/", ""),
         )
@@ -146,6 +165,7 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
                 &names,
                 round,
                 (clients == 1).then(|| scratch.path()),
+                Isolate { targets: &target_pids, floor: keep(ceiling.pid) },
                 || get_load(&ceiling, clients, secs, "/", ""),
                 |index, tag: String| {
                     let (target, instances) = (targets[index], args.push_instances);
@@ -164,7 +184,24 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
         let next = || round.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let a = || register_load(&sb, clients, secs, next());
         let b = peer.as_ref().map(|p| || register_load(p, clients, secs, next()));
-        ab("register", [sb.name, peer_name], a, b).await?;
+        ab("register", [sb.name, peer_name], pids, a, b).await?;
+    }
+    // Persistent instances, durable on both sides (r-nacos writes them through its raft log;
+    // it keeps ephemeral ones in memory only). Each client's service has its cluster's health
+    // checker set to NONE first, on both targets, so no default check probes the bench's
+    // unreachable addresses.
+    if wants("register-persistent") {
+        for target in std::iter::once(&sb).chain(peer.as_ref()) {
+            let refused = quiet_services(target, clients).await?;
+            if refused > 0 {
+                println!("register-p     {} refused the NONE checker for {refused} services", target.name);
+            }
+        }
+        let round = std::sync::atomic::AtomicUsize::new(0);
+        let next = || round.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let a = || persistent_load(&sb, clients, secs, next());
+        let b = peer.as_ref().map(|p| || persistent_load(p, clients, secs, next()));
+        ab("register-p", [sb.name, peer_name], pids, a, b).await?;
     }
     if wants("rss") {
         for target in std::iter::once(&sb).chain(peer.as_ref()) {
@@ -201,9 +238,10 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
                 .await
             }
         };
-        compare_ab(
+        compare_ab_isolated(
             "list-100k",
             ["switchboard", "hyper"],
+            [keep(sb.pid), keep(ceiling.pid)],
             || list(&sb),
             || get_load(&ceiling, clients, secs, "/", ""),
         )
@@ -240,6 +278,47 @@ async fn register_load(
         move |task, i| {
             format!(
                 "serviceName=bench.reg.{task}&ip={}&port={}&ephemeral=true",
+                instance_ip(task, i / 60000),
+                1 + (i % 60000) + round % 5
+            )
+        },
+        answered_ok,
+    )
+    .await
+}
+
+/// Creates each client's persistent-registration service with its cluster's checker set to
+/// `NONE`; returns how many cluster settings the target refused.
+async fn quiet_services(target: &Target, clients: usize) -> anyhow::Result<usize> {
+    let mut conn = connect(&target.addr).await?;
+    let mut refused = 0;
+    for task in 0..clients {
+        let service = format!("serviceName=bench.preg.{task}");
+        nacos(&mut conn, target, "POST", "/nacos/v1/ns/service", &service).await?;
+        let none = "healthChecker=%7B%22type%22%3A%22NONE%22%7D";
+        let query = format!("{service}&clusterName=DEFAULT&{none}");
+        if nacos(&mut conn, target, "PUT", "/nacos/v1/ns/cluster", &query).await.is_err() {
+            refused += 1;
+        }
+    }
+    Ok(refused)
+}
+
+async fn persistent_load(
+    target: &Target,
+    clients: usize,
+    secs: Duration,
+    round: usize,
+) -> anyhow::Result<Outcome> {
+    nacos_load(
+        target,
+        clients,
+        secs,
+        "POST",
+        "/nacos/v1/ns/instance",
+        move |task, i| {
+            format!(
+                "serviceName=bench.preg.{task}&ip={}&port={}&ephemeral=false",
                 instance_ip(task, i / 60000),
                 1 + (i % 60000) + round % 5
             )

@@ -78,6 +78,54 @@ impl Outcome {
 pub async fn compare_ab<FA, FutA, FB, FutB>(
     scenario: &str,
     names: [&str; 2],
+    a: FA,
+    b: FB,
+) -> anyhow::Result<f64>
+where
+    FA: FnMut() -> FutA,
+    FutA: std::future::Future<Output = anyhow::Result<Outcome>>,
+    FB: FnMut() -> FutB,
+    FutB: std::future::Future<Output = anyhow::Result<Outcome>>,
+{
+    compare_ab_isolated(scenario, names, [None, None], a, b).await
+}
+
+/// A stopped process (SIGSTOP), continued (SIGCONT) when dropped.
+pub struct Paused(Vec<u32>);
+
+impl Paused {
+    pub fn new(pids: impl IntoIterator<Item = u32>) -> Paused {
+        let pids: Vec<u32> = pids.into_iter().collect();
+        for pid in &pids {
+            signal(*pid, "STOP");
+        }
+        Paused(pids)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            signal(*pid, "CONT");
+        }
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let sent = std::process::Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+    if !sent.is_ok_and(|status| status.success()) {
+        eprintln!("sb-bench: could not send SIG{name} to {pid}");
+    }
+}
+
+/// [`compare_ab`] where each side's server, if its pid is given, is stopped while the other
+/// side runs: neither's background work (compaction, expiries, health checks, whatever the
+/// previous run left behind) then loads the other's measurement. Each still does its own
+/// background work, inside its own runs.
+pub async fn compare_ab_isolated<FA, FutA, FB, FutB>(
+    scenario: &str,
+    names: [&str; 2],
+    pids: [Option<u32>; 2],
     mut a: FA,
     mut b: FB,
 ) -> anyhow::Result<f64>
@@ -89,10 +137,14 @@ where
 {
     let mut totals = [0.0f64; 2];
     for _round in 0..2 {
+        let paused = Paused::new(pids[1]);
         let outcome = a().await?;
+        drop(paused);
         outcome.print(scenario, names[0]);
         totals[0] += outcome.ops_per_sec();
+        let paused = Paused::new(pids[0]);
         let outcome = b().await?;
+        drop(paused);
         outcome.print(scenario, names[1]);
         totals[1] += outcome.ops_per_sec();
     }
@@ -252,6 +304,14 @@ pub fn notified_levels(samples: usize, clients: usize) -> Vec<(usize, usize)> {
     levels
 }
 
+/// The processes [`notified_level`] stops while another runs: each target's server (in
+/// the order of its names) and the floor's; none when a pid is `None`.
+#[derive(Clone, Copy)]
+pub struct Isolate<'a> {
+    pub targets: &'a [Option<u32>],
+    pub floor: Option<u32>,
+}
+
 /// How many 4 KiB writes [`disk_sync_floor`] times.
 pub const DISK_SYNC_SAMPLES: usize = 2000;
 
@@ -289,6 +349,7 @@ pub async fn notified_level<FF, FutF, FL, FutL>(
     names: &[&str],
     round: usize,
     disk: Option<&Path>,
+    isolate: Isolate<'_>,
     mut floor: FF,
     mut load: FL,
 ) -> anyhow::Result<()>
@@ -301,11 +362,16 @@ where
     let mut floors = Vec::new();
     let mut runs: Vec<Vec<Outcome>> = names.iter().map(|_| Vec::new()).collect();
     for ab_round in 0..2 {
+        let paused = Paused::new(isolate.targets.iter().flatten().copied());
         let outcome = floor().await?;
+        drop(paused);
         outcome.print(label, "hyper-rtt");
         floors.push(outcome);
         for (index, name) in names.iter().enumerate() {
+            let others = isolate.targets.iter().enumerate().filter(|(i, _)| *i != index);
+            let paused = Paused::new(others.filter_map(|(_, pid)| *pid).chain(isolate.floor));
             let [total, after_answer] = load(index, format!("{round}.{ab_round}")).await?;
+            drop(paused);
             total.print(label, name);
             after_answer.print(&format!("{label}-ack"), name);
             runs[index].push(total);
