@@ -97,8 +97,11 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     // Stopped for a whole run of the other server at a time, its leases must outlast that.
-    let long_leases: &[&str] =
-        if args.no_isolate { &[] } else { &["--membership-ttl-secs", "120", "--session-ttl-secs", "240"] };
+    let long_leases: &[&str] = if args.no_isolate {
+        &[]
+    } else {
+        &["--membership-ttl-secs", "120", "--session-ttl-secs", "240", "--ids-worker-ttl-secs", "240"]
+    };
     let sb = start_switchboard(&args.switchboard_bin, &scratch.path().join("sb"), long_leases).await?;
     let peer = match args.peer {
         Peer::Rnacos => Some(start_rnacos(&args.rnacos_bin, &scratch.path().join("rnacos")).await?),
