@@ -9,8 +9,8 @@
 //!   round trip at the same concurrency;
 //! - `register`: ephemeral instances, each a new one (its instances expire after it, so it
 //!   runs after the others);
-//! - `register-persistent`: persistent instances, each a new one, durable on both sides, in
-//!   services whose cluster's checker is `NONE`;
+//! - `register-persistent`: persistent instances, each a new one, in services whose cluster's
+//!   checker is `NONE`;
 //! - `rss`: RSS with `--instances` persistent instances in `--services` services, and the
 //!   list of one such service against the ceiling.
 //!
@@ -189,10 +189,10 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
         let b = peer.as_ref().map(|p| || register_load(p, clients, secs, next()));
         ab("register", [sb.name, peer_name], pids, a, b).await?;
     }
-    // Persistent instances, durable on both sides (r-nacos writes them through its raft log;
-    // it keeps ephemeral ones in memory only). Each client's service has its cluster's health
-    // checker set to NONE first, on both targets, so no default check probes the bench's
-    // unreachable addresses.
+    // Persistent instances (durable in Switchboard; r-nacos 0.8.8 kept none of them across a
+    // restart when tried by hand). Each client's service has its cluster's health checker set
+    // to NONE first, on both targets, so no default check probes the bench's unreachable
+    // addresses.
     if wants("register-persistent") {
         for target in std::iter::once(&sb).chain(peer.as_ref()) {
             let refused = quiet_services(target, clients).await?;
