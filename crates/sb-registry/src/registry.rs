@@ -272,15 +272,12 @@ impl Registry {
         addr: &InstanceAddr,
         healthy: bool,
     ) -> RegistryResult<Option<Revision>> {
-        let entry = self.existing(id, addr)?;
-        if entry.record.healthy == healthy {
-            return Ok(None);
-        }
-        let mut record = entry.record.clone();
-        record.healthy = healthy;
         // Health set by active checks is the system's observation, not an operator's
         // change: a metric and a log line, not an audit record.
-        self.rewrite(id, &entry, &record, None, Vec::new()).await.map(Some)
+        self.modify(id, addr, None, Vec::new(), |record| {
+            std::mem::replace(&mut record.healthy, healthy) != healthy
+        })
+        .await
     }
 
     /// Sets an instance's health as an operator's change (audited as `instance.health`);
@@ -294,13 +291,13 @@ impl Registry {
         healthy: bool,
         audit: &Audit,
     ) -> RegistryResult<Revision> {
-        let entry = self.existing(id, addr)?;
-        if entry.record.healthy == healthy {
-            return Ok(entry.mod_revision);
+        let audit = Some((audit, "instance.health"));
+        let changed =
+            |record: &mut InstanceRecord| std::mem::replace(&mut record.healthy, healthy) != healthy;
+        match self.modify(id, addr, audit, Vec::new(), changed).await? {
+            Some(revision) => Ok(revision),
+            None => Ok(self.existing(id, addr)?.mod_revision),
         }
-        let mut record = entry.record.clone();
-        record.healthy = healthy;
-        self.rewrite(id, &entry, &record, Some((audit, "instance.health")), Vec::new()).await
     }
 
     /// Clears an instance's [`InstanceRecord::default_check`], with `ops` (the caller's
@@ -311,13 +308,25 @@ impl Registry {
         addr: &InstanceAddr,
         ops: Vec<TxnOp>,
     ) -> RegistryResult<Option<Revision>> {
+        self.modify(id, addr, None, ops, |record| std::mem::take(&mut record.default_check)).await
+    }
+
+    /// Rewrites an instance with `change` applied to its record (with `ops` in the same
+    /// transaction), unless `change` says it changed nothing: then `None`, and no write.
+    async fn modify(
+        &self,
+        id: &ServiceId,
+        addr: &InstanceAddr,
+        audit: Option<(&Audit, &str)>,
+        ops: Vec<TxnOp>,
+        change: impl FnOnce(&mut InstanceRecord) -> bool,
+    ) -> RegistryResult<Option<Revision>> {
         let entry = self.existing(id, addr)?;
-        if !entry.record.default_check {
+        let mut record = entry.record.clone();
+        if !change(&mut record) {
             return Ok(None);
         }
-        let mut record = entry.record.clone();
-        record.default_check = false;
-        self.rewrite(id, &entry, &record, None, ops).await.map(Some)
+        self.rewrite(id, &entry, &record, audit, ops).await.map(Some)
     }
 
     pub async fn update_instance(
