@@ -135,7 +135,18 @@ pub(crate) async fn nacos(
     path: &str,
     query: &str,
 ) -> anyhow::Result<hyper::body::Bytes> {
-    request(conn, method, &format!("{path}?{query}{}", target.auth), "", Vec::new()).await
+    nacos_as(conn, &target.auth, method, path, query).await
+}
+
+/// A Nacos call with `auth` (a target's [`Target::auth`]) appended to its query.
+pub(crate) async fn nacos_as(
+    conn: &mut Conn,
+    auth: &str,
+    method: &str,
+    path: &str,
+    query: &str,
+) -> anyhow::Result<hyper::body::Bytes> {
+    request(conn, method, &format!("{path}?{query}{auth}"), "", Vec::new()).await
 }
 
 /// Loops of one Nacos call per client; `query(task, i)` names the call.

@@ -26,8 +26,8 @@ use tokio::time::Instant;
 
 use crate::http_bench::{connect, request};
 use crate::nacos_targets::{
-    ab, any, connect_all, nacos, nacos_load, proc_kib, start_ceiling, start_rnacos, start_switchboard, Conn,
-    Peer, Target,
+    ab, any, connect_all, nacos, nacos_as, nacos_load, proc_kib, start_ceiling, start_rnacos,
+    start_switchboard, Conn, Peer, Target,
 };
 use crate::report::{
     compare_ab_isolated, notified_level, notified_levels, run_clients, run_notify_clients, Isolate, Notified,
@@ -185,8 +185,8 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
     if wants("register") {
         let round = std::sync::atomic::AtomicUsize::new(0);
         let next = || round.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let a = || register_load(&sb, clients, secs, next());
-        let b = peer.as_ref().map(|p| || register_load(p, clients, secs, next()));
+        let a = || register_load(&sb, clients, secs, next(), true);
+        let b = peer.as_ref().map(|p| || register_load(p, clients, secs, next(), true));
         ab("register", [sb.name, peer_name], pids, a, b).await?;
     }
     // Persistent instances (durable in Switchboard; r-nacos 0.8.8 kept none of them across a
@@ -202,8 +202,8 @@ pub async fn run(args: NamingArgs) -> anyhow::Result<()> {
         }
         let round = std::sync::atomic::AtomicUsize::new(0);
         let next = || round.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let a = || persistent_load(&sb, clients, secs, next());
-        let b = peer.as_ref().map(|p| || persistent_load(p, clients, secs, next()));
+        let a = || register_load(&sb, clients, secs, next(), false);
+        let b = peer.as_ref().map(|p| || register_load(p, clients, secs, next(), false));
         ab("register-p", [sb.name, peer_name], pids, a, b).await?;
     }
     if wants("rss") {
@@ -266,12 +266,16 @@ fn instance_ip(task: usize, i: usize) -> String {
     format!("10.{}.{}.{}", task % 250, (i / 250) % 250, i % 250 + 1)
 }
 
+/// Each client registers new instances in its own service: ephemeral ones in
+/// `bench.reg.{client}`, persistent ones in `bench.preg.{client}` (see [`quiet_services`]).
 async fn register_load(
     target: &Target,
     clients: usize,
     secs: Duration,
     round: usize,
+    ephemeral: bool,
 ) -> anyhow::Result<Outcome> {
+    let prefix = if ephemeral { "bench.reg" } else { "bench.preg" };
     nacos_load(
         target,
         clients,
@@ -280,7 +284,7 @@ async fn register_load(
         "/nacos/v1/ns/instance",
         move |task, i| {
             format!(
-                "serviceName=bench.reg.{task}&ip={}&port={}&ephemeral=true",
+                "serviceName={prefix}.{task}&ip={}&port={}&ephemeral={ephemeral}",
                 instance_ip(task, i / 60000),
                 1 + (i % 60000) + round % 5
             )
@@ -296,39 +300,22 @@ async fn quiet_services(target: &Target, clients: usize) -> anyhow::Result<usize
     let mut conn = connect(&target.addr).await?;
     let mut refused = 0;
     for task in 0..clients {
-        let service = format!("serviceName=bench.preg.{task}");
-        nacos(&mut conn, target, "POST", "/nacos/v1/ns/service", &service).await?;
-        let none = "healthChecker=%7B%22type%22%3A%22NONE%22%7D";
-        let query = format!("{service}&clusterName=DEFAULT&{none}");
-        if nacos(&mut conn, target, "PUT", "/nacos/v1/ns/cluster", &query).await.is_err() {
+        if !quiet_service(&mut conn, &target.auth, &format!("bench.preg.{task}")).await? {
             refused += 1;
         }
     }
     Ok(refused)
 }
 
-async fn persistent_load(
-    target: &Target,
-    clients: usize,
-    secs: Duration,
-    round: usize,
-) -> anyhow::Result<Outcome> {
-    nacos_load(
-        target,
-        clients,
-        secs,
-        "POST",
-        "/nacos/v1/ns/instance",
-        move |task, i| {
-            format!(
-                "serviceName=bench.preg.{task}&ip={}&port={}&ephemeral=false",
-                instance_ip(task, i / 60000),
-                1 + (i % 60000) + round % 5
-            )
-        },
-        answered_ok,
-    )
-    .await
+/// Creates a service and sets its `DEFAULT` cluster's checker to `NONE`, so that no default
+/// check probes the bench's unreachable instance addresses; `false` if the target refused
+/// the checker setting (r-nacos has none). `auth` is the target's [`Target::auth`].
+async fn quiet_service(conn: &mut Conn, auth: &str, service: &str) -> anyhow::Result<bool> {
+    let service = format!("serviceName={service}");
+    nacos_as(conn, auth, "POST", "/nacos/v1/ns/service", &service).await?;
+    let none = "healthChecker=%7B%22type%22%3A%22NONE%22%7D";
+    let query = format!("{service}&clusterName=DEFAULT&{none}");
+    Ok(nacos_as(conn, auth, "PUT", "/nacos/v1/ns/cluster", &query).await.is_ok())
 }
 
 const BEATERS_PER_CLIENT: usize = 10;
@@ -513,12 +500,8 @@ async fn fill(
             let auth = target.auth.clone();
             handles.push(tokio::spawn(async move {
                 for n in (task * per_client)..((task + 1) * per_client).min(services) {
-                    let service = format!("serviceName=bench.rss.{n}{auth}");
-                    request(&mut conn, "POST", &format!("/nacos/v1/ns/service?{service}"), "", Vec::new())
-                        .await?;
-                    let none = "healthChecker=%7B%22type%22%3A%22NONE%22%7D";
-                    let uri = format!("/nacos/v1/ns/cluster?{service}&clusterName=DEFAULT&{none}");
-                    request(&mut conn, "PUT", &uri, "", Vec::new()).await?;
+                    let quiet = quiet_service(&mut conn, &auth, &format!("bench.rss.{n}")).await?;
+                    anyhow::ensure!(quiet, "switchboard refused the NONE checker");
                 }
                 anyhow::Ok(())
             }));
