@@ -133,12 +133,7 @@ async fn a_dns_flood_from_one_source_does_not_stop_another_sources_answers() {
     );
 
     // The node counts what it held back.
-    let metrics = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let limited = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("switchboard_dns_queries_rate_limited_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no rate-limited counter in:\n{metrics}"));
+    let limited = common::metric(&http, &server, "switchboard_dns_queries_rate_limited_total").await;
     assert!(limited > 0.0, "{limited}");
 }
 

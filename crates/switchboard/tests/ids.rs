@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::Server;
+use common::{metric, Server};
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
 
@@ -168,15 +168,6 @@ async fn ids_unknown_tags_are_refused_without_auto_create() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["error"]["code"], "not_found");
     assert!(body["error"]["message"].as_str().unwrap().contains("\"nope\""), "{body}");
-}
-
-async fn metric(client: &Client, server: &Server, name: &str) -> f64 {
-    let text = client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .find(|line| line.starts_with(name))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
 }
 
 /// The clock guard against the real binary: the debug-only test clock steps it back.

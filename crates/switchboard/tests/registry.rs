@@ -78,11 +78,8 @@ fn ports(list: &Value) -> Vec<(u64, bool)> {
 }
 
 /// `switchboard_registry_store_writes` from `/metrics`.
-async fn registry_writes(api: &Api<'_>) -> u64 {
-    let scrape = api.http.get(api.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let line = scrape.lines().find_map(|l| l.strip_prefix("switchboard_registry_store_writes_total "));
-    line.and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no registry write counter in {scrape}"))
+async fn registry_writes(api: &Api<'_>) -> f64 {
+    common::metric(&api.http, api.server, "switchboard_registry_store_writes_total").await
 }
 
 async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
@@ -146,7 +143,7 @@ async fn native_api_registers_beats_expires_and_refuses_bad_input() {
     let beat = format!("{SVC}/instances/10.0.0.1:80/beat");
     let revision = list["revision"].as_i64().unwrap();
     let writes = registry_writes(&api).await;
-    assert!(writes >= 2, "the two registrations are registry writes: {writes}");
+    assert!(writes >= 2.0, "the two registrations are registry writes: {writes}");
     for _ in 0..6 {
         let (status, body) = api.call(post.clone(), &beat, json!({})).await;
         assert_eq!(status, StatusCode::OK, "{body}");

@@ -128,6 +128,16 @@ pub fn nacos_python() -> String {
 }
 
 /// A plain-HTTP client for the end-to-end tests, with a 20 s timeout per request.
+/// One sample of the node's `/metrics`: the line named exactly `name` (labels included, as
+/// in `name{label="v"}`); panics when there is none.
+pub async fn metric(http: &reqwest::Client, server: &Server, name: &str) -> f64 {
+    let text = http.get(server.url("/metrics")).send().await.expect("metrics").text().await.expect("body");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
 }
